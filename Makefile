@@ -1,0 +1,28 @@
+# Two entry points: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test bench-accuracy bench-speed clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/uae-ray demo
+
+test: setup
+	$(BIN)/python -m pytest -q -ra tests
+
+bench-accuracy: setup
+	$(BIN)/uae-ray bench accuracy --out bench-results/accuracy.json
+
+bench-speed: setup
+	$(BIN)/uae-ray bench speed --out bench-results/speed.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
