@@ -1,0 +1,86 @@
+"""The curated cases of ``../shared/data`` (see its README): images, labels, landmarks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from uae_ray.tasks.points_io import NamedPoints, read_points_csv
+from uae_ray.volume import read_image
+
+# Landmark names that are not anatomy shared between patients (tumours, planning volumes).
+NON_ANATOMICAL = frozenset({"gtv", "ptv"})
+
+
+def default_data_dir() -> Path | None:
+    """``$UAE_DATA``, else ``shared/data`` beside the repository or the working directory."""
+    candidates = [os.environ.get("UAE_DATA")]
+    repo = Path(__file__).resolve().parents[2]
+    candidates += [str(repo.parent / "shared" / "data"), str(Path.cwd().parent / "shared" / "data")]
+    for c in candidates:
+        if c and (Path(c) / "manifest.csv").is_file():
+            return Path(c)
+    return None
+
+
+@dataclass
+class Case:
+    """One curated case.
+
+    Attributes:
+        case_id: folder name under ``cases/``.
+        modality: "CT" or "MR".
+        patient: opaque patient id (scans of one patient share it).
+        folder: the case folder.
+    """
+
+    case_id: str
+    modality: str
+    patient: str
+    folder: Path
+    meta: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def image_path(self) -> Path:
+        return self.folder / "image.nii.gz"
+
+    @property
+    def labels_path(self) -> Path | None:
+        p = self.folder / "labels.nii.gz"
+        return p if p.is_file() else None
+
+    @cached_property
+    def landmarks(self) -> NamedPoints | None:
+        p = self.folder / "landmarks.csv"
+        return read_points_csv(p) if p.is_file() else None
+
+    def anatomical_landmarks(self) -> NamedPoints | None:
+        """Landmarks without tumours/planning volumes (see :data:`NON_ANATOMICAL`)."""
+        lm = self.landmarks
+        if lm is None:
+            return None
+        keep = [i for i, n in enumerate(lm.names) if n not in NON_ANATOMICAL]
+        return NamedPoints(tuple(lm.names[i] for i in keep), lm.xyz[keep]) if keep else None
+
+    def read(self) -> sitk.Image:
+        return read_image(self.image_path)
+
+
+def load_cases(data_dir: str | Path, modality: str | None = None) -> list[Case]:
+    """Lists the cases of ``manifest.csv`` (optionally one modality), sorted by case id."""
+    data_dir = Path(data_dir)
+    cases = []
+    with open(data_dir / "manifest.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if modality and row["modality"].upper() != modality.upper():
+                continue
+            folder = data_dir / "cases" / row["case_id"]
+            meta = json.loads((folder / "meta.json").read_text())
+            cases.append(Case(row["case_id"], row["modality"].upper(), row["patient"], folder, meta))
+    return sorted(cases, key=lambda c: c.case_id)

@@ -1,0 +1,104 @@
+"""``uae-ray bench speed``: seconds per scan for embedding and per landmark for matching.
+
+The scan is a real chest CT (``itkelastix_chest``, 496x386x141 at 0.98x0.98x2 mm) placed on a
+512x512x300 grid (air padding in-plane, 0.94 mm slices, linear interpolation): the size of a
+typical clinical CT. Every figure is the median of ``repeats`` runs after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from uae_ray.bench.common import format_table, machine_info, median_time, write_json
+from uae_ray.bench.accuracy import body_points
+from uae_ray.bench.dataset import load_cases
+from uae_ray.matching import Embedder, embed_image, match_points
+from uae_ray.volume import prepare_volume
+
+logger = logging.getLogger(__name__)
+
+SPEED_CASE = "itkelastix_chest"
+SPEED_SIZE = (512, 512, 300)
+
+
+def clinical_size_ct(data_dir: str | Path) -> sitk.Image:
+    """The benchmark CT: :data:`SPEED_CASE` resampled onto a :data:`SPEED_SIZE` grid."""
+    case = next(c for c in load_cases(data_dir, "CT") if c.case_id == SPEED_CASE)
+    image = case.read()
+    size = np.array(image.GetSize(), float)
+    spacing = np.array(image.GetSpacing(), float)
+    extent = size * spacing
+    new_spacing = np.array([spacing[0], spacing[1], extent[2] / SPEED_SIZE[2]])
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint(tuple((size - 1) / 2)))
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = centre - direction @ ((np.array(SPEED_SIZE) - 1) / 2 * new_spacing)
+    ref = sitk.Image(list(SPEED_SIZE), sitk.sitkInt16)
+    ref.SetSpacing(tuple(new_spacing))
+    ref.SetDirection(image.GetDirection())
+    ref.SetOrigin(tuple(origin))
+    return sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, -1024, sitk.sitkInt16)
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def time_embedder(image: sitk.Image, embedder: Embedder, repeats: int) -> dict[str, Any]:
+    """Median seconds per scan: preparation alone, and the whole embedding (prepare + network)."""
+    embed_image(image, embedder, "CT")  # warm-up
+    prep_s, _ = median_time(lambda: prepare_volume(image, "CT", embedder.config.input_spacing_mm), repeats)
+    total_s, runs = median_time(lambda: embed_image(image, embedder, "CT"), repeats)
+    return {"prepare_s": prep_s, "embed_s_per_scan": total_s, "runs_s": runs}
+
+
+def time_matching(image: sitk.Image, embedder: Embedder, repeats: int, n_points: int = 20) -> dict[str, Any]:
+    """Median seconds per landmark: matching ``n_points`` template points in stored embeddings."""
+    maps = embed_image(image, embedder, "CT")
+    points = body_points(image, n_points, np.random.default_rng(0))
+    median, runs = median_time(lambda: match_points(maps, points, maps), repeats)
+    return {"points": len(points), "match_s_per_landmark": median / len(points), "runs_s": runs}
+
+
+def run_speed(
+    data_dir: str | Path,
+    local: Embedder,
+    triton: Embedder | None,
+    out: str | Path,
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """Times in-process and (when given) Triton embedding, and matching; writes JSON."""
+    image = clinical_size_ct(data_dir)
+    result: dict[str, Any] = {
+        "benchmark": "speed",
+        "model_version": local.version,
+        "scan": {"case": SPEED_CASE, "size": list(image.GetSize()), "spacing": list(image.GetSpacing())},
+        "repeats": repeats,
+        "machine": machine_info(),
+    }
+    logger.info("timing in-process embedding (%d runs)", repeats)
+    result["in_process"] = time_embedder(image, local, repeats)
+    if triton is not None:
+        logger.info("timing Triton embedding (%d runs)", repeats)
+        result["triton"] = time_embedder(image, triton, repeats)
+    logger.info("timing matching")
+    result["matching"] = time_matching(image, local, repeats)
+    result["peak_rss_gb"] = _peak_rss_gb()
+    write_json(out, result)
+    return result
+
+
+def speed_table(result: dict[str, Any]) -> str:
+    """The headline figures as a text table."""
+    rows = [{"what": "embed, in-process (s/scan)", "median": result["in_process"]["embed_s_per_scan"]}]
+    rows.append({"what": "  of which prepare (s/scan)", "median": result["in_process"]["prepare_s"]})
+    if "triton" in result:
+        rows.append({"what": "embed, Triton (s/scan)", "median": result["triton"]["embed_s_per_scan"]})
+    rows.append({"what": "match (ms/landmark)", "median": 1000 * result["matching"]["match_s_per_landmark"]})
+    rows.append({"what": "peak RSS of this process (GB)", "median": result["peak_rss_gb"]})
+    return format_table(rows, ["what", "median"])

@@ -1,0 +1,89 @@
+"""``uae-ray cohort embed``: one Ray task per scan: read from object storage, normalise, embed
+through Triton, write the embedding maps as Parquet (``<out>/embeddings/<scan_id>.parquet``).
+
+Re-running skips the scans whose manifest record is ``ok`` for the same model version; a scan
+that fails is recorded with its one-line error and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from uae_ray.cohort.maps_io import embeddings_uri, write_maps
+from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
+from uae_ray.serving import get_embedder
+from uae_ray.storage import Manifest, ScanRef, discover_scans, join
+from uae_ray.storage.images import read_image_uri
+
+logger = logging.getLogger(__name__)
+
+EMBED_MANIFEST = "manifests/embed"
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """What every embed task needs (shared with the workers through the object store)."""
+
+    out: str
+    triton_url: str | None
+    checkpoint: str | None
+    env: dict[str, str]
+
+
+def embed_scan(scan: ScanRef, settings: EmbedSettings) -> dict[str, Any]:
+    """Embeds one scan and writes its Parquet file. Never raises: returns a manifest record."""
+    apply_worker_env(settings.env)
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"scan_id": scan.scan_id, "uri": scan.uri}
+    try:
+        from uae_ray.matching import embed_image
+        from uae_ray.volume import detect_modality
+
+        embedder = get_embedder(settings.triton_url, checkpoint=settings.checkpoint)
+        image = read_image_uri(scan.uri)
+        maps = embed_image(image, embedder, detect_modality(image, scan.uri))
+        uri = embeddings_uri(settings.out, scan.scan_id)
+        n_bytes = write_maps(uri, scan.scan_id, maps)
+        record.update(status="ok", model_version=maps.model_version, output_uri=uri, n_bytes=n_bytes)
+    except Exception as e:  # recorded per scan; the job goes on
+        record.update(status="error", error=one_line(e))
+    record["seconds"] = time.perf_counter() - t0
+    return record
+
+
+def pending_scans(scans: list[ScanRef], manifest: Manifest, model_version: str, force: bool) -> list[ScanRef]:
+    """The scans still to do: all with ``force``, else those not ``ok`` for ``model_version``."""
+    if force:
+        return list(scans)
+    done = manifest.done_ids(model_version)
+    return [s for s in scans if s.scan_id not in done]
+
+
+def run_cohort_embed(
+    archive: str,
+    out: str,
+    triton_url: str | None,
+    ray_address: str | None = None,
+    checkpoint: str | None = None,
+    force: bool = False,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Embeds every scan under ``archive`` that is not done yet. Returns a summary dict."""
+    scans = discover_scans(archive)[:limit] if limit else discover_scans(archive)
+    model_version = get_embedder(triton_url, checkpoint=checkpoint).version
+    manifest = Manifest(join(out, EMBED_MANIFEST))
+    todo = pending_scans(scans, manifest, model_version, force)
+    logger.info("cohort embed: %d scans under %s, %d to do (model %s)", len(scans), archive, len(todo), model_version)
+    summary: dict[str, Any] = {"scans": len(scans), "skipped": len(scans) - len(todo), "model_version": model_version}
+    if todo:
+        init_ray(ray_address)
+        settings = EmbedSettings(out, triton_url, checkpoint, worker_env())
+        progress = fan_out(embed_scan, todo, (settings,), manifest.record, "cohort embed")
+        manifest.save()
+        summary.update(done=progress.done - progress.failed, failed=progress.failed)
+    else:
+        summary.update(done=0, failed=0)
+    return summary

@@ -1,0 +1,155 @@
+"""``uae-ray cohort landmarks``: a template's named points found in every scan of an archive,
+matched against the stored embeddings (scans without embeddings are embedded first).
+
+Layout under ``out``:
+  ``landmarks/parts/<scan_id>.parquet``  per-scan detections (written by the workers)
+  ``landmarks/detections.parquet``      all detections of the archive (written by the driver)
+  ``manifests/landmarks``               status per scan, keyed by model version + job key
+The job key hashes the template and the points, so a new template or point set redoes the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from uae_ray.cohort.embed import EMBED_MANIFEST, EmbedSettings, embed_scan, pending_scans
+from uae_ray.cohort.maps_io import embeddings_uri, read_maps
+from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
+from uae_ray.serving import get_embedder
+from uae_ray.storage import DETECTIONS_SCHEMA, Manifest, ScanRef, discover_scans, join, read_table, write_table_atomic
+from uae_ray.storage.images import read_image_uri
+from uae_ray.tasks.points_io import NamedPoints, read_points_csv
+
+logger = logging.getLogger(__name__)
+
+LANDMARKS_MANIFEST = "manifests/landmarks"
+
+
+@dataclass(frozen=True)
+class TemplateQuery:
+    """The template's points and their embedding vectors (small; shipped to every task)."""
+
+    names: tuple[str, ...]
+    xyz: np.ndarray
+    local: np.ndarray  # (N, Cl)
+    global_: np.ndarray  # (N, Cg)
+    model_version: str
+    job_key: str
+
+
+def build_query(template: str, points: NamedPoints, triton_url: str | None, checkpoint: str | None) -> TemplateQuery:
+    """Embeds the template (with the same model as the cohort) and samples its point vectors."""
+    from uae_ray.matching import embed_image, sample_embeddings
+    from uae_ray.volume import detect_modality
+
+    image = read_image_uri(template)
+    maps = embed_image(image, get_embedder(triton_url, checkpoint=checkpoint), detect_modality(image, template))
+    local, global_ = sample_embeddings(maps, points.xyz)
+    digest = hashlib.sha256(template.encode() + points.xyz.tobytes() + "\n".join(points.names).encode())
+    return TemplateQuery(points.names, points.xyz, local, global_, maps.model_version, digest.hexdigest()[:12])
+
+
+def part_uri(out: str, scan_id: str) -> str:
+    return join(out, "landmarks", "parts", f"{scan_id}.parquet")
+
+
+def detect_scan(scan: ScanRef, query: TemplateQuery, out: str, embeddings: str, env: dict[str, str]) -> dict[str, Any]:
+    """Matches the template's points in one scan's stored embeddings; writes its part table."""
+    apply_worker_env(env)
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"scan_id": scan.scan_id, "uri": scan.uri}
+    try:
+        from uae_ray.matching import Matcher
+
+        maps = read_maps(embeddings_uri(embeddings, scan.scan_id))
+        if maps.model_version != query.model_version:
+            raise ValueError(f"stored embeddings are of model {maps.model_version}, template of {query.model_version}")
+        xyz, scores = Matcher().set_target(maps).predict_features(query.local, query.global_)
+        table = detections_table(scan.scan_id, query.names, xyz, scores, query.model_version)
+        uri = part_uri(out, scan.scan_id)
+        write_table_atomic(table, uri)
+        record.update(status="ok", model_version=f"{query.model_version}|{query.job_key}", output_uri=uri,
+                      n_bytes=table.nbytes)
+    except Exception as e:
+        record.update(status="error", error=one_line(e))
+    record["seconds"] = time.perf_counter() - t0
+    return record
+
+
+def detections_table(
+    scan_id: str, names: tuple[str, ...], xyz: np.ndarray, scores: np.ndarray, model_version: str
+) -> pa.Table:
+    """Rows of :data:`~uae_ray.storage.DETECTIONS_SCHEMA` for one scan."""
+    n = len(names)
+    return pa.table(
+        {
+            "scan_id": [scan_id] * n,
+            "name": list(names),
+            "x": xyz[:, 0].astype(float),
+            "y": xyz[:, 1].astype(float),
+            "z": xyz[:, 2].astype(float),
+            "score": np.asarray(scores, dtype=np.float32),
+            "model_version": [model_version] * n,
+        },
+        schema=DETECTIONS_SCHEMA,
+    )
+
+
+def run_cohort_landmarks(
+    archive: str,
+    out: str,
+    template: str,
+    points_csv: str,
+    triton_url: str | None,
+    embeddings: str | None = None,
+    ray_address: str | None = None,
+    checkpoint: str | None = None,
+    force: bool = False,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Detects the template's points in every scan of ``archive``; returns a summary."""
+    embeddings = embeddings or out
+    points = read_points_csv(points_csv)
+    scans = discover_scans(archive)[:limit] if limit else discover_scans(archive)
+    query = build_query(template, points, triton_url, checkpoint)
+    logger.info("cohort landmarks: %d points, %d scans, model %s", len(points), len(scans), query.model_version)
+    summary: dict[str, Any] = {"scans": len(scans), "points": len(points), "model_version": query.model_version}
+
+    embed_manifest = Manifest(join(embeddings, EMBED_MANIFEST))
+    to_embed = pending_scans(scans, embed_manifest, query.model_version, force=False)
+    if to_embed:
+        init_ray(ray_address)
+        logger.info("embedding %d scans without stored embeddings first", len(to_embed))
+        settings = EmbedSettings(embeddings, triton_url, checkpoint, worker_env())
+        fan_out(embed_scan, to_embed, (settings,), embed_manifest.record, "cohort embed")
+        embed_manifest.save()
+    embedded = embed_manifest.done_ids(query.model_version)
+    failed_embed = [s for s in scans if s.scan_id not in embedded]
+
+    manifest = Manifest(join(out, LANDMARKS_MANIFEST))
+    for s in failed_embed:
+        manifest.record({"scan_id": s.scan_id, "uri": s.uri, "status": "error",
+                         "error": embed_manifest.error(s.scan_id) or "no embeddings",
+                         "model_version": f"{query.model_version}|{query.job_key}"})
+    ready = [s for s in scans if s.scan_id in embedded]
+    todo = pending_scans(ready, manifest, f"{query.model_version}|{query.job_key}", force)
+    summary["skipped"] = len(ready) - len(todo)
+    if todo:
+        init_ray(ray_address)
+        fan_out(detect_scan, todo, (query, out, embeddings, worker_env()), manifest.record, "cohort landmarks")
+    manifest.save()
+
+    done = manifest.done_ids(f"{query.model_version}|{query.job_key}")
+    parts = [read_table(part_uri(out, s.scan_id)) for s in scans if s.scan_id in done]
+    table = pa.concat_tables(parts) if parts else DETECTIONS_SCHEMA.empty_table()
+    detections = join(out, "landmarks", "detections.parquet")
+    write_table_atomic(table, detections)
+    summary.update(done=len(parts), failed=len(scans) - len(parts), detections_uri=detections, rows=table.num_rows)
+    return summary

@@ -1,0 +1,115 @@
+"""Fan work out as Ray tasks, one per scan, with progress, bounded in-flight work and a manifest.
+
+Workers write their own outputs (atomically) and return a small record; the driver is the
+single writer of the manifest and saves it every few completions, so a killed job loses at most
+the records of its last few scans (whose outputs are complete and are redone on the next run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+# Environment variables a worker needs to reach the services (credentials travel as task
+# arguments, never in logs or the runtime environment shown by the dashboard).
+WORKER_ENV = ("UAE_S3_ENDPOINT", "UAE_S3_ACCESS_KEY", "UAE_S3_SECRET_KEY", "UAE_S3_SECURE", "UAE_CONFIG")
+
+
+def worker_env() -> dict[str, str]:
+    """The service settings of this process, to hand to workers."""
+    return {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+
+
+def apply_worker_env(env: dict[str, str]) -> None:
+    """Sets the service settings inside a worker (idempotent)."""
+    os.environ.update(env)
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line error message (type for non-user errors)."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
+
+
+@dataclass
+class Progress:
+    """Prints a periodic line with counts and rate (to the log), at most every ``every_s``."""
+
+    total: int
+    label: str
+    every_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.done = self.failed = 0
+        self.t0 = self._last = time.perf_counter()
+
+    def update(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += 0 if ok else 1
+        now = time.perf_counter()
+        if now - self._last >= self.every_s or self.done == self.total:
+            self._last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            logger.info(
+                "%s: %d/%d scans (%d failed), %.2f scans/s, ETA %.0f s",
+                self.label, self.done, self.total, self.failed, rate, eta,
+            )
+
+
+def init_ray(address: str | None) -> None:
+    """Connects to ``address`` (or ``$RAY_ADDRESS``), else starts a local Ray instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("http"):
+        address = None  # a dashboard URL is for `ray job submit`, not for drivers
+    logger.info("connecting to Ray at %s", address or "a new local instance")
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def fan_out(
+    fn: Callable[..., dict[str, Any]],
+    items: Sequence[Any],
+    args: tuple,
+    on_result: Callable[[dict[str, Any]], None],
+    label: str,
+    num_cpus: float = 1.0,
+    max_in_flight: int = 256,
+) -> Progress:
+    """Runs ``fn(item, *args)`` as one Ray task per item; calls ``on_result`` with each record.
+
+    ``fn`` must catch its own per-scan errors and return a record with ``status``; a task that
+    dies (worker crash, out of memory) becomes an error record here, and the others go on.
+    """
+    import ray
+
+    remote = ray.remote(num_cpus=num_cpus, max_retries=1)(fn)
+    shared = [ray.put(a) for a in args]
+    progress = Progress(len(items), label)
+    pending: dict[Any, Any] = {}
+    queue = list(items)
+    while queue or pending:
+        while queue and len(pending) < max_in_flight:
+            item = queue.pop(0)
+            pending[remote.remote(item, *shared)] = item
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=30.0)
+        for ref in ready:
+            item = pending.pop(ref)
+            try:
+                record = ray.get(ref)
+            except Exception as e:  # the task itself died; the scan is recorded as failed
+                record = {"scan_id": getattr(item, "scan_id", str(item)), "uri": getattr(item, "uri", ""),
+                          "status": "error", "error": one_line(e)}
+            progress.update(record.get("status") == "ok")
+            if record.get("status") != "ok":
+                logger.error("%s: %s", record.get("uri") or record.get("scan_id"), record.get("error"))
+            on_result(record)
+    return progress

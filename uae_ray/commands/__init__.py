@@ -1,0 +1,1 @@
+"""Adapters between the CLI and the library: wire readers, embedders and writers together."""

@@ -1,0 +1,45 @@
+"""``uae-ray cohort embed|landmarks``: Ray jobs over an archive."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def service_defaults(triton: str | None, ray_address: str | None) -> tuple[str | None, str | None]:
+    """Fills the Triton URL, Ray address and S3 settings from the local stack when it is up
+    and nothing else was given (explicit flags and environment variables win)."""
+    from uae_ray.stack import StackConfig, client_env, stack_status
+
+    triton = triton or os.environ.get("UAE_TRITON_URL")
+    ray_address = ray_address or os.environ.get("UAE_RAY_ADDRESS")
+    config = StackConfig.load()
+    status = stack_status(config)
+    if status.healthy:
+        env = client_env(config)
+        for key in ("UAE_S3_ENDPOINT", "UAE_S3_ACCESS_KEY", "UAE_S3_SECRET_KEY"):
+            os.environ.setdefault(key, env[key])
+        triton = triton or env["UAE_TRITON_URL"]
+        ray_address = ray_address or os.environ.get("RAY_ADDRESS") or env["UAE_RAY_ADDRESS"]
+    return triton, ray_address
+
+
+def run(args: argparse.Namespace) -> int:
+    triton, ray_address = service_defaults(args.triton, args.ray_address)
+    if args.job == "embed":
+        from uae_ray.cohort.embed import run_cohort_embed
+
+        summary = run_cohort_embed(args.archive, args.out, triton, ray_address, force=args.force, limit=args.limit)
+    else:
+        from uae_ray.cohort.landmarks import run_cohort_landmarks
+
+        summary = run_cohort_landmarks(
+            args.archive, args.out, args.template, args.points, triton, args.embeddings, ray_address,
+            force=args.force, limit=args.limit,
+        )
+    print(json.dumps(summary, indent=2))
+    return 1 if summary.get("failed") else 0

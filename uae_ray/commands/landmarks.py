@@ -1,0 +1,67 @@
+"""``uae-ray landmarks``: a template's named points found in each target scan."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from uae_ray.tasks.points_io import Detection, PointsFileError, read_points_csv, write_detections_csv
+from uae_ray.volume import VolumeError, detect_modality
+
+logger = logging.getLogger(__name__)
+
+
+def run(
+    template: str,
+    points: str,
+    targets: list[str],
+    out: str,
+    triton_url: str | None = None,
+    checkpoint: str | None = None,
+    modality: str | None = None,
+    report: str | None = None,
+) -> int:
+    """Runs the verb. Returns the exit code: 0, or 1 when a target failed (others still run),
+    or 2 when the template or points are unusable (nothing is written)."""
+    from uae_ray.serving import get_embedder
+    from uae_ray.storage.images import read_image_uri
+    from uae_ray.tasks.landmarks import LandmarkDetector
+
+    try:
+        named = read_points_csv(points)
+        template_image = read_image_uri(template)
+        template_modality = detect_modality(template_image, template, modality)
+    except (VolumeError, PointsFileError) as e:
+        logger.error("%s", e)
+        return 2
+    embedder = get_embedder(triton_url, checkpoint=checkpoint)
+    detector = LandmarkDetector(embedder, template_image, named, template_modality)
+    logger.info("template %s embedded (%d points, model %s)", template, len(named), detector.model_version)
+
+    detections: list[Detection] = []
+    views = []
+    failed = 0
+    for i, target in enumerate(targets, start=1):
+        t0 = time.perf_counter()
+        try:
+            image = read_image_uri(target)
+            target_modality = detect_modality(image, target, modality)
+            found = detector.detect(image, target, target_modality)
+        except VolumeError as e:
+            logger.error("%s", e)
+            failed += 1
+            continue
+        detections += found
+        if report:
+            from uae_ray.report.landmarks import TargetView
+
+            views.append(TargetView(target, image, target_modality, found))
+        logger.info("[%d/%d] %s: %d points in %.1f s", i, len(targets), target, len(found), time.perf_counter() - t0)
+    write_detections_csv(out, detections)
+    logger.info("wrote %d detections to %s (%d target(s) failed)", len(detections), out, failed)
+    if report:
+        from uae_ray.report.landmarks import landmark_report
+
+        landmark_report(report, template_image, template_modality, named, views)
+        logger.info("wrote report %s", report)
+    return 1 if failed else 0

@@ -1,0 +1,91 @@
+"""Orthogonal slices through a world point, rendered to small PIL images for QC reports.
+
+Slices are resampled in world space (LPS), so they show the same orientation for every scan
+whatever its stored direction: axial (patient right on the viewer's left, anterior up),
+coronal (superior up) and sagittal (anterior on the left, superior up).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image, ImageDraw
+
+Plane = Literal["axial", "coronal", "sagittal"]
+PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
+
+# In-plane axes (columns, rows) of each plane as LPS unit vectors.
+_AXES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
+}
+
+
+def world_slice(
+    image: sitk.Image, center: np.ndarray, plane: Plane, fov_mm: float = 180.0, pixels: int = 160
+) -> np.ndarray:
+    """Resamples a 2D slice through ``center``.
+
+    Args:
+        image: 3D image (any direction).
+        center: (3,) world point, x, y, z (LPS, mm), at the slice centre.
+        plane: which orthogonal plane.
+        fov_mm: side of the square field of view in mm.
+        pixels: side of the output in pixels.
+
+    Returns:
+        (pixels, pixels) float32 array, rows along the plane's vertical axis; NaN outside the image.
+    """
+    a, b = (np.asarray(v) for v in _AXES[plane])
+    c = np.cross(a, b)
+    spacing = fov_mm / pixels
+    origin = np.asarray(center, dtype=float) - (pixels - 1) / 2 * spacing * (a + b)
+    ref = sitk.Image([pixels, pixels, 1], sitk.sitkFloat32)
+    ref.SetSpacing((spacing, spacing, 1.0))
+    ref.SetOrigin(tuple(origin))
+    ref.SetDirection(tuple(np.stack([a, b, c], axis=1).ravel()))
+    nan = float("nan")
+    out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, nan)
+    return sitk.GetArrayFromImage(out)[0]
+
+
+def window(slice_: np.ndarray, modality: str) -> np.ndarray:
+    """Maps intensities to uint8: CT with a soft-tissue-wide window (-250..350 HU), MR by percentiles."""
+    finite = np.isfinite(slice_)
+    if modality.upper() == "CT":
+        lo, hi = -250.0, 350.0
+    elif finite.any():
+        lo, hi = np.percentile(slice_[finite], [1, 99])
+    else:
+        lo, hi = 0.0, 1.0
+    out = np.clip((np.nan_to_num(slice_, nan=lo) - lo) / max(hi - lo, 1e-6), 0, 1)
+    return (out * 255).astype(np.uint8)
+
+
+def render_point(
+    image: sitk.Image,
+    point: np.ndarray,
+    modality: str = "CT",
+    color: tuple[int, int, int] = (255, 60, 60),
+    fov_mm: float = 180.0,
+    pixels: int = 160,
+) -> list[Image.Image]:
+    """Renders the three orthogonal slices through ``point`` with the point drawn as a ring.
+
+    Returns:
+        One RGB image per plane, in :data:`PLANES` order.
+    """
+    images = []
+    for plane in PLANES:
+        gray = window(world_slice(image, point, plane, fov_mm, pixels), modality)
+        rgb = Image.fromarray(gray).convert("RGB")
+        draw = ImageDraw.Draw(rgb)
+        c, r = (pixels - 1) / 2, max(3, pixels // 30)
+        draw.ellipse([c - r, c - r, c + r, c + r], outline=color, width=2)
+        draw.line([c - 3 * r, c, c - 1.5 * r, c], fill=color, width=1)
+        draw.line([c + 1.5 * r, c, c + 3 * r, c], fill=color, width=1)
+        images.append(rgb)
+    return images
