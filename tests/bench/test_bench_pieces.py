@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from uae_ray.bench.baselines import affine_registration, transfer_points
+from uae_ray.bench.common import error_stats, format_table
+from uae_ray.bench.dataset import NON_ANATOMICAL, load_cases
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def test_error_stats():
+    s = error_stats([1.0, 2.0, 6.0, 12.0])
+    assert s["n"] == 4 and s["mre_mm"] == pytest.approx(5.25) and s["median_mm"] == pytest.approx(4.0)
+    assert s["within_5mm_pct"] == pytest.approx(50.0) and s["within_10mm_pct"] == pytest.approx(75.0)
+    assert error_stats([]) == {"n": 0}
+
+
+def test_format_table_aligns_columns():
+    text = format_table([{"a": 1.0, "b": "xyz"}, {"a": 22.5, "b": "q"}], ["a", "b"])
+    lines = text.splitlines()
+    assert lines[0].startswith("a") and lines[2].startswith("1.00") and len(lines) == 4
+
+
+def _textured_image() -> sitk.Image:
+    rng = np.random.default_rng(3)
+    noise = sitk.GetImageFromArray(rng.normal(size=(48, 48, 48)).astype(np.float32))
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(noise, 3.0))
+    img = sitk.GetImageFromArray((smooth / smooth.std() * 300).astype(np.float32))
+    img.SetSpacing((2.0, 2.0, 2.0))
+    return img
+
+
+def test_affine_baseline_recovers_a_translation():
+    fixed = _textured_image()
+    shift = (6.0, -4.0, 5.0)
+    moving = sitk.Resample(fixed, fixed, sitk.TranslationTransform(3, [-s for s in shift]), sitk.sitkLinear, 0.0)
+    transform = affine_registration(fixed, moving, "CT", seed=1)
+    p_fixed = np.array([[40.0, 52.0, 48.0], [60.0, 36.0, 60.0]])
+    p_moving = p_fixed + np.array(shift)
+    np.testing.assert_allclose(transfer_points(transform, p_moving), p_fixed, atol=1.5)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not found")
+def test_cases_and_anatomical_landmarks():
+    cases = load_cases(SHARED, modality="CT")
+    assert cases and all(c.modality == "CT" for c in cases)
+    by_id = {c.case_id: c for c in cases}
+    lm = by_id["nsclc_lung1_001"].anatomical_landmarks()
+    assert lm is not None and not set(lm.names) & NON_ANATOMICAL and "spinal_cord" in lm.names
+    assert by_id["pyradiomics_lung1"].anatomical_landmarks() is None  # gtv only

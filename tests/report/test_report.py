@@ -1,0 +1,46 @@
+import numpy as np
+import SimpleITK as sitk
+
+from uae_ray.report.landmarks import TargetView, landmark_report
+from uae_ray.report.slices import world_slice
+from uae_ray.tasks.points_io import Detection, NamedPoints
+
+
+def _phantom(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
+    arr = np.full((40, 50, 60), -1000, np.int16)  # z, y, x
+    arr[10:30, 15:35, 20:40] = 50
+    arr[20, 25, 30] = 1000  # a bright voxel at index x=30, y=25, z=20
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    img.SetOrigin((-30.0, -25.0, -40.0))
+    img.SetDirection(direction)
+    return img
+
+
+def test_world_slice_is_centred_on_the_point_for_any_direction():
+    for direction in [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)]:
+        img = _phantom(direction)
+        p = np.array(img.TransformIndexToPhysicalPoint((30, 25, 20)))
+        for plane in ("axial", "coronal", "sagittal"):
+            s = world_slice(img, p, plane, fov_mm=21.0, pixels=21)
+            assert s.shape == (21, 21)
+            assert np.nanargmax(s) == 10 * 21 + 10, plane  # the bright voxel is at the centre
+
+
+def test_world_slice_orientation_axial():
+    img = _phantom()
+    p = np.array(img.TransformIndexToPhysicalPoint((30, 25, 20)))
+    s = world_slice(img, p + np.array([5.0, 0, 0]), "axial", fov_mm=21.0, pixels=21)
+    # the bright voxel is 5 mm to the patient's right (-x): left of centre on screen
+    assert np.unravel_index(np.nanargmax(s), s.shape) == (10, 5)
+
+
+def test_landmark_report_writes_html_with_images(tmp_path):
+    img = _phantom()
+    p = np.array(img.TransformIndexToPhysicalPoint((30, 25, 20)))
+    points = NamedPoints(("bright",), p[None])
+    dets = [Detection("t", "bright", *p, 0.9)]
+    out = landmark_report(tmp_path / "r.html", img, "CT", points, [TargetView("t", img, "CT", dets)])
+    html = out.read_text()
+    assert html.count("data:image/png;base64,") == 6
+    assert "bright" in html and "0.900" in html
