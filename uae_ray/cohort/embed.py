@@ -15,7 +15,7 @@ from typing import Any
 from uae_ray.cohort.maps_io import embeddings_uri, write_maps
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
-from uae_ray.storage import Manifest, ScanRef, discover_scans, join
+from uae_ray.storage import Manifest, ManifestRecord, ScanRef, discover_scans, join, write_record
 from uae_ray.storage.images import read_image_uri
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class EmbedSettings:
     """What every embed task needs (shared with the workers through the object store)."""
 
     out: str
+    manifest: str
     triton_url: str | None
     checkpoint: str | None
     env: dict[str, str]
@@ -51,7 +52,26 @@ def embed_scan(scan: ScanRef, settings: EmbedSettings) -> dict[str, Any]:
     except Exception as e:  # recorded per scan; the job goes on
         record.update(status="error", error=one_line(e))
     record["seconds"] = time.perf_counter() - t0
-    return record
+    return persist_record(settings.manifest, record)
+
+
+def persist_record(manifest_uri: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Writes a worker's manifest record file (so it survives a driver crash); returns it."""
+    rec = ManifestRecord(**record)
+    write_record(manifest_uri, rec)
+    return {"record": rec, **record}
+
+
+def add_record(manifest: Manifest):
+    """The driver's callback: merge a worker's record (or a died task's error) into the manifest."""
+
+    def on_result(result: dict[str, Any]) -> None:
+        rec = result.get("record")
+        if rec is None:
+            rec = ManifestRecord(result["scan_id"], result.get("uri", ""), result["status"], result.get("error"))
+        manifest.add(rec)
+
+    return on_result
 
 
 def pending_scans(scans: list[ScanRef], manifest: Manifest, model_version: str, force: bool) -> list[ScanRef]:
@@ -80,8 +100,8 @@ def run_cohort_embed(
     summary: dict[str, Any] = {"scans": len(scans), "skipped": len(scans) - len(todo), "model_version": model_version}
     if todo:
         init_ray(ray_address)
-        settings = EmbedSettings(out, triton_url, checkpoint, worker_env())
-        progress = fan_out(embed_scan, todo, (settings,), manifest.record, "cohort embed")
+        settings = EmbedSettings(out, manifest.uri, triton_url, checkpoint, worker_env())
+        progress = fan_out(embed_scan, todo, (settings,), add_record(manifest), "cohort embed")
         manifest.save()
         summary.update(done=progress.done - progress.failed, failed=progress.failed)
     else:

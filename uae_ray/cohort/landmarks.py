@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from uae_ray.cohort.embed import EMBED_MANIFEST, EmbedSettings, embed_scan, pending_scans
+from uae_ray.cohort.embed import EMBED_MANIFEST, EmbedSettings, add_record, embed_scan, pending_scans, persist_record
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
-from uae_ray.storage import DETECTIONS_SCHEMA, Manifest, ScanRef, discover_scans, join, read_table, write_table_atomic
+from uae_ray.storage import DETECTIONS, Manifest, ScanRef, discover_scans, join, read_table, write_table_atomic
 from uae_ray.storage.images import read_image_uri
 from uae_ray.tasks.points_io import NamedPoints, read_points_csv
 
@@ -60,7 +60,9 @@ def part_uri(out: str, scan_id: str) -> str:
     return join(out, "landmarks", "parts", f"{scan_id}.parquet")
 
 
-def detect_scan(scan: ScanRef, query: TemplateQuery, out: str, embeddings: str, env: dict[str, str]) -> dict[str, Any]:
+def detect_scan(
+    scan: ScanRef, query: TemplateQuery, out: str, embeddings: str, manifest_uri: str, env: dict[str, str]
+) -> dict[str, Any]:
     """Matches the template's points in one scan's stored embeddings; writes its part table."""
     apply_worker_env(env)
     t0 = time.perf_counter()
@@ -80,13 +82,13 @@ def detect_scan(scan: ScanRef, query: TemplateQuery, out: str, embeddings: str, 
     except Exception as e:
         record.update(status="error", error=one_line(e))
     record["seconds"] = time.perf_counter() - t0
-    return record
+    return persist_record(manifest_uri, record)
 
 
 def detections_table(
     scan_id: str, names: tuple[str, ...], xyz: np.ndarray, scores: np.ndarray, model_version: str
 ) -> pa.Table:
-    """Rows of :data:`~uae_ray.storage.DETECTIONS_SCHEMA` for one scan."""
+    """Rows of :data:`~uae_ray.storage.DETECTIONS` for one scan."""
     n = len(names)
     return pa.table(
         {
@@ -98,7 +100,7 @@ def detections_table(
             "score": np.asarray(scores, dtype=np.float32),
             "model_version": [model_version] * n,
         },
-        schema=DETECTIONS_SCHEMA,
+        schema=DETECTIONS,
     )
 
 
@@ -127,28 +129,30 @@ def run_cohort_landmarks(
     if to_embed:
         init_ray(ray_address)
         logger.info("embedding %d scans without stored embeddings first", len(to_embed))
-        settings = EmbedSettings(embeddings, triton_url, checkpoint, worker_env())
-        fan_out(embed_scan, to_embed, (settings,), embed_manifest.record, "cohort embed")
+        settings = EmbedSettings(embeddings, embed_manifest.uri, triton_url, checkpoint, worker_env())
+        fan_out(embed_scan, to_embed, (settings,), add_record(embed_manifest), "cohort embed")
         embed_manifest.save()
     embedded = embed_manifest.done_ids(query.model_version)
     failed_embed = [s for s in scans if s.scan_id not in embedded]
 
     manifest = Manifest(join(out, LANDMARKS_MANIFEST))
+    job_version = f"{query.model_version}|{query.job_key}"
     for s in failed_embed:
-        manifest.record({"scan_id": s.scan_id, "uri": s.uri, "status": "error",
-                         "error": embed_manifest.error(s.scan_id) or "no embeddings",
-                         "model_version": f"{query.model_version}|{query.job_key}"})
+        previous = embed_manifest.get(s.scan_id)
+        error = previous.error if previous and previous.error else "no embeddings"
+        manifest.record(s.scan_id, s.uri, "error", f"embedding failed: {error}", job_version)
     ready = [s for s in scans if s.scan_id in embedded]
-    todo = pending_scans(ready, manifest, f"{query.model_version}|{query.job_key}", force)
+    todo = pending_scans(ready, manifest, job_version, force)
     summary["skipped"] = len(ready) - len(todo)
     if todo:
         init_ray(ray_address)
-        fan_out(detect_scan, todo, (query, out, embeddings, worker_env()), manifest.record, "cohort landmarks")
+        args = (query, out, embeddings, manifest.uri, worker_env())
+        fan_out(detect_scan, todo, args, add_record(manifest), "cohort landmarks")
     manifest.save()
 
-    done = manifest.done_ids(f"{query.model_version}|{query.job_key}")
+    done = manifest.done_ids(job_version)
     parts = [read_table(part_uri(out, s.scan_id)) for s in scans if s.scan_id in done]
-    table = pa.concat_tables(parts) if parts else DETECTIONS_SCHEMA.empty_table()
+    table = pa.concat_tables(parts) if parts else DETECTIONS.empty_table()
     detections = join(out, "landmarks", "detections.parquet")
     write_table_atomic(table, detections)
     summary.update(done=len(parts), failed=len(scans) - len(parts), detections_uri=detections, rows=table.num_rows)

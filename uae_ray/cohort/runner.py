@@ -107,7 +107,7 @@ def fan_out(
                 record = ray.get(ref)
             except Exception as e:  # the task itself died; the scan is recorded as failed
                 record = {"scan_id": getattr(item, "scan_id", str(item)), "uri": getattr(item, "uri", ""),
-                          "status": "error", "error": one_line(e)}
+                          "status": "error", "error": f"task failed: {one_line(e)}"}
             progress.update(record.get("status") == "ok")
             if record.get("status") != "ok":
                 logger.error("%s: %s", record.get("uri") or record.get("scan_id"), record.get("error"))

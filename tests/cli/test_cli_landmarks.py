@@ -1,0 +1,61 @@
+"""`uae-ray landmarks` end to end, in-process, on real data."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uae_ray.cli import build_parser, main
+from uae_ray.tasks.points_io import read_detections_csv, read_points_csv
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not found")
+
+
+def test_help_lists_the_verbs():
+    text = build_parser().format_help()
+    for verb in ("landmarks", "stack", "cohort", "bench", "demo"):
+        assert verb in text
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "uae_ray.cli", "landmarks", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--template" in out.stdout
+
+
+@needs_data
+def test_landmarks_identity_and_a_bad_target(tmp_path, caplog):
+    case = SHARED / "cases" / "ts_example_ct"
+    points = tmp_path / "points.csv"
+    lines = (case / "landmarks.csv").read_text().splitlines()
+    points.write_text("\n".join(lines[:6]) + "\n")  # header + 5 organ centroids
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes((case / "image.nii.gz").read_bytes()[:5000])
+    out = tmp_path / "det.csv"
+    code = main([
+        "landmarks", "--template", str(case / "image.nii.gz"), "--points", str(points),
+        "--target", str(broken), "--target", str(case / "image.nii.gz"), "--out", str(out),
+        "--report", str(tmp_path / "qc.html"),
+    ])
+    assert code == 1  # one target failed, the other was processed
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(str(broken) in e and "\n" not in e for e in errors)
+    dets = read_detections_csv(out)
+    truth = read_points_csv(points)
+    assert [d.name for d in dets] == list(truth.names)
+    assert all(d.target == str(case / "image.nii.gz") for d in dets)
+    err = np.linalg.norm(np.array([[d.x, d.y, d.z] for d in dets]) - truth.xyz, axis=1)
+    assert err.max() < 4.0, err  # same scan: within one 4 mm map voxel
+    assert (tmp_path / "qc.html").read_text().count("data:image/png") == 6 * len(dets)
+
+
+@needs_data
+def test_landmarks_bad_points_file_exits_2(tmp_path):
+    case = SHARED / "cases" / "ts_example_ct"
+    bad = tmp_path / "p.csv"
+    bad.write_text("name,x,y\n")
+    code = main(["landmarks", "--template", str(case / "image.nii.gz"), "--points", str(bad),
+                 "--target", str(case / "image.nii.gz"), "--out", str(tmp_path / "d.csv")])
+    assert code == 2 and not (tmp_path / "d.csv").exists()

@@ -1,0 +1,97 @@
+"""Arrow schemas of the Parquet files the cohort jobs write.
+
+Every field carries a ``doc`` entry in its metadata; every schema carries
+``uae_ray.schema = "<name>/<version>"`` in its schema metadata.
+
+EMBEDDINGS (one file per scan, ``<out>/embeddings/<scan_id>.parquet``)
+    One row per (level, z slice) of each map. ``data`` holds the C-order bytes of the
+    (channels, ny, nx) array of that slice, little endian, in ``dtype``:
+
+    * ``"float16"`` for embedding levels (``"local"``, ``"global"``, ...);
+    * ``"bool"`` for the valid mask, stored as its own level ``"valid"`` (channels = 1, bits
+      packed with ``numpy.packbits`` over the C-order (1, ny, nx) slice, big bit order).
+
+    Keeping the mask as rows (not in the footer) keeps the footer small and lets readers skip
+    it with a filter on ``level``. Per-file facts live in the schema metadata key
+    ``uae_ray.embeddings`` (JSON, see :mod:`uae_ray.storage.embeddings`): format version,
+    scan_id, model_version, source_uri_hash, and for each level its grid (origin, spacing,
+    direction, size in x, y, z order), array shape (C, Z, Y, X), original ndim and dtype.
+
+DETECTIONS (landmark / lesion detections, one file per job shard or per scan)
+    scan_id, name, x, y, z (world LPS mm), score, model_version.
+
+MANIFEST (``<out>/manifest.parquet``, see :mod:`uae_ray.storage.manifest`)
+    One row per scan: scan_id, uri, status, error, model_version, output_uri, n_bytes, seconds,
+    updated_at.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_KEY = b"uae_ray.schema"
+EMBEDDINGS_META_KEY = b"uae_ray.embeddings"
+
+LEVEL_VALID = "valid"
+DTYPE_FLOAT16 = "float16"
+DTYPE_BOOL = "bool"
+STATUS_OK, STATUS_ERROR, STATUS_PENDING = "ok", "error", "pending"
+STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_PENDING)
+
+
+def _f(name: str, typ: pa.DataType, doc: str, nullable: bool = False) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable, metadata={"doc": doc})
+
+
+def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={SCHEMA_KEY: name.encode()})
+
+
+EMBEDDINGS = _schema(
+    "embeddings/1",
+    [
+        _f("scan_id", pa.string(), "16-hex scan id (sha256 of the path in the archive)"),
+        _f("level", pa.string(), 'map name: "local", "global", ... or "valid" (mask)'),
+        _f("z", pa.int32(), "slice index along z of this level's grid (0-based)"),
+        _f("channels", pa.int32(), "C: channels in this slice's array (1 for the mask)"),
+        _f("ny", pa.int32(), "rows (y) of the slice"),
+        _f("nx", pa.int32(), "columns (x) of the slice"),
+        _f("dtype", pa.string(), '"float16" (little endian) or "bool" (np.packbits, big bits)'),
+        _f("data", pa.binary(), "C-order bytes of the (channels, ny, nx) array of slice z"),
+    ],
+)
+
+DETECTIONS = _schema(
+    "detections/1",
+    [
+        _f("scan_id", pa.string(), "16-hex scan id of the target scan"),
+        _f("name", pa.string(), "landmark / lesion name"),
+        _f("x", pa.float64(), "world x, ITK/SimpleITK physical space (LPS, mm)"),
+        _f("y", pa.float64(), "world y (LPS, mm)"),
+        _f("z", pa.float64(), "world z (LPS, mm)"),
+        _f("score", pa.float32(), "matching similarity (higher is better)"),
+        _f("model_version", pa.string(), "embedding model version that produced the detection"),
+    ],
+)
+
+MANIFEST = _schema(
+    "manifest/1",
+    [
+        _f("scan_id", pa.string(), "16-hex scan id"),
+        _f("uri", pa.string(), "input scan URI (file or DICOM folder)"),
+        _f("status", pa.string(), '"ok", "error" or "pending"'),
+        _f("error", pa.string(), "one-line error message when status is error", nullable=True),
+        _f("model_version", pa.string(), "model version used for the scan", nullable=True),
+        _f("output_uri", pa.string(), "URI of the result written for this scan", nullable=True),
+        _f("n_bytes", pa.int64(), "bytes written for this scan", nullable=True),
+        _f("seconds", pa.float64(), "wall time spent on this scan", nullable=True),
+        _f("updated_at", pa.timestamp("us", tz="UTC"), "when this record was written (UTC)"),
+    ],
+)
+
+ALL_SCHEMAS = {"embeddings": EMBEDDINGS, "detections": DETECTIONS, "manifest": MANIFEST}
+
+
+def field_docs(schema: pa.Schema) -> dict[str, str]:
+    """``{field name: doc}`` of a schema (for reports and ``--help`` texts)."""
+    return {f.name: (f.metadata or {}).get(b"doc", b"").decode() for f in schema}
