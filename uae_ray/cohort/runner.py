@@ -110,6 +110,7 @@ def fan_out(
                           "status": "error", "error": f"task failed: {one_line(e)}"}
             progress.update(record.get("status") == "ok")
             if record.get("status") != "ok":
-                logger.error("%s: %s", record.get("uri") or record.get("scan_id"), record.get("error"))
+                where, error = record.get("uri") or record.get("scan_id"), str(record.get("error"))
+                logger.error("%s", error if error.startswith(str(where)) else f"{where}: {error}")
             on_result(record)
     return progress

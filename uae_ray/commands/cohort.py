@@ -21,10 +21,11 @@ def service_defaults(triton: str | None, ray_address: str | None) -> tuple[str |
     status = stack_status(config)
     if status.healthy:
         env = client_env(config)
-        for key in ("UAE_S3_ENDPOINT", "UAE_S3_ACCESS_KEY", "UAE_S3_SECRET_KEY"):
-            os.environ.setdefault(key, env[key])
+        for key, value in env.items():
+            if key != "RAY_ADDRESS":  # S3 credentials, Ray auth mode and loopback settings
+                os.environ.setdefault(key, value)
         triton = triton or env["UAE_TRITON_URL"]
-        ray_address = ray_address or os.environ.get("RAY_ADDRESS") or env["UAE_RAY_ADDRESS"]
+        ray_address = ray_address or env["UAE_RAY_ADDRESS"]
     return triton, ray_address
 
 
