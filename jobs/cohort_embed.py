@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--triton", default=os.environ.get("UAE_TRITON_URL"))
     p.add_argument("--force", action="store_true")
     p.add_argument("--smoke-test", action="store_true", help="one scan only")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any scan failed (default: failures are "
+                   "recorded in the manifest and the job succeeds)")
     return p.parse_args(argv)
 
 
@@ -36,6 +38,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = main(parse_args())
+    args = parse_args()
+    summary = main(args)
     print(json.dumps(summary, indent=2))
-    sys.exit(1 if summary.get("failed") else 0)
+    sys.exit(1 if args.strict and summary.get("failed") else 0)

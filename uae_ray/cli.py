@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
         c.add_argument("--force", action="store_true", help="redo scans that are already done")
         c.add_argument("--limit", type=int, help="process at most this many scans (smoke runs)")
+        c.add_argument("--strict", action="store_true", help="exit 1 when any scan failed (default: failures are "
+                       "recorded in the manifest, exit 0)")
         if name == "landmarks":
             c.add_argument("--template", required=True, metavar="IMAGE")
             c.add_argument("--points", required=True, metavar="POINTS.csv")
