@@ -63,7 +63,7 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
     from uae_ray.cohort.embed import run_cohort_embed
     from uae_ray.cohort.landmarks import run_cohort_landmarks
     from uae_ray.report.landmarks import TargetView, landmark_report
-    from uae_ray.stack import StackConfig, client_env, stack_down, stack_up
+    from uae_ray.stack import StackConfig, client_env, ensure_credentials, stack_down, stack_up
     from uae_ray.storage import discover_scans, join, read_table, upload_file
     from uae_ray.storage.images import read_image_uri
     from uae_ray.volume import detect_modality
@@ -71,7 +71,7 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
     t_start = time.perf_counter()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    config = StackConfig.load()
+    config = ensure_credentials(StackConfig.load())
     _step(1, "bring the local stack up")
     status = stack_up(config)
     print(status.table())

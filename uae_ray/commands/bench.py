@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
         if args.triton:
             result = run_speed(data, local, get_embedder(args.triton), args.out, args.repeats)
         else:
-            from uae_ray.stack import StackConfig, client_env, stack_down, stack_up
+            from uae_ray.stack import StackConfig, client_env, ensure_credentials, stack_down, stack_up
 
-            config = StackConfig.load()
+            config = ensure_credentials(StackConfig.load())
             stack_up(config)
             try:
                 triton = get_embedder(client_env(config)["UAE_TRITON_URL"])
