@@ -1,0 +1,109 @@
+"""Triton python-backend model ``uae_embedder``: a thin wrapper around ``uae_ray.models``.
+
+Loads the embedding network with ``uae_ray.models.load_model`` and answers each request with
+``uae_ray.models.embed_array``. Tensor and parameter names are the constants of
+``uae_ray.serving.protocol``. The stub must run with the venv's Python so that ``uae_ray``
+imports (the local stack starts Triton that way, see ``uae_ray/stack/triton.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from uae_ray.serving import protocol as P
+
+MODEL_DIR = Path(__file__).resolve().parents[1]
+
+
+def _parameters(model_config: dict[str, Any]) -> dict[str, str]:
+    return {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
+
+
+def _checkpoint(model_config: dict[str, Any]) -> Path | None:
+    """``$UAE_CHECKPOINT``, else the ``checkpoint`` parameter, else ``None`` (shipped default)."""
+    value = os.environ.get(P.ENV_CHECKPOINT) or _parameters(model_config).get(P.PARAM_CHECKPOINT, "")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else MODEL_DIR / path
+
+
+def _load(model_config: dict[str, Any]):
+    from uae_ray.models import load_model
+
+    return load_model(_checkpoint(model_config))
+
+
+def _error(exc: Exception) -> "pb_utils.TritonError":
+    """A one-line TritonError; bad input (ValueError) -> INVALID_ARG (HTTP 400, not retried by
+    clients), anything else -> INTERNAL (HTTP 500)."""
+    message = f"uae_embedder: {exc.__class__.__name__}: {exc}".splitlines()[0]
+    code = getattr(pb_utils.TritonError, "INVALID_ARG" if isinstance(exc, ValueError) else "INTERNAL", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
+class TritonPythonModel:
+    """One model instance: the network on the instance's device."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Load the weights onto the device Triton gave this instance (CPU or GPU)."""
+        import torch
+
+        config = json.loads(args["model_config"])
+        threads = int(_parameters(config).get(P.PARAM_NUM_THREADS) or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if args.get("model_instance_kind") == "GPU":
+            self.device = torch.device(f"cuda:{int(args.get('model_instance_device_id', 0))}")
+        else:
+            self.device = torch.device("cpu")
+        self.model = _load(config).to(self.device)
+        self.version = self.model.version
+        self.config_json = json.dumps(self.model.config.to_dict())
+        pb_utils.Logger.log_info(f"uae_embedder: {self.version} on {self.device}")
+
+    def _embed(self, volume: np.ndarray) -> dict[str, np.ndarray]:
+        from uae_ray.models import embed_array
+
+        if self.device.type == "cpu":
+            return embed_array(self.model, volume)
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(self.device)
+        with torch.no_grad():
+            out = self.model(x)
+        return {k: v[0].float().cpu().numpy() for k, v in out.items()}
+
+    def _respond(self, request) -> "pb_utils.InferenceResponse":
+        volume = pb_utils.get_input_tensor_by_name(request, P.INPUT_VOLUME).as_numpy()
+        if volume.ndim != 4 or volume.shape[0] != 1:
+            raise ValueError(f"{P.INPUT_VOLUME} must have shape [1, Z, Y, X]; got {list(volume.shape)}")
+        if min(volume.shape[1:]) < 1:
+            raise ValueError(f"{P.INPUT_VOLUME} is empty: shape {list(volume.shape)}")
+        out = self._embed(volume[0])
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(P.OUTPUT_LOCAL, np.ascontiguousarray(out["local"], dtype=np.float32)),
+            pb_utils.Tensor(P.OUTPUT_GLOBAL, np.ascontiguousarray(out["global"], dtype=np.float32)),
+            pb_utils.Tensor(P.OUTPUT_VERSION, np.array([self.version.encode()], dtype=np.object_)),
+            pb_utils.Tensor(P.OUTPUT_CONFIG, np.array([self.config_json.encode()], dtype=np.object_)),
+        ])
+
+    def execute(self, requests: list) -> list:
+        """One response per request, in order; a failed request gets its own TritonError."""
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._respond(request))
+            except Exception as exc:  # reported to that request's client, the others go on
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(exc)))
+        return responses
+
+    def finalize(self) -> None:
+        """Release the model."""
+        self.model = None

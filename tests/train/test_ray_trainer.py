@@ -1,0 +1,43 @@
+"""Ray Train wrapper: a short real TorchTrainer run writes a loadable checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from uae_ray.models import load_model
+from uae_ray.train.loop import TrainConfig
+
+ray = pytest.importorskip("ray")
+try:
+    import ray.train  # noqa: F401  (needs the ray[train] extra: pandas, tensorboardX, ...)
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    pytest.skip(f"ray.train not importable ({exc}); install ray[train]", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_trainer_writes_checkpoint(ray_local, tmp_path: Path, phantom_volumes) -> None:
+    from uae_ray.train.ray_trainer import run_ray_training
+
+    vols = phantom_volumes
+    cfg = TrainConfig(steps=4, crop=(32, 32, 32), local_points=32, global_points=8, k_hard=8, k_random=8, max_offset_vox=4)
+    out = tmp_path / "ray_model.pt"
+    result = run_ray_training(None, cfg, out=out, num_workers=1, storage_path=tmp_path / "ray", threads=1, report_every=2, volumes=vols)
+    assert result.error is None
+    assert out.is_file()
+    model = load_model(out)
+    assert model.meta["steps"] == 4
+    assert model.meta["trained_on"] == ["p0", "p1"]
+    assert "loss" in result.metrics

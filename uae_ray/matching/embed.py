@@ -1,0 +1,124 @@
+"""Embedding maps of an image and the :class:`Embedder` protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import SimpleITK as sitk
+
+from uae_ray.models.config import EmbeddingConfig
+from uae_ray.volume import Grid, PreparedVolume, detect_modality, prepare_volume
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that turns a prepared volume into embedding maps (in-process torch, Triton)."""
+
+    version: str
+    config: EmbeddingConfig
+
+    def embed(self, volume: np.ndarray) -> dict[str, np.ndarray]:
+        """Embed a prepared volume.
+
+        Args:
+            volume: (Z, Y, X) float32 normalised volume on the model grid.
+
+        Returns:
+            ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}`` float32, L2-normalised on C.
+        """
+        ...
+
+
+@dataclass
+class EmbeddingMaps:
+    """Local and global embedding maps of one image, with their world geometry.
+
+    Attributes:
+        local: (Cl, z, y, x) float32/float16 local embeddings (L2-normalised over C).
+        global_: (Cg, z, y, x) float32/float16 global embeddings (L2-normalised over C).
+        local_grid: Grid of ``local`` (model grid origin, spacing * local_stride, identity
+            direction, size = map size in x, y, z).
+        global_grid: Grid of ``global_`` (spacing * global_stride).
+        valid: (z, y, x) bool on the local grid: True where the map voxel lies inside the
+            image's field of view.
+        model_version: Version string of the model that made the maps.
+    """
+
+    local: np.ndarray
+    global_: np.ndarray
+    local_grid: Grid
+    global_grid: Grid
+    valid: np.ndarray
+    model_version: str
+
+    def __post_init__(self) -> None:
+        if self.local.shape[1:] != self.local_grid.shape_zyx:
+            raise ValueError(f"local map shape {self.local.shape} does not match its grid {self.local_grid.size}")
+        if self.global_.shape[1:] != self.global_grid.shape_zyx:
+            raise ValueError(f"global map shape {self.global_.shape} does not match its grid {self.global_grid.size}")
+        if self.valid.shape != self.local.shape[1:]:
+            raise ValueError(f"valid mask shape {self.valid.shape} != local map shape {self.local.shape[1:]}")
+
+
+def map_grid(model: Grid, stride: int, shape_zyx: tuple[int, ...]) -> Grid:
+    """Grid of a map of stride ``stride`` over ``model`` (voxel i <-> model voxel stride * i).
+
+    Args:
+        model: The model grid (2 mm, identity direction).
+        stride: Map stride relative to the model grid.
+        shape_zyx: Map shape (z, y, x).
+    """
+    return Grid(
+        origin=model.origin,
+        spacing=tuple(s * stride for s in model.spacing),
+        direction=model.direction,
+        size=(shape_zyx[2], shape_zyx[1], shape_zyx[0]),
+    )
+
+
+def maps_from_outputs(
+    outputs: dict[str, np.ndarray], prepared: PreparedVolume, config: EmbeddingConfig, model_version: str
+) -> EmbeddingMaps:
+    """Wrap raw network outputs for a prepared volume as :class:`EmbeddingMaps`.
+
+    Args:
+        outputs: ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}``.
+        prepared: The prepared volume that was embedded (gives the model grid and validity).
+        config: Embedding config (strides).
+        model_version: Version string of the model.
+    """
+    local, glob = outputs["local"], outputs["global"]
+    s = config.local_stride
+    valid = np.asarray(prepared.valid, dtype=bool)[::s, ::s, ::s][: local.shape[1], : local.shape[2], : local.shape[3]]
+    return EmbeddingMaps(
+        local=local,
+        global_=glob,
+        local_grid=map_grid(prepared.grid, s, local.shape[1:]),
+        global_grid=map_grid(prepared.grid, config.global_stride, glob.shape[1:]),
+        valid=valid,
+        model_version=model_version,
+    )
+
+
+def embed_prepared(prepared: PreparedVolume, embedder: Embedder) -> EmbeddingMaps:
+    """Embed an already prepared volume (see :func:`embed_image`)."""
+    return maps_from_outputs(embedder.embed(prepared.array), prepared, embedder.config, embedder.version)
+
+
+def embed_image(image: sitk.Image, embedder: Embedder, modality: str | None = None) -> EmbeddingMaps:
+    """Prepare an image on the model grid and embed it.
+
+    Args:
+        image: 3D CT or MR image.
+        embedder: The backend (in-process torch or Triton).
+        modality: ``"CT"`` or ``"MR"``; detected from the intensities when None.
+
+    Returns:
+        The :class:`EmbeddingMaps` of the image.
+    """
+    modality = detect_modality(image, "<image>", modality)
+    cfg = embedder.config
+    prepared = prepare_volume(image, modality, spacing_mm=cfg.input_spacing_mm, pad_multiple=cfg.pad_multiple)
+    return embed_prepared(prepared, embedder)

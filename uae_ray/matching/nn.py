@@ -1,0 +1,203 @@
+"""Nearest-neighbour matching of points between embedding maps (SAM-style).
+
+Similarity of a query to every target voxel = mean of the local cosine map and the global
+cosine map (the latter trilinearly upsampled to the local grid). The argmax over the target's
+valid voxels is refined to sub-voxel precision by a coarse-to-fine search of the local cosine similarity of
+trilinearly interpolated target embeddings within +-1 voxel of the peak (1/16 voxel steps). World points are (N, 3) x, y, z (LPS, mm).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from uae_ray.matching.embed import EmbeddingMaps
+from uae_ray.models.ops import upsample_aligned
+
+logger = logging.getLogger(__name__)
+
+
+def _interp(volume: torch.Tensor, idx_xyz: torch.Tensor) -> torch.Tensor:
+    """Trilinear interpolation of (C, Z, Y, X) at continuous indices (N, 3) xyz -> (N, C).
+
+    Positions are clamped to the map (edge values extend outward).
+    """
+    sizes = torch.tensor(volume.shape[1:][::-1], dtype=torch.float64)
+    idx = torch.minimum(torch.clamp(idx_xyz, min=0.0), sizes - 1)
+    norm = (2.0 * idx / (sizes - 1).clamp(min=1) - 1.0).to(volume.dtype)
+    out = torch.nn.functional.grid_sample(
+        volume[None], norm.reshape(1, 1, 1, -1, 3), mode="bilinear", padding_mode="border", align_corners=True
+    )
+    return out.reshape(volume.shape[0], -1).T
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def sample_embeddings(maps: EmbeddingMaps, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings at world points (trilinear interpolation, re-normalised to unit length).
+
+    Args:
+        maps: Embedding maps of an image.
+        points_world: (N, 3) world points (x, y, z, mm).
+
+    Returns:
+        ``(local (N, Cl), global (N, Cg))`` float32 arrays.
+    """
+    pts = np.asarray(points_world, dtype=np.float64).reshape(-1, 3)
+    loc = _interp(torch.from_numpy(np.asarray(maps.local, dtype=np.float32)), torch.from_numpy(maps.local_grid.world_to_index(pts)))
+    glo = _interp(torch.from_numpy(np.asarray(maps.global_, dtype=np.float32)), torch.from_numpy(maps.global_grid.world_to_index(pts)))
+    return _normalise(loc).numpy(), _normalise(glo).numpy()
+
+
+class Matcher:
+    """Match many query points against one target (SAM ``set_image``/``predict`` pattern).
+
+    Args:
+        chunk: Number of queries whose full similarity maps are held at once (memory bound:
+            about ``chunk * n_local_voxels * 4 * 3`` bytes).
+    """
+
+    def __init__(self, chunk: int = 16) -> None:
+        self.chunk = int(chunk)
+        self._target: EmbeddingMaps | None = None
+
+    def set_target(self, target: EmbeddingMaps) -> "Matcher":
+        """Hold the target's maps (as float32 torch tensors) for the following queries."""
+        self._target = target
+        self._local = torch.from_numpy(np.asarray(target.local, dtype=np.float32)).reshape(target.local.shape[0], -1)
+        self._global = torch.from_numpy(np.asarray(target.global_, dtype=np.float32)).reshape(target.global_.shape[0], -1)
+        self._valid = torch.from_numpy(np.asarray(target.valid, dtype=bool)).reshape(-1)
+        if not bool(self._valid.any()):
+            raise ValueError("target embedding maps have no valid voxel")
+        ratio = target.global_grid.spacing[0] / target.local_grid.spacing[0]
+        if abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(f"global/local spacing ratio {ratio} is not an integer")
+        self._factor = int(round(ratio))
+        return self
+
+    @property
+    def target(self) -> EmbeddingMaps:
+        """The current target; raises ``RuntimeError`` before :meth:`set_target`."""
+        if self._target is None:
+            raise RuntimeError("Matcher has no target: call set_target(maps) before predict()")
+        return self._target
+
+    def similarity(self, query_local: torch.Tensor, query_global: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Similarity maps of queries over the target's local grid.
+
+        Args:
+            query_local: (n, Cl) unit vectors.
+            query_global: (n, Cg) unit vectors.
+
+        Returns:
+            ``(combined, local)``, each (n, z, y, x) float32: the local cosine map and the
+            average of it with the global cosine map upsampled to the local grid.
+        """
+        t = self.target
+        lz, ly, lx = t.local.shape[1:]
+        sim_l = (query_local @ self._local).reshape(-1, lz, ly, lx)
+        sim_g = (query_global @ self._global).reshape(-1, 1, *t.global_.shape[1:])
+        sim_g = upsample_aligned(sim_g, self._factor, (lz, ly, lx))[:, 0]
+        return 0.5 * (sim_l + sim_g), sim_l
+
+    def predict_features(self, query_local: np.ndarray, query_global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best match in the target for each query embedding.
+
+        Args:
+            query_local: (N, Cl) unit local embeddings.
+            query_global: (N, Cg) unit global embeddings.
+
+        Returns:
+            ``(points (N, 3) world x, y, z mm, scores (N,))``; score = averaged cosine
+            similarity at the (integer) maximum.
+        """
+        t = self.target
+        ql = torch.from_numpy(np.asarray(query_local, dtype=np.float32))
+        qg = torch.from_numpy(np.asarray(query_global, dtype=np.float32))
+        shape = t.local.shape[1:]
+        idx_out = np.zeros((len(ql), 3), dtype=np.float64)
+        scores = np.zeros(len(ql), dtype=np.float32)
+        invalid = ~self._valid
+        with torch.no_grad():
+            for s in range(0, len(ql), self.chunk):
+                sim, sim_l = self.similarity(ql[s : s + self.chunk], qg[s : s + self.chunk])
+                flat = sim.reshape(sim.shape[0], -1).masked_fill(invalid[None], float("-inf"))
+                best, arg = flat.max(dim=1)
+                zyx = torch.stack(torch.unravel_index(arg, shape), dim=1)  # (n, 3) z, y, x
+                # Sub-voxel refinement on the local map only (the upsampled global map is
+                # piecewise linear at 16 mm and would bias the peak position).
+                offs = self._refine(ql[s : s + self.chunk], zyx)
+                idx_out[s : s + len(arg)] = (zyx.double() + offs).flip(1).numpy()  # -> x, y, z
+                scores[s : s + len(arg)] = best.numpy()
+        return t.local_grid.index_to_world(idx_out), scores
+
+    def _refine(self, query_local: torch.Tensor, zyx: torch.Tensor) -> torch.Tensor:
+        """Sub-voxel offsets (n, 3) z, y, x that maximise the local cosine near integer peaks.
+
+        Coarse-to-fine search of ``cos(q, normalise(trilinear(target_local, peak + o)))`` over
+        offsets ``o`` in [-1, 1] voxel (step 1/4), then +-1/4 around the best (step 1/16), over
+        positions whose nearest voxel is valid. An exact feature match (e.g. the same image) is
+        therefore found exactly, wherever it lies.
+
+        Args:
+            query_local: (n, Cl) unit query vectors.
+            zyx: (n, 3) integer peak positions (z, y, x) on the local grid.
+        """
+        t = self.target
+        c = self._local.shape[0]
+        vol = self._local.reshape(c, *t.local.shape[1:])
+        valid = self._valid.reshape(t.local.shape[1:])
+        hi = torch.tensor(t.local.shape[1:], dtype=torch.float64) - 1
+        centre = zyx.double()
+        for radius, step in ((1.0, 0.25), (0.25, 1.0 / 16)):
+            o = torch.arange(-radius, radius + 1e-9, step, dtype=torch.float64)
+            grid = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), dim=-1).reshape(-1, 3)  # (K, 3)
+            pos = torch.minimum(torch.clamp(centre[:, None, :] + grid[None], min=0.0), hi)  # (n, K, 3) zyx
+            feats = _interp(vol, pos.flip(-1).reshape(-1, 3)).reshape(len(zyx), len(grid), c)
+            cos = torch.einsum("nkc,nc->nk", torch.nn.functional.normalize(feats, dim=-1), query_local)
+            near = torch.round(pos).long()  # stay on valid voxels (nearest voxel must be valid)
+            ok = valid[near[..., 0], near[..., 1], near[..., 2]]
+            cos = cos.masked_fill(~ok, float("-inf"))
+            # Prefer the smallest offset among (numerically) equal maxima.
+            cos = cos - 1e-6 * grid.norm(dim=1)[None].float()
+            centre = pos[torch.arange(len(zyx)), cos.argmax(dim=1)]
+        return centre - zyx.double()
+
+    def predict(self, template: EmbeddingMaps, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Match world points of ``template`` into the target.
+
+        Args:
+            template: Embedding maps of the image the points are given in.
+            points_world: (N, 3) world points (x, y, z, mm) in the template.
+
+        Returns:
+            ``(points (N, 3) world in the target, scores (N,))``.
+        """
+        ql, qg = sample_embeddings(template, points_world)
+        return self.predict_features(ql, qg)
+
+
+def match_points(
+    template: EmbeddingMaps, points: np.ndarray, target: EmbeddingMaps, chunk: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Find template points in a target by nearest-neighbour search on embeddings.
+
+    Args:
+        template: Maps of the template image.
+        points: (N, 3) world points (x, y, z, mm) in the template.
+        target: Maps of the target image.
+        chunk: Queries per similarity batch (memory bound, see :class:`Matcher`).
+
+    Returns:
+        ``(points (N, 3) world x, y, z mm in the target, scores (N,) in [-1, 1])``.
+    """
+    if template.model_version != target.model_version:
+        logger.warning("matching maps of different models: %s vs %s", template.model_version, target.model_version)
+    return Matcher(chunk=chunk).set_target(target).predict(template, points)
+
+
+__all__ = ["Matcher", "match_points", "sample_embeddings"]

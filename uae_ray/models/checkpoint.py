@@ -1,0 +1,102 @@
+"""Checkpoint I/O for :class:`EmbeddingNet`.
+
+A checkpoint is a ``torch.save`` dict::
+
+    {"config": EmbeddingConfig.to_dict(),
+     "state_dict": {name: tensor (float16 for floating point)},
+     "meta": {"trained_on", "command", "steps", "time_s", "version", ...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uae_ray.models.config import EmbeddingConfig
+from uae_ray.models.resnet_fpn import EmbeddingNet
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_CHECKPOINT_NAME = "uae_tiny_v0.pt"
+
+
+def default_checkpoint() -> Path:
+    """Path of the shipped default weights (``uae_ray/models/weights/uae_tiny_v0.pt``)."""
+    return WEIGHTS_DIR / DEFAULT_CHECKPOINT_NAME
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    model: EmbeddingNet, path: str | Path, meta: dict[str, Any] | None = None, half: bool = True
+) -> str:
+    """Write a checkpoint and return the model version string it will load with.
+
+    Args:
+        model: The network to save.
+        path: Output file (parent folders are created).
+        meta: Training metadata (``trained_on``, ``command``, ``steps``, ``time_s``, ``version``;
+            ``version`` defaults to ``"<config.name>-v0"``).
+        half: Store floating-point tensors as float16 (halves the file size).
+
+    Returns:
+        The version string ``"<meta version>+<first 8 hex of the file's sha256>"``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    meta.setdefault("version", f"{model.config.name}-v0")
+    state = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in model.state_dict().items()
+    }
+    torch.save({"config": model.config.to_dict(), "state_dict": state, "meta": meta}, path)
+    version = f"{meta['version']}+{file_sha256(path)[:8]}"
+    logger.info("saved checkpoint %s (%s)", path, version)
+    return version
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load the raw checkpoint dict (``config``, ``state_dict``, ``meta``) on the CPU.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file is not an uae-ray embedding checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or not {"config", "state_dict"} <= set(data):
+        raise ValueError(f"{path}: not an uae-ray embedding checkpoint (needs 'config' and 'state_dict')")
+    return data
+
+
+def load_checkpoint_into(model: EmbeddingNet, path: str | Path) -> EmbeddingNet:
+    """Load weights from ``path`` into ``model`` (float32) and set ``model.version``.
+
+    Raises:
+        ValueError: If the checkpoint's config does not match ``model.config``.
+    """
+    data = read_checkpoint(path)
+    cfg = EmbeddingConfig.from_dict(data["config"])
+    if cfg != model.config:
+        raise ValueError(f"{path}: checkpoint config {cfg} does not match model config {model.config}")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in data["state_dict"].items()}
+    model.load_state_dict(state)
+    meta = data.get("meta", {})
+    model.version = f"{meta.get('version', cfg.name + '-v0')}+{file_sha256(path)[:8]}"
+    model.meta = meta  # type: ignore[attr-defined]
+    return model

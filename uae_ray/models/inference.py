@@ -1,0 +1,27 @@
+"""In-process inference helper used by the serving layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from uae_ray.models.resnet_fpn import EmbeddingNet
+
+
+def embed_array(model: EmbeddingNet, array: np.ndarray) -> dict[str, np.ndarray]:
+    """Embed one prepared volume.
+
+    Args:
+        model: An :class:`EmbeddingNet` (should be in eval mode).
+        array: Prepared volume (Z, Y, X) float32 on the model grid (2 mm, air = -1).
+
+    Returns:
+        ``{"local": (Cl, ceil(Z/2), ceil(Y/2), ceil(X/2)), "global": (Cg, ~Z/8, ~Y/8, ~X/8)}``
+        float32 numpy arrays, L2-normalised over the channel axis.
+    """
+    if array.ndim != 3:
+        raise ValueError(f"embed_array expects a (Z, Y, X) volume; got shape {array.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        out = model(x)
+    return {k: v[0].float().numpy() for k, v in out.items()}
