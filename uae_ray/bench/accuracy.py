@@ -4,8 +4,10 @@
     intensity change + field-of-view crop, :mod:`uae_ray.bench.synthetic`); the case's
     landmarks plus random points inside the body are matched from the original into the warp,
     where their true position is known exactly.
-(b) Cross-patient: for every ordered pair of CT cases that share anatomical landmark names
-    (organ centroids from ``landmarks.csv``; tumours excluded), the template's landmarks are
+(b) Cross-patient: for every ordered pair of CT cases that share anatomy, i.e. at least
+    :data:`MIN_SHARED` anatomical landmark names (organ centroids from ``landmarks.csv``;
+    tumours excluded; one shared long structure such as the spinal cord between a head-neck
+    and a chest scan does not make a shared field of view), the template's landmarks are
     matched into the target and compared with the target's own landmarks of the same name.
     The same pairs are run through a SimpleITK affine registration (Mattes MI) as a baseline.
     Caveat: where a structure is cut by a field of view, its centroid moves; that affects both
@@ -31,6 +33,8 @@ from uae_ray.matching import EmbeddingMaps, Embedder, embed_image, match_points
 from uae_ray.volume import Grid
 
 logger = logging.getLogger(__name__)
+
+MIN_SHARED = 2
 
 
 def body_points(image: sitk.Image, n: int, rng: np.random.Generator, hu_min: float = -300.0) -> np.ndarray:
@@ -100,7 +104,7 @@ def cross_patient(cases: list[Case], embedder: Embedder, baseline: bool, seed: i
     for a, b in itertools.permutations(with_lm, 2):
         la, lb = a.anatomical_landmarks(), b.anatomical_landmarks()
         shared = [n for n in la.names if n in lb.names]
-        if not shared:
+        if len(shared) < MIN_SHARED:
             continue
         for c in (a, b):
             if c.case_id not in maps:

@@ -6,24 +6,36 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def _prepare(image: sitk.Image, modality: str) -> sitk.Image:
+def _prepare(image: sitk.Image, modality: str, spacing_mm: float) -> sitk.Image:
+    """Float copy, CT clamped to [-1000, 1500] HU, smoothed and resampled to ``spacing_mm``."""
     image = sitk.Cast(image, sitk.sitkFloat32)
     if modality == "CT":
         image = sitk.Clamp(image, sitk.sitkFloat32, -1000.0, 1500.0)
-    return image
+    spacing = image.GetSpacing()
+    size = [max(1, round(n * s / spacing_mm)) for n, s in zip(image.GetSize(), spacing)]
+    sigma = [max(0.0, (spacing_mm - s) / 2) for s in spacing]
+    smooth = sitk.SmoothingRecursiveGaussian(image, sigma) if any(sigma) else image
+    return sitk.Resample(smooth, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                         (spacing_mm,) * 3, image.GetDirection(), -1000.0 if modality == "CT" else 0.0)
 
 
 def affine_registration(
-    fixed: sitk.Image, moving: sitk.Image, modality: str = "CT", seed: int = 0, iterations: int = 200
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    modality: str = "CT",
+    seed: int = 0,
+    iterations: int = 200,
+    spacing_mm: float = 3.0,
 ) -> sitk.Transform:
     """Multi-resolution Mattes-MI affine registration (SimpleITK), as a user would run it.
 
-    Initialised by aligning the image centres (geometry), then a rigid stage, then affine.
+    Both images are resampled to ``spacing_mm`` (after anti-alias smoothing), then the centres
+    are aligned (geometry), then a rigid stage, then an affine stage, each over two levels.
 
     Returns:
         The transform mapping fixed-space points to moving-space points (ITK convention).
     """
-    f, m = _prepare(fixed, modality), _prepare(moving, modality)
+    f, m = _prepare(fixed, modality, spacing_mm), _prepare(moving, modality, spacing_mm)
     transform: sitk.Transform = sitk.CenteredTransformInitializer(
         f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
@@ -43,8 +55,8 @@ def affine_registration(
             learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
         )
         reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([4, 2, 1])
-        reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+        reg.SetShrinkFactorsPerLevel([2, 1])
+        reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
         reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
         reg.SetInitialTransform(transform, inPlace=True)
         reg.Execute(f, m)
