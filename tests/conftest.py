@@ -14,6 +14,7 @@ Tests marked ``stack_teardown`` run last (they stop the stack and check nothing 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,6 +25,12 @@ from uae_ray.stack import StackConfig, StackError, client_env, ensure_credential
 from uae_ray.stack.process import free_port
 
 logger = logging.getLogger(__name__)
+
+# Ray reads these when it is first imported (test modules import it at collection time), and a
+# driver whose settings differ from the loopback head's hangs in ray.init: set them for the
+# whole session before anything imports ray.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from uae_ray.models import default_checkpoint, load_model
-from uae_ray.train.evaluate import ModelEmbedder, evaluate_case, read_landmarks
+from uae_ray.models import default_checkpoint
+from uae_ray.serving.local import LocalEmbedder
+from uae_ray.train.evaluate import evaluate_case, read_landmarks
 from uae_ray.volume import read_image
 
 CASE = "ts_example_ct"
@@ -23,7 +24,7 @@ def test_shipped_checkpoint_matches_synthetic_warp(shared_data: Path) -> None:
     if not default_checkpoint().is_file():
         pytest.fail(f"shipped checkpoint missing: {default_checkpoint()}")
     torch.set_num_threads(2)
-    embedder = ModelEmbedder(load_model())
+    embedder = LocalEmbedder()
     res = evaluate_case(CASE, read_image(case / "image.nii.gz"), embedder, read_landmarks(case / "landmarks.csv"), n_points=20)
     assert res.n_points >= 40
     # The warp moves points by ~20 mm on average (identity error); the model must do far better.

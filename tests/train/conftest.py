@@ -27,6 +27,15 @@ def train_volume(arr: np.ndarray, case_id: str = "phantom") -> TrainVolume:
     return TrainVolume(case_id, data, zyx[:, ::-1].astype(np.float64).copy())
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny workloads: one intra-op thread (two threads on a shared, busy CPU spin badly)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def phantom_volumes() -> list[TrainVolume]:
     """Two small phantom training volumes (case ids p0, p1)."""

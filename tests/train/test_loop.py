@@ -25,7 +25,6 @@ def _trainer(vols: list[TrainVolume], steps: int, seed: int = 0) -> Trainer:
 
 
 def test_loss_decreases_on_tiny_problem(phantom_volumes) -> None:
-    torch.set_num_threads(2)
     trainer = _trainer(phantom_volumes, steps=40)
     state = trainer.fit()
     losses = [h["loss"] for h in state.history]

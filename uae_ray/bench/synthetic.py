@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from uae_ray.train.augment import rotation_matrix
+
 logger = logging.getLogger(__name__)
 
 
@@ -81,14 +83,6 @@ class SyntheticWarp:
     def inversion_residual(self, warped_points: np.ndarray, original_points: np.ndarray) -> np.ndarray:
         """Residuals ``|T(q) - p|`` (mm), shape (N,)."""
         return np.linalg.norm(self.to_original(warped_points) - np.asarray(original_points).reshape(-1, 3), axis=1)
-
-
-def _rotation(angles_rad: np.ndarray) -> np.ndarray:
-    ax, ay, az = angles_rad
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def _physical_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +153,7 @@ def synthetic_warp(
     angles = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, 3))
     scales = rng.uniform(1.0 - max_scale, 1.0 + max_scale, 3)
     translation = rng.uniform(-max_translation_mm, max_translation_mm, 3)
-    matrix = _rotation(angles) @ np.diag(scales)
+    matrix = rotation_matrix(angles) @ np.diag(scales)
     affine = sitk.AffineTransform(3)
     affine.SetCenter(tuple(centre))
     affine.SetMatrix(tuple(matrix.reshape(-1)))

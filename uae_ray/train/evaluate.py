@@ -25,12 +25,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.synthetic import synthetic_warp
-from uae_ray.matching.embed import EmbeddingMaps, embed_image
+from uae_ray.matching.embed import Embedder, EmbeddingMaps, embed_image
 from uae_ray.matching.nn import match_points
-from uae_ray.models.config import EmbeddingConfig
-from uae_ray.models.inference import embed_array
-from uae_ray.models.registry import load_model
-from uae_ray.models.resnet_fpn import EmbeddingNet
+from uae_ray.serving.local import LocalEmbedder
 from uae_ray.train.data import list_cases
 from uae_ray.volume import Grid, read_image
 
@@ -38,19 +35,6 @@ logger = logging.getLogger(__name__)
 
 #: Random evaluation points are drawn among voxels above this HU (soft tissue and bone).
 POINT_HU = -300.0
-
-
-class ModelEmbedder:
-    """Minimal in-process :class:`~uae_ray.matching.embed.Embedder` around an EmbeddingNet."""
-
-    def __init__(self, model: EmbeddingNet) -> None:
-        self.model = model.eval()
-        self.version: str = model.version
-        self.config: EmbeddingConfig = model.config
-
-    def embed(self, volume: np.ndarray) -> dict[str, np.ndarray]:
-        """See :func:`uae_ray.models.inference.embed_array`."""
-        return embed_array(self.model, volume)
 
 
 @dataclass
@@ -92,7 +76,7 @@ def body_points(image: sitk.Image, n: int, rng: np.random.Generator, margin_vox:
 
 
 def evaluate_case(
-    case_id: str, image: sitk.Image, embedder: ModelEmbedder, landmarks: np.ndarray, n_points: int = 20, seed: int = 0
+    case_id: str, image: sitk.Image, embedder: Embedder, landmarks: np.ndarray, n_points: int = 20, seed: int = 0
 ) -> CaseResult:
     """Warp one CT, match body points and landmarks original -> warped, return the errors."""
     case_seed = zlib.crc32(case_id.encode()) + seed
@@ -137,7 +121,7 @@ def evaluate(data_dir: str | Path, checkpoint: str | Path | None = None, n_point
     Returns:
         ``{"model_version", "cases": [CaseResult as dict], "mean_mre_mm", "pooled_mre_mm", ...}``.
     """
-    embedder = ModelEmbedder(load_model(checkpoint))
+    embedder = LocalEmbedder(checkpoint=checkpoint)
     results = []
     for case_id, path in list_cases(data_dir, "CT"):
         t0 = time.perf_counter()
