@@ -311,6 +311,7 @@ def train(
     out: str | Path | None = None,
     threads: int | None = None,
     command: str | None = None,
+    init: str | Path | None = None,
 ) -> tuple[EmbeddingNet, TrainState]:
     """Prepare the CT cases of ``data_dir``, train, and optionally write a checkpoint.
 
@@ -320,6 +321,7 @@ def train(
         out: Checkpoint path to write (``None``: do not save).
         threads: ``torch.set_num_threads`` value (``None``: leave as is).
         command: Command line recorded in the checkpoint metadata.
+        init: Checkpoint to start from (continue training); ``None``: random initialisation.
 
     Returns:
         ``(model in eval mode, final TrainState)``.
@@ -330,7 +332,10 @@ def train(
     t0 = time.perf_counter()
     volumes = load_ct_volumes(data_dir)
     logger.info("prepared %d CT volumes in %.1fs", len(volumes), time.perf_counter() - t0)
-    model = build_model(config.model)
+    model = build_model(config.model, checkpoint=init)
+    if init is not None:
+        logger.info("starting from %s (%s)", init, model.version)
+        model.train()
     trainer = Trainer(model, volumes, config)
     state = trainer.fit()
     model.eval()
@@ -364,6 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=TrainConfig.temperature)
     p.add_argument("--crop", type=int, nargs=3, default=list(TrainConfig.crop), metavar=("Z", "Y", "X"))
     p.add_argument("--log-every", type=int, default=TrainConfig.log_every)
+    p.add_argument("--init", default=None, help="checkpoint to continue training from")
     return p.parse_args(argv)
 
 
@@ -375,7 +381,7 @@ def main(argv: list[str] | None = None) -> TrainState:
         temperature=args.temperature, crop=tuple(args.crop), seed=args.seed, log_every=args.log_every,
     )
     command = "python -m uae_ray.train.loop " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    _, state = train(args.data, cfg, out=args.out, threads=args.threads, command=command)
+    _, state = train(args.data, cfg, out=args.out, threads=args.threads, command=command, init=args.init)
     return state
 
 
