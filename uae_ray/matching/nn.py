@@ -33,6 +33,13 @@ def _interp(volume: torch.Tensor, idx_xyz: torch.Tensor) -> torch.Tensor:
     return out.reshape(volume.shape[0], -1).T
 
 
+def _as_tensor(array: np.ndarray, dtype: type) -> torch.Tensor:
+    """A torch view of ``array`` as ``dtype``; copies read-only arrays (e.g. from Ray's object
+    store or a Triton response), which torch cannot wrap safely."""
+    arr = np.asarray(array, dtype=dtype)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
 
@@ -48,8 +55,8 @@ def sample_embeddings(maps: EmbeddingMaps, points_world: np.ndarray) -> tuple[np
         ``(local (N, Cl), global (N, Cg))`` float32 arrays.
     """
     pts = np.asarray(points_world, dtype=np.float64).reshape(-1, 3)
-    loc = _interp(torch.from_numpy(np.asarray(maps.local, dtype=np.float32)), torch.from_numpy(maps.local_grid.world_to_index(pts)))
-    glo = _interp(torch.from_numpy(np.asarray(maps.global_, dtype=np.float32)), torch.from_numpy(maps.global_grid.world_to_index(pts)))
+    loc = _interp(_as_tensor(maps.local, np.float32), torch.from_numpy(maps.local_grid.world_to_index(pts)))
+    glo = _interp(_as_tensor(maps.global_, np.float32), torch.from_numpy(maps.global_grid.world_to_index(pts)))
     return _normalise(loc).numpy(), _normalise(glo).numpy()
 
 
@@ -68,9 +75,9 @@ class Matcher:
     def set_target(self, target: EmbeddingMaps) -> "Matcher":
         """Hold the target's maps (as float32 torch tensors) for the following queries."""
         self._target = target
-        self._local = torch.from_numpy(np.asarray(target.local, dtype=np.float32)).reshape(target.local.shape[0], -1)
-        self._global = torch.from_numpy(np.asarray(target.global_, dtype=np.float32)).reshape(target.global_.shape[0], -1)
-        self._valid = torch.from_numpy(np.asarray(target.valid, dtype=bool)).reshape(-1)
+        self._local = _as_tensor(target.local, np.float32).reshape(target.local.shape[0], -1)
+        self._global = _as_tensor(target.global_, np.float32).reshape(target.global_.shape[0], -1)
+        self._valid = _as_tensor(target.valid, bool).reshape(-1)
         if not bool(self._valid.any()):
             raise ValueError("target embedding maps have no valid voxel")
         ratio = target.global_grid.spacing[0] / target.local_grid.spacing[0]
@@ -116,8 +123,8 @@ class Matcher:
             similarity at the (integer) maximum.
         """
         t = self.target
-        ql = torch.from_numpy(np.asarray(query_local, dtype=np.float32))
-        qg = torch.from_numpy(np.asarray(query_global, dtype=np.float32))
+        ql = _as_tensor(query_local, np.float32)
+        qg = _as_tensor(query_global, np.float32)
         shape = t.local.shape[1:]
         idx_out = np.zeros((len(ql), 3), dtype=np.float64)
         scores = np.zeros(len(ql), dtype=np.float32)
