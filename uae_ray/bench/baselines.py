@@ -19,48 +19,57 @@ def _prepare(image: sitk.Image, modality: str, spacing_mm: float) -> sitk.Image:
                          (spacing_mm,) * 3, image.GetDirection(), -1000.0 if modality == "CT" else 0.0)
 
 
-def affine_registration(
+def _run_stage(f: sitk.Image, m: sitk.Image, transform: sitk.Transform, seed: int, iterations: int) -> None:
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.05, seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetInitialTransform(transform, inPlace=True)
+    reg.Execute(f, m)
+
+
+def rigid_affine_registration(
     fixed: sitk.Image,
     moving: sitk.Image,
     modality: str = "CT",
     seed: int = 0,
     iterations: int = 200,
     spacing_mm: float = 3.0,
-) -> sitk.Transform:
-    """Multi-resolution Mattes-MI affine registration (SimpleITK), as a user would run it.
+) -> dict[str, sitk.Transform]:
+    """Multi-resolution Mattes-MI registration (SimpleITK), as a user would run it.
 
-    Both images are resampled to ``spacing_mm`` (after anti-alias smoothing), then the centres
-    are aligned (geometry), then a rigid stage, then an affine stage, each over two levels.
+    Both images are resampled to ``spacing_mm`` (after anti-alias smoothing), the centres are
+    aligned (geometry), then a rigid stage runs, then an affine stage started from it; each
+    stage over two levels.
 
     Returns:
-        The transform mapping fixed-space points to moving-space points (ITK convention).
+        ``{"rigid": ..., "affine": ...}``: transforms mapping fixed-space points to moving-space
+        points (ITK convention).
     """
     f, m = _prepare(fixed, modality, spacing_mm), _prepare(moving, modality, spacing_mm)
-    transform: sitk.Transform = sitk.CenteredTransformInitializer(
-        f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    rigid = sitk.Euler3DTransform(
+        sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY)
     )
-    for stage in (sitk.Euler3DTransform, sitk.AffineTransform):
-        if stage is sitk.AffineTransform:
-            affine = sitk.AffineTransform(3)
-            affine.SetCenter(transform.GetCenter())
-            affine.SetMatrix(transform.GetMatrix())
-            affine.SetTranslation(transform.GetTranslation())
-            transform = affine
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.05, seed)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
-        )
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
-        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-        reg.SetInitialTransform(transform, inPlace=True)
-        reg.Execute(f, m)
-    return transform
+    _run_stage(f, m, rigid, seed, iterations)
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    _run_stage(f, m, affine, seed, iterations)
+    return {"rigid": rigid, "affine": affine}
+
+
+def affine_registration(fixed: sitk.Image, moving: sitk.Image, modality: str = "CT", seed: int = 0) -> sitk.Transform:
+    """The affine result of :func:`rigid_affine_registration` (fixed -> moving)."""
+    return rigid_affine_registration(fixed, moving, modality, seed)["affine"]
 
 
 def transfer_points(transform: sitk.Transform, moving_points: np.ndarray) -> np.ndarray:
