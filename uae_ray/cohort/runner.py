@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from uae_ray.volume.errors import one_line
+
 logger = logging.getLogger(__name__)
 
 # Environment variables a worker needs to reach the services (credentials travel as task
@@ -28,12 +30,6 @@ def worker_env() -> dict[str, str]:
 def apply_worker_env(env: dict[str, str]) -> None:
     """Sets the service settings inside a worker (idempotent)."""
     os.environ.update(env)
-
-
-def one_line(exc: BaseException) -> str:
-    """A one-line error message (type for non-user errors)."""
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
 
 
 @dataclass

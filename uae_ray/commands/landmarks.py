@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from uae_ray.tasks.points_io import Detection, PointsFileError, read_points_csv, write_detections_csv
-from uae_ray.volume import VolumeError, detect_modality
+from uae_ray.tasks.points_io import Detection, read_points_csv, write_detections_csv
+from uae_ray.volume import detect_modality
+from uae_ray.volume.errors import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ def run(
         named = read_points_csv(points)
         template_image = read_image_uri(template)
         template_modality = detect_modality(template_image, template, modality)
-    except (VolumeError, PointsFileError) as e:
-        logger.error("%s", e)
+    except Exception as e:  # unreadable template or points: nothing to do
+        logger.error("%s", one_line(e))
         return 2
     embedder = get_embedder(triton_url, checkpoint=checkpoint)
     detector = LandmarkDetector(embedder, template_image, named, template_modality)
@@ -47,8 +48,9 @@ def run(
             image = read_image_uri(target)
             target_modality = detect_modality(image, target, modality)
             found = detector.detect(image, target, target_modality)
-        except VolumeError as e:
-            logger.error("%s", e)
+        except Exception as e:  # one bad target is reported; the others still run
+            message = one_line(e)
+            logger.error("%s", message if target in message else f"{target}: {message}")
             failed += 1
             continue
         detections += found

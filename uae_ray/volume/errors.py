@@ -16,3 +16,10 @@ class VolumeError(ValueError):
         self.source = str(source)
         self.cause = " ".join(str(cause).split())  # collapse newlines / runs of blanks
         super().__init__(f"{self.source}: {self.cause}")
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line message for any exception: the message itself for input errors
+    (``ValueError``, ``OSError``), prefixed with the type name otherwise."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
