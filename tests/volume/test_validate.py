@@ -21,11 +21,11 @@ def _error(image: sitk.Image, check=validate_image) -> str:
 
 
 def test_valid_images_pass():
-    validate_image(random_ct(), "a")
-    validate_image(random_ct(spacing=(0.06, 50.0, 3.0), direction=rotation_direction()), "b")
+    assert validate_image(random_ct(), "a") is None
+    assert validate_image(random_ct(spacing=(0.06, 50.0, 3.0), direction=rotation_direction()), "b") is None
     # left-handed (RAS-stored NIfTI) directions are orthonormal too
-    validate_image(random_ct(direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)), "c")
-    validate_image(random_ct(direction=(1, 0, 0, 0, 1, 0, 0, 0, -1)), "d")
+    assert validate_image(random_ct(direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)), "c") is None
+    assert validate_image(random_ct(direction=(1, 0, 0, 0, 1, 0, 0, 0, -1)), "d") is None
 
 
 @pytest.mark.parametrize(

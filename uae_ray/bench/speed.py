@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,14 @@ def time_embedder(image: sitk.Image, embedder: Embedder, repeats: int) -> dict[s
     return {"prepare_s": prep_s, "embed_s_per_scan": total_s, "runs_s": runs}
 
 
+def embedding_bytes(image: sitk.Image, embedder: Embedder) -> int:
+    """Bytes of the scan's embeddings as the cohort jobs store them (Parquet, float16, zstd)."""
+    from uae_ray.cohort.maps_io import write_maps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_maps(str(Path(tmp) / "scan.parquet"), "speed", embed_image(image, embedder, "CT"))
+
+
 def time_matching(image: sitk.Image, embedder: Embedder, repeats: int, n_points: int = 20) -> dict[str, Any]:
     """Median seconds per landmark: matching ``n_points`` template points in stored embeddings."""
     maps = embed_image(image, embedder, "CT")
@@ -88,6 +97,7 @@ def run_speed(
         result["triton"] = time_embedder(image, triton, repeats)
     logger.info("timing matching")
     result["matching"] = time_matching(image, local, repeats)
+    result["parquet_bytes_per_scan"] = embedding_bytes(image, local)
     result["peak_rss_gb"] = _peak_rss_gb()
     write_json(out, result)
     return result
@@ -100,5 +110,6 @@ def speed_table(result: dict[str, Any]) -> str:
     if "triton" in result:
         rows.append({"what": "embed, Triton (s/scan)", "median": result["triton"]["embed_s_per_scan"]})
     rows.append({"what": "match (ms/landmark)", "median": 1000 * result["matching"]["match_s_per_landmark"]})
+    rows.append({"what": "stored embeddings (MB/scan)", "median": result["parquet_bytes_per_scan"] / 1e6})
     rows.append({"what": "peak RSS of this process (GB)", "median": result["peak_rss_gb"]})
     return format_table(rows, ["what", "median"])
