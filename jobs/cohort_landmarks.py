@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--template", required=True)
     p.add_argument("--points", required=True)
     p.add_argument("--embeddings")
+    p.add_argument("--method", choices=["nn", "fixed-point"], default="fixed-point")
     p.add_argument("--triton", default=os.environ.get("UAE_TRITON_URL"))
     p.add_argument("--force", action="store_true")
     p.add_argument("--smoke-test", action="store_true", help="one scan only")
@@ -38,7 +39,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     return run_cohort_landmarks(
         args.archive, args.out, args.template, args.points, args.triton, args.embeddings,
-        force=args.force, limit=1 if args.smoke_test else None,
+        force=args.force, limit=1 if args.smoke_test else None, method=args.method,
     )
 
 

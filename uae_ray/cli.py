@@ -11,12 +11,21 @@ import logging
 import sys
 from typing import Callable
 
+# Kept here so the CLI starts without importing torch; tests check it equals matching.METHODS.
+MATCHING_METHODS = ("nn", "fixed-point")
+
 logger = logging.getLogger("uae_ray")
 
 
 def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint (host:port); default: in-process torch")
     p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint for in-process inference")
+
+
+def _add_method_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=MATCHING_METHODS, default="fixed-point",
+                   help="nn: nearest neighbour; fixed-point: round-trip consistent matching that may abstain "
+                   "(found=false) (default: %(default)s)")
 
 
 def _cmd_landmarks(args: argparse.Namespace) -> int:
@@ -31,6 +40,7 @@ def _cmd_landmarks(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         modality=args.modality,
         report=args.report,
+        method=args.method,
     )
 
 
@@ -71,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DETECTIONS.csv")
     p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
     p.add_argument("--report", metavar="REPORT.html", help="also write an HTML QC report")
+    _add_method_arg(p)
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_landmarks)
 
@@ -94,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--template", required=True, metavar="IMAGE")
             c.add_argument("--points", required=True, metavar="POINTS.csv")
             c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
+            _add_method_arg(c)
     p.set_defaults(func=_cmd_cohort)
 
     p = sub.add_parser("bench", help="benchmarks writing JSON and a table")
@@ -104,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--points-per-case", type=int, default=20, help="random body points per synthetic warp")
     b.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK affine baseline")
+    b.add_argument("--method", action="append", choices=MATCHING_METHODS, dest="methods",
+                   help="matching method to measure (repeatable; default: all)")
     _add_embedder_args(b)
     b = bsub.add_parser("speed", help="seconds per scan (in-process and Triton) and per landmark")
     b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")

@@ -110,7 +110,7 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
         by_scan: dict[str, list[Detection]] = {}
         for r in table.to_pylist():
             by_scan.setdefault(r["scan_id"], []).append(
-                Detection(scans[r["scan_id"]], r["name"], r["x"], r["y"], r["z"], r["score"]))
+                Detection(scans[r["scan_id"]], r["name"], r["x"], r["y"], r["z"], r["score"], r["found"]))
         for scan_id, dets in sorted(by_scan.items(), key=lambda kv: scans[kv[0]]):
             uri = join(archive, scans[scan_id])
             image = read_image_uri(uri)

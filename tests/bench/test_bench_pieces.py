@@ -51,3 +51,22 @@ def test_cases_and_anatomical_landmarks():
     lm = by_id["nsclc_lung1_001"].anatomical_landmarks()
     assert lm is not None and not set(lm.names) & NON_ANATOMICAL and "spinal_cord" in lm.names
     assert by_id["pyradiomics_lung1"].anatomical_landmarks() is None  # gtv only
+
+
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not found")
+def test_synthetic_warps_measure_every_method_on_the_same_points():
+    from uae_ray.bench.accuracy import accuracy_table, synthetic_warps
+    from uae_ray.serving.local import LocalEmbedder
+
+    cases = [c for c in load_cases(SHARED, modality="CT") if c.case_id == "sts_001_ct"]
+    res = synthetic_warps(cases, LocalEmbedder(), seed=0, n_points=15)
+    row = res["per_case"][0]
+    nn, fp = res["overall"]["nn"], res["overall"]["fixed-point"]
+    assert nn["n"] == fp["n"] == row["n_inside"] >= 12  # 15 body points + landmarks, minus the cropped ones
+    assert nn["found_pct"] == 100.0 and fp["found_pct"] >= 80.0
+    # Real bounds on a real CT: the warp moves points by ~20 mm; both methods do far better.
+    assert nn["mre_mm"] < 6.0 and fp["mre_mm"] < 4.0, res["overall"]
+    table = accuracy_table({"synthetic_warps": res, "cross_patient": {"overall": {}}})
+    assert "uae-ray fixed-point" in table and "uae-ray nn" in table

@@ -20,6 +20,13 @@ def test_help_lists_the_verbs():
         assert verb in text
 
 
+def test_cli_method_choices_match_the_library():
+    from uae_ray.cli import MATCHING_METHODS
+    from uae_ray.matching import METHODS
+
+    assert tuple(MATCHING_METHODS) == tuple(METHODS)
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "uae_ray.cli", "landmarks", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--template" in out.stdout
@@ -48,6 +55,7 @@ def test_landmarks_identity_and_a_bad_target(tmp_path, caplog):
     assert all(d.target == str(case / "image.nii.gz") for d in dets)
     err = np.linalg.norm(np.array([[d.x, d.y, d.z] for d in dets]) - truth.xyz, axis=1)
     assert err.max() < 4.0, err  # same scan: within one 4 mm map voxel
+    assert all(d.found for d in dets)
     assert (tmp_path / "qc.html").read_text().count("data:image/png") == 6 * len(dets)
 
 

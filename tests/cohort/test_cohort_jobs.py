@@ -92,13 +92,15 @@ def test_landmarks_from_stored_embeddings(services, archive, shared_data, tmp_pa
     assert summary["done"] == 4 and summary["failed"] == 1, summary
     table = read_table(summary["detections_uri"])
     assert table.num_rows == 4 * 5
-    assert set(table.column_names) >= {"scan_id", "name", "x", "y", "z", "score", "model_version"}
+    assert set(table.column_names) >= {"scan_id", "name", "x", "y", "z", "score", "found", "method", "model_version"}
+    assert set(table.column("method").to_pylist()) == {"fixed-point"}
     # the template itself is in the archive: its points are found where they are
     self_id = next(s.scan_id for s in discover_scans(archive) if s.uri.endswith("ts_example_ct.nii.gz"))
     rows = [r for r in table.to_pylist() if r["scan_id"] == self_id]
     truth = read_points_csv(points)
     found = np.array([[r["x"], r["y"], r["z"]] for r in sorted(rows, key=lambda r: truth.names.index(r["name"]))])
     assert np.linalg.norm(found - truth.xyz, axis=1).max() < 4.0
+    assert all(r["found"] for r in rows)
 
     again = run_cohort_landmarks(
         archive, out, str(case / "image.nii.gz"), str(points), services["UAE_TRITON_URL"],

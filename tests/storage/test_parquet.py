@@ -40,9 +40,9 @@ def make_maps(seed: int = 0):
 
 def detections_table() -> pa.Table:
     rows = [{"scan_id": "a" * 16, "name": "liver_top", "x": 1.5, "y": -2.25, "z": 300.125,
-             "score": 0.875, "model_version": "tiny-v0"},
+             "score": 0.875, "found": True, "method": "nn", "model_version": "tiny-v0"},
             {"scan_id": "b" * 16, "name": "carina", "x": 0.0, "y": 0.0, "z": -1.0,
-             "score": 0.5, "model_version": "tiny-v0"}]
+             "score": 0.5, "found": False, "method": "fixed-point", "model_version": "tiny-v0"}]
     return pa.Table.from_pylist(rows, schema=DETECTIONS)
 
 

@@ -52,9 +52,17 @@ def test_missing_points_file(tmp_path):
 
 
 def test_detections_round_trip_and_atomic(tmp_path):
-    dets = [Detection("scan.nii.gz", "liver", 1.0, 2.0, 3.0, 0.75), Detection("s2", "x", -1, -2, -3, 0.1)]
+    dets = [Detection("scan.nii.gz", "liver", 1.0, 2.0, 3.0, 0.75), Detection("s2", "x", -1, -2, -3, 0.1, False)]
     out = tmp_path / "sub" / "d.csv"
     write_detections_csv(out, dets)
-    assert out.read_text().splitlines()[0] == "target,name,x,y,z,score"
+    lines = out.read_text().splitlines()
+    assert lines[0] == "target,name,x,y,z,score,found"  # the contract's columns, then the extra one
+    assert lines[2].endswith(",false")
     assert read_detections_csv(out) == dets
     assert [p.name for p in out.parent.iterdir()] == ["d.csv"]  # no temporary file left
+
+
+def test_detections_without_found_column_read_as_found(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text("target,name,x,y,z,score\nt,a,1,2,3,0.5\n")
+    assert read_detections_csv(f) == [Detection("t", "a", 1.0, 2.0, 3.0, 0.5, True)]

@@ -13,6 +13,8 @@
     baselines: the landmarks are transferred through the rigid and through the affine result.
     Caveat: where a structure is cut by a field of view, its centroid moves; that affects both
     methods alike, and the per-name errors are in the JSON.
+(c) CT <-> MR (:mod:`uae_ray.bench.ct_mr`): same patient in one frame with a random rigid
+    offset, and cross-patient organ centroids.
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ import SimpleITK as sitk
 
 from uae_ray.bench.baselines import rigid_affine_registration, transfer_points
 from uae_ray.bench.common import error_stats, format_table, machine_info, write_json
-from uae_ray.bench.dataset import Case, load_cases
+from uae_ray.bench.ct_mr import ct_mr
+from uae_ray.bench.dataset import MIN_SHARED, Case, load_cases
 from uae_ray.bench.synthetic import synthetic_warp
-from uae_ray.matching import EmbeddingMaps, Embedder, embed_image, match_points
+from uae_ray.matching import METHODS, EmbeddingMaps, Embedder, MatchResult, embed_image, find_points
 from uae_ray.volume import Grid
 
 logger = logging.getLogger(__name__)
 
-MIN_SHARED = 2
 
 
 def body_points(image: sitk.Image, n: int, rng: np.random.Generator, hu_min: float = -300.0) -> np.ndarray:
@@ -61,9 +63,32 @@ def _timed_embed(image: sitk.Image, embedder: Embedder, modality: str) -> tuple[
     return maps, time.perf_counter() - t0
 
 
-def synthetic_warps(cases: list[Case], embedder: Embedder, seed: int, n_points: int) -> dict[str, Any]:
-    """Part (a). Returns per-case results and the pooled statistics."""
-    per_case, pooled = [], []
+def _method_stats(err: np.ndarray, result: MatchResult) -> dict[str, Any]:
+    """Error statistics of one method over in-field-of-view points: all points (abstentions
+    count with their best estimate) and the found ones, plus the found rate."""
+    found = np.asarray(result.found, dtype=bool)
+    return {
+        **error_stats(err),
+        "found_pct": float(100.0 * found.mean()) if len(found) else float("nan"),
+        "found": error_stats(err[found]),
+        "mean_score": float(np.mean(result.scores)) if len(result) else float("nan"),
+    }
+
+
+def synthetic_warps(
+    cases: list[Case], embedder: Embedder, seed: int, n_points: int, methods: tuple[str, ...] = METHODS
+) -> dict[str, Any]:
+    """Part (a). Every method matches the same points; returns per-case results and pooled
+    statistics per method.
+
+    Points whose true position left the warped field of view (the crop) are kept apart: a
+    method should abstain on them (``found=False``); their found rate is reported as
+    ``outside_found_pct`` (lower is better).
+    """
+    per_case: list[dict[str, Any]] = []
+    pooled: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    found_in: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    found_out: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     for i, case in enumerate(cases):
         rng = np.random.default_rng([seed, i])
         image = case.read()
@@ -74,36 +99,56 @@ def synthetic_warps(cases: list[Case], embedder: Embedder, seed: int, n_points: 
         src = np.concatenate(points)
         truth = warp.to_warped(src)
         inside = Grid.from_image(warp.image).contains(truth, margin_vox=0.0)
-        src, truth = src[inside], truth[inside]
         orig_maps, t_orig = _timed_embed(image, embedder, case.modality)
         warp_maps, t_warp = _timed_embed(warp.image, embedder, case.modality)
-        t0 = time.perf_counter()
-        pred, scores = match_points(orig_maps, src, warp_maps)
-        t_match = time.perf_counter() - t0
-        err = np.linalg.norm(pred - truth, axis=1)
-        pooled += err.tolist()
-        per_case.append(
-            {
-                "case": case.case_id,
-                **error_stats(err),
-                "mean_score": float(np.mean(scores)) if len(scores) else float("nan"),
-                "embed_s": (t_orig + t_warp) / 2,
+        row: dict[str, Any] = {
+            "case": case.case_id,
+            "n_inside": int(inside.sum()),
+            "n_outside": int((~inside).sum()),
+            "embed_s": (t_orig + t_warp) / 2,
+            "warp": warp.params,
+        }
+        for method in methods:
+            t0 = time.perf_counter()
+            result = find_points(orig_maps, src, warp_maps, method)
+            t_match = time.perf_counter() - t0
+            err = np.linalg.norm(result.points - truth, axis=1)[inside]
+            sub = MatchResult(result.points[inside], result.scores[inside], result.found[inside], result.consistency[inside])
+            row[method] = {
+                **_method_stats(err, sub),
+                "outside_found_pct": float(100.0 * result.found[~inside].mean()) if (~inside).any() else None,
                 "match_s_per_point": t_match / max(len(src), 1),
-                "warp": warp.params,
             }
-        )
-        logger.info("(a) %s: MRE %.2f mm over %d points", case.case_id, float(err.mean()), len(err))
-    return {"per_case": per_case, "overall": error_stats(pooled)}
+            pooled[method].append(err)
+            found_in[method].append(sub.found)
+            found_out[method].append(result.found[~inside])
+            logger.info("(a) %s %s: MRE %.2f mm over %d points", case.case_id, method, float(err.mean()), len(err))
+        per_case.append(row)
+    overall: dict[str, Any] = {}
+    for method in methods:
+        err = np.concatenate(pooled[method])
+        fin, fout = np.concatenate(found_in[method]), np.concatenate(found_out[method])
+        overall[method] = {
+            **error_stats(err),
+            "found_pct": float(100.0 * fin.mean()),
+            "found": error_stats(err[fin]),
+            "outside_n": int(fout.size),
+            "outside_found_pct": float(100.0 * fout.mean()) if fout.size else None,
+        }
+    return {"per_case": per_case, "overall": overall}
 
 
-def cross_patient(cases: list[Case], embedder: Embedder, baseline: bool, seed: int) -> dict[str, Any]:
-    """Part (b): every ordered pair of cases sharing anatomical landmark names."""
+def cross_patient(
+    cases: list[Case], embedder: Embedder, baseline: bool, seed: int, methods: tuple[str, ...] = METHODS
+) -> dict[str, Any]:
+    """Part (b): every ordered pair of cases sharing anatomical landmark names, every method
+    and the SimpleITK baselines on the same landmarks."""
     with_lm = [c for c in cases if c.anatomical_landmarks() is not None]
     maps: dict[str, tuple[EmbeddingMaps, float]] = {}
     images: dict[str, sitk.Image] = {}
     pairs: list[dict[str, Any]] = []
-    ours_all: list[float] = []
-    base_all: dict[str, list[float]] = {}
+    pooled: dict[str, list[float]] = {}
+    found_all: dict[str, list[bool]] = {m: [] for m in methods}
     for a, b in itertools.permutations(with_lm, 2):
         la, lb = a.anatomical_landmarks(), b.anatomical_landmarks()
         shared = [n for n in la.names if n in lb.names]
@@ -115,33 +160,39 @@ def cross_patient(cases: list[Case], embedder: Embedder, baseline: bool, seed: i
                 maps[c.case_id] = _timed_embed(images[c.case_id], embedder, c.modality)
         src = np.array([la.xyz[la.names.index(n)] for n in shared])
         truth = np.array([lb.xyz[lb.names.index(n)] for n in shared])
-        t0 = time.perf_counter()
-        pred, scores = match_points(maps[a.case_id][0], src, maps[b.case_id][0])
-        t_match = time.perf_counter() - t0
-        err = np.linalg.norm(pred - truth, axis=1)
-        ours_all += err.tolist()
-        row: dict[str, Any] = {
-            "template": a.case_id,
-            "target": b.case_id,
-            "names": shared,
-            "ours": {**error_stats(err), "per_name_mm": dict(zip(shared, err.round(2).tolist()))},
-            "ours_s_per_target_stored": t_match,
-            "ours_s_per_target_from_scratch": t_match + maps[b.case_id][1],
-        }
+        row: dict[str, Any] = {"template": a.case_id, "target": b.case_id, "names": shared}
+        for method in methods:
+            t0 = time.perf_counter()
+            result = find_points(maps[a.case_id][0], src, maps[b.case_id][0], method)
+            t_match = time.perf_counter() - t0
+            err = np.linalg.norm(result.points - truth, axis=1)
+            pooled.setdefault(method, []).extend(err.tolist())
+            found_all[method].extend(result.found.tolist())
+            row[method] = {
+                **_method_stats(err, result),
+                "per_name_mm": dict(zip(shared, err.round(2).tolist())),
+                "s_per_target_stored": t_match,
+                "s_per_target_from_scratch": t_match + maps[b.case_id][1],
+            }
         if baseline:
             t0 = time.perf_counter()
             transforms = rigid_affine_registration(images[b.case_id], images[a.case_id], "CT", seed=seed)
             row["sitk_s_per_target"] = time.perf_counter() - t0
             for kind, transform in transforms.items():
                 berr = np.linalg.norm(transfer_points(transform, src) - truth, axis=1)
-                base_all.setdefault(kind, []).extend(berr.tolist())
+                pooled.setdefault(f"sitk_{kind}", []).extend(berr.tolist())
                 row[f"sitk_{kind}"] = {**error_stats(berr), "per_name_mm": dict(zip(shared, berr.round(2).tolist()))}
         pairs.append(row)
-        logger.info("(b) %s -> %s: %d shared names, MRE %.1f mm", a.case_id, b.case_id, len(shared), float(err.mean()))
-    out: dict[str, Any] = {"pairs": pairs, "ours": error_stats(ours_all)}
-    for kind, errors in base_all.items():
-        out[f"sitk_{kind}"] = error_stats(errors)
-    return out
+        logger.info("(b) %s -> %s: %d shared names", a.case_id, b.case_id, len(shared))
+    overall: dict[str, Any] = {}
+    for key, errors in pooled.items():
+        overall[key] = error_stats(errors)
+        if key in found_all:
+            found = np.array(found_all[key], dtype=bool)
+            overall[key].update(
+                found_pct=float(100.0 * found.mean()), found=error_stats(np.asarray(errors)[found])
+            )
+    return {"pairs": pairs, "overall": overall}
 
 
 def run_accuracy(
@@ -151,18 +202,23 @@ def run_accuracy(
     seed: int = 0,
     points_per_case: int = 20,
     baseline: bool = True,
+    methods: tuple[str, ...] = METHODS,
 ) -> dict[str, Any]:
-    """Runs (a) and (b) on the CT cases of ``data_dir``, writes JSON, returns the results."""
-    cases = load_cases(data_dir, modality="CT")
+    """Runs (a) and (b) on the CT cases and (c) on the CT and MR cases of ``data_dir`` with every
+    method in ``methods``, writes JSON, returns the results."""
+    all_cases = load_cases(data_dir)
+    cases = [c for c in all_cases if c.modality == "CT"]
     t0 = time.perf_counter()
     result = {
         "benchmark": "accuracy",
         "model_version": embedder.version,
         "data_dir": str(data_dir),
         "seed": seed,
+        "methods": list(methods),
         "machine": machine_info(),
-        "synthetic_warps": synthetic_warps(cases, embedder, seed, points_per_case),
-        "cross_patient": cross_patient(cases, embedder, baseline, seed),
+        "synthetic_warps": synthetic_warps(cases, embedder, seed, points_per_case, methods),
+        "cross_patient": cross_patient(cases, embedder, baseline, seed, methods),
+        "ct_mr": ct_mr(all_cases, embedder, seed, points_per_case, baseline, methods),
     }
     result["wall_s"] = time.perf_counter() - t0
     write_json(out, result)
@@ -170,14 +226,21 @@ def run_accuracy(
 
 
 def accuracy_table(result: dict[str, Any]) -> str:
-    """The headline figures as a text table."""
+    """The headline figures as a text table (errors over all in-view points; ``found`` columns
+    are the share found and the MRE over the found points only)."""
     rows = []
-    a = result["synthetic_warps"]["overall"]
-    rows.append({"part": "(a) synthetic warps", "method": "uae-ray NN", **a})
-    b = result["cross_patient"]
-    rows.append({"part": "(b) cross-patient", "method": "uae-ray NN", **b["ours"]})
-    for kind in ("rigid", "affine"):
-        if f"sitk_{kind}" in b:
-            rows.append({"part": "(b) cross-patient", "method": f"SimpleITK {kind} (MI)", **b[f"sitk_{kind}"]})
-    cols = ["part", "method", "n", "mre_mm", "median_mm", "within_5mm_pct", "within_10mm_pct", "max_mm"]
+    parts = [("(a) synthetic warps", result["synthetic_warps"]), ("(b) cross-patient", result["cross_patient"])]
+    if "ct_mr" in result:
+        parts += [("(c) CT<->MR same patient", result["ct_mr"]["same_patient"]),
+                  ("(c) CT<->MR cross-patient", result["ct_mr"]["cross_patient"])]
+    for part, section in parts:
+        overall = section["overall"]
+        for method, stats in overall.items():
+            name = f"SimpleITK {method[5:]} (MI)" if method.startswith("sitk_") else f"uae-ray {method}"
+            row = {"part": part, "method": name, **stats}
+            if "found" in stats:
+                row["found_mre_mm"] = stats["found"].get("mre_mm", float("nan"))
+            rows.append(row)
+    cols = ["part", "method", "n", "mre_mm", "median_mm", "within_5mm_pct", "within_10mm_pct", "max_mm",
+            "found_pct", "found_mre_mm", "outside_found_pct"]
     return format_table(rows, cols)

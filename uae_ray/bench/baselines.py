@@ -14,7 +14,8 @@ def _prepare(image: sitk.Image, modality: str, spacing_mm: float) -> sitk.Image:
     spacing = image.GetSpacing()
     size = [max(1, round(n * s / spacing_mm)) for n, s in zip(image.GetSize(), spacing)]
     sigma = [max(0.0, (spacing_mm - s) / 2) for s in spacing]
-    smooth = sitk.SmoothingRecursiveGaussian(image, sigma) if any(sigma) else image
+    # Discrete Gaussian: a zero variance leaves an axis unsmoothed (the recursive one rejects it).
+    smooth = sitk.DiscreteGaussian(image, [v * v for v in sigma], 32, 0.01, True) if any(sigma) else image
     return sitk.Resample(smooth, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
                          (spacing_mm,) * 3, image.GetDirection(), -1000.0 if modality == "CT" else 0.0)
 
@@ -43,6 +44,7 @@ def rigid_affine_registration(
     seed: int = 0,
     iterations: int = 200,
     spacing_mm: float = 3.0,
+    moving_modality: str | None = None,
 ) -> dict[str, sitk.Transform]:
     """Multi-resolution Mattes-MI registration (SimpleITK), as a user would run it.
 
@@ -50,11 +52,16 @@ def rigid_affine_registration(
     aligned (geometry), then a rigid stage runs, then an affine stage started from it; each
     stage over two levels.
 
+    Args:
+        modality: Modality of ``fixed`` (and of ``moving`` unless ``moving_modality`` is given);
+            Mattes MI is a multi-modal metric, so CT <-> MR works the same way.
+
     Returns:
         ``{"rigid": ..., "affine": ...}``: transforms mapping fixed-space points to moving-space
         points (ITK convention).
     """
-    f, m = _prepare(fixed, modality, spacing_mm), _prepare(moving, modality, spacing_mm)
+    f = _prepare(fixed, modality, spacing_mm)
+    m = _prepare(moving, moving_modality or modality, spacing_mm)
     rigid = sitk.Euler3DTransform(
         sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY)
     )

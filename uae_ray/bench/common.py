@@ -59,6 +59,8 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain-text table (floats with 2 decimals)."""
 
     def fmt(v: Any) -> str:
+        if v is None:
+            return ""
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]

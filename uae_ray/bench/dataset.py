@@ -17,6 +17,10 @@ from uae_ray.volume import read_image
 # Landmark names that are not anatomy shared between patients (tumours, planning volumes).
 NON_ANATOMICAL = frozenset({"gtv", "ptv"})
 
+#: Two cases "share anatomy" when they have at least this many anatomical landmark names in
+#: common (one shared long structure such as the spinal cord does not make a shared view).
+MIN_SHARED = 2
+
 
 def default_data_dir() -> Path | None:
     """``$UAE_DATA``, else ``shared/data`` beside the repository or the working directory."""

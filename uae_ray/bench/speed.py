@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from uae_ray.bench.common import format_table, machine_info, median_time, write_json
 from uae_ray.bench.accuracy import body_points
 from uae_ray.bench.dataset import load_cases
-from uae_ray.matching import Embedder, embed_image, match_points
+from uae_ray.matching import METHODS, Embedder, embed_image, find_points
 from uae_ray.volume import prepare_volume
 
 logger = logging.getLogger(__name__)
@@ -67,11 +67,15 @@ def embedding_bytes(image: sitk.Image, embedder: Embedder) -> int:
 
 
 def time_matching(image: sitk.Image, embedder: Embedder, repeats: int, n_points: int = 20) -> dict[str, Any]:
-    """Median seconds per landmark: matching ``n_points`` template points in stored embeddings."""
+    """Median seconds per landmark for every matching method: ``n_points`` template points
+    matched in stored embeddings (the scan against itself)."""
     maps = embed_image(image, embedder, "CT")
     points = body_points(image, n_points, np.random.default_rng(0))
-    median, runs = median_time(lambda: match_points(maps, points, maps), repeats)
-    return {"points": len(points), "match_s_per_landmark": median / len(points), "runs_s": runs}
+    out: dict[str, Any] = {"points": len(points)}
+    for method in METHODS:
+        median, runs = median_time(lambda: find_points(maps, points, maps, method), repeats)
+        out[method] = {"match_s_per_landmark": median / len(points), "runs_s": runs}
+    return out
 
 
 def run_speed(
@@ -109,7 +113,10 @@ def speed_table(result: dict[str, Any]) -> str:
     rows.append({"what": "  of which prepare (s/scan)", "median": result["in_process"]["prepare_s"]})
     if "triton" in result:
         rows.append({"what": "embed, Triton (s/scan)", "median": result["triton"]["embed_s_per_scan"]})
-    rows.append({"what": "match (ms/landmark)", "median": 1000 * result["matching"]["match_s_per_landmark"]})
+    for method in METHODS:
+        if method in result["matching"]:
+            ms = 1000 * result["matching"][method]["match_s_per_landmark"]
+            rows.append({"what": f"match, {method} (ms/landmark)", "median": ms})
     rows.append({"what": "stored embeddings (MB/scan)", "median": result["parquet_bytes_per_scan"] / 1e6})
     rows.append({"what": "peak RSS of this process (GB)", "median": result["peak_rss_gb"]})
     return format_table(rows, ["what", "median"])

@@ -2,10 +2,13 @@
 matched against the stored embeddings (scans without embeddings are embedded first).
 
 Layout under ``out``:
+  ``landmarks/template-<job_key>.parquet`` the template's embedding maps (fixed-point matching
+                                         matches back into the template, so workers read them)
   ``landmarks/parts/<scan_id>.parquet``  per-scan detections (written by the workers)
   ``landmarks/detections.parquet``      all detections of the archive (written by the driver)
   ``manifests/landmarks``               status per scan, keyed by model version + job key
-The job key hashes the template and the points, so a new template or point set redoes the work.
+The job key hashes the template, the points and the method, so a new template, point set or
+method redoes the work.
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from uae_ray.cohort.embed import EMBED_MANIFEST, EmbedSettings, add_record, embed_scan, pending_scans, persist_record
-from uae_ray.cohort.maps_io import embeddings_uri, read_maps
+from uae_ray.cohort.maps_io import embeddings_uri, read_maps, write_maps
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
 from uae_ray.storage import DETECTIONS, Manifest, ScanRef, discover_scans, join, read_table, write_table_atomic
 from uae_ray.storage.images import read_image_uri
 from uae_ray.tasks.points_io import NamedPoints, read_points_csv
+
+if TYPE_CHECKING:
+    from uae_ray.matching import MatchResult
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +40,31 @@ LANDMARKS_MANIFEST = "manifests/landmarks"
 
 @dataclass(frozen=True)
 class TemplateQuery:
-    """The template's points and their embedding vectors (small; shipped to every task)."""
+    """The template's points and where its embedding maps are stored (small; shipped to every task)."""
 
     names: tuple[str, ...]
     xyz: np.ndarray
-    local: np.ndarray  # (N, Cl)
-    global_: np.ndarray  # (N, Cg)
+    maps_uri: str
+    method: str
     model_version: str
     job_key: str
 
 
-def build_query(template: str, points: NamedPoints, triton_url: str | None, checkpoint: str | None) -> TemplateQuery:
-    """Embeds the template (with the same model as the cohort) and samples its point vectors."""
-    from uae_ray.matching import embed_image, sample_embeddings
+def build_query(
+    template: str, points: NamedPoints, out: str, method: str, triton_url: str | None, checkpoint: str | None
+) -> TemplateQuery:
+    """Embeds the template (with the same model as the cohort) and stores its maps under ``out``."""
+    from uae_ray.matching import embed_image
     from uae_ray.volume import detect_modality
 
     image = read_image_uri(template)
     maps = embed_image(image, get_embedder(triton_url, checkpoint=checkpoint), detect_modality(image, template))
-    local, global_ = sample_embeddings(maps, points.xyz)
-    digest = hashlib.sha256(template.encode() + points.xyz.tobytes() + "\n".join(points.names).encode())
-    return TemplateQuery(points.names, points.xyz, local, global_, maps.model_version, digest.hexdigest()[:12])
+    digest = hashlib.sha256(
+        template.encode() + points.xyz.tobytes() + "\n".join(points.names).encode() + method.encode()
+    ).hexdigest()[:12]
+    maps_uri = join(out, "landmarks", f"template-{digest}.parquet")
+    write_maps(maps_uri, f"template-{digest}", maps)
+    return TemplateQuery(points.names, points.xyz, maps_uri, method, maps.model_version, digest)
 
 
 def part_uri(out: str, scan_id: str) -> str:
@@ -68,13 +79,13 @@ def detect_scan(
     t0 = time.perf_counter()
     record: dict[str, Any] = {"scan_id": scan.scan_id, "uri": scan.uri}
     try:
-        from uae_ray.matching import Matcher
+        from uae_ray.matching import find_points
 
         maps = read_maps(embeddings_uri(embeddings, scan.scan_id))
         if maps.model_version != query.model_version:
             raise ValueError(f"stored embeddings are of model {maps.model_version}, template of {query.model_version}")
-        xyz, scores = Matcher().set_target(maps).predict_features(query.local, query.global_)
-        table = detections_table(scan.scan_id, query.names, xyz, scores, query.model_version)
+        result = find_points(read_maps(query.maps_uri), query.xyz, maps, query.method)
+        table = detections_table(scan.scan_id, query.names, result, query.method, query.model_version)
         uri = part_uri(out, scan.scan_id)
         write_table_atomic(table, uri)
         record.update(status="ok", model_version=f"{query.model_version}|{query.job_key}", output_uri=uri,
@@ -86,10 +97,11 @@ def detect_scan(
 
 
 def detections_table(
-    scan_id: str, names: tuple[str, ...], xyz: np.ndarray, scores: np.ndarray, model_version: str
+    scan_id: str, names: tuple[str, ...], result: MatchResult, method: str, model_version: str
 ) -> pa.Table:
     """Rows of :data:`~uae_ray.storage.DETECTIONS` for one scan."""
     n = len(names)
+    xyz = result.points
     return pa.table(
         {
             "scan_id": [scan_id] * n,
@@ -97,7 +109,9 @@ def detections_table(
             "x": xyz[:, 0].astype(float),
             "y": xyz[:, 1].astype(float),
             "z": xyz[:, 2].astype(float),
-            "score": np.asarray(scores, dtype=np.float32),
+            "score": np.asarray(result.scores, dtype=np.float32),
+            "found": np.asarray(result.found, dtype=bool),
+            "method": [method] * n,
             "model_version": [model_version] * n,
         },
         schema=DETECTIONS,
@@ -115,12 +129,14 @@ def run_cohort_landmarks(
     checkpoint: str | None = None,
     force: bool = False,
     limit: int | None = None,
+    method: str = "fixed-point",
 ) -> dict[str, Any]:
-    """Detects the template's points in every scan of ``archive``; returns a summary."""
+    """Detects the template's points in every scan of ``archive`` with ``method`` (``nn`` or
+    ``fixed-point``); returns a summary."""
     embeddings = embeddings or out
     points = read_points_csv(points_csv)
     scans = discover_scans(archive)[:limit] if limit else discover_scans(archive)
-    query = build_query(template, points, triton_url, checkpoint)
+    query = build_query(template, points, out, method, triton_url, checkpoint)
     logger.info("cohort landmarks: %d points, %d scans, model %s", len(points), len(scans), query.model_version)
     summary: dict[str, Any] = {"scans": len(scans), "points": len(points), "model_version": query.model_version}
 

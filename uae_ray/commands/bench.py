@@ -24,9 +24,11 @@ def run(args: argparse.Namespace) -> int:
     data = _data_dir(args.data)
     if args.bench == "accuracy":
         from uae_ray.bench.accuracy import accuracy_table, run_accuracy
+        from uae_ray.matching import METHODS
 
         embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
-        result = run_accuracy(data, embedder, args.out, args.seed, args.points_per_case, not args.no_baseline)
+        methods = tuple(args.methods or METHODS)
+        result = run_accuracy(data, embedder, args.out, args.seed, args.points_per_case, not args.no_baseline, methods)
         print(accuracy_table(result))
     else:
         from uae_ray.bench.speed import run_speed, speed_table

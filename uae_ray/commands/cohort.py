@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary = run_cohort_landmarks(
             args.archive, args.out, args.template, args.points, triton, args.embeddings, ray_address,
-            force=args.force, limit=args.limit,
+            force=args.force, limit=args.limit, method=args.method,
         )
     print(json.dumps(summary, indent=2))
     if summary.get("failed"):

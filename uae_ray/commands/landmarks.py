@@ -21,6 +21,7 @@ def run(
     checkpoint: str | None = None,
     modality: str | None = None,
     report: str | None = None,
+    method: str = "fixed-point",
 ) -> int:
     """Runs the verb. Returns the exit code: 0, or 1 when a target failed (others still run),
     or 2 when the template or points are unusable (nothing is written)."""
@@ -36,7 +37,7 @@ def run(
         logger.error("%s", one_line(e))
         return 2
     embedder = get_embedder(triton_url, checkpoint=checkpoint)
-    detector = LandmarkDetector(embedder, template_image, named, template_modality)
+    detector = LandmarkDetector(embedder, template_image, named, template_modality, method)
     logger.info("template %s embedded (%d points, model %s)", template, len(named), detector.model_version)
 
     detections: list[Detection] = []
@@ -58,7 +59,10 @@ def run(
             from uae_ray.report.landmarks import TargetView
 
             views.append(TargetView(target, image, target_modality, found))
-        logger.info("[%d/%d] %s: %d points in %.1f s", i, len(targets), target, len(found), time.perf_counter() - t0)
+        n_found = sum(d.found for d in found)
+        logger.info(
+            "[%d/%d] %s: %d/%d points found in %.1f s", i, len(targets), target, n_found, len(found), time.perf_counter() - t0
+        )
     write_detections_csv(out, detections)
     logger.info("wrote %d detections to %s (%d target(s) failed)", len(detections), out, failed)
     if report:

@@ -46,11 +46,13 @@ def landmark_report(
         rows = []
         for det in target.detections:
             xyz = np.array([det.x, det.y, det.z])
-            found = render_point(target.image, xyz, target.modality, color=(60, 220, 60))
-            cls = " class='low'" if det.score < low_score else ""
+            color = (60, 220, 60) if det.found else (255, 160, 0)
+            found = render_point(target.image, xyz, target.modality, color=color)
+            cls = " class='low'" if det.score < low_score or not det.found else ""
+            status = "" if det.found else "<br>not found (abstained)"
             rows.append(
                 f"<tr><td><b>{esc(det.name)}</b><br>({det.x:.1f}, {det.y:.1f}, {det.z:.1f})</td>"
-                f"<td{cls}>{det.score:.3f}</td>"
+                f"<td{cls}>{det.score:.3f}{status}</td>"
                 f"<td>{image_strip(template_imgs[det.name], [f'template {p}' for p in PLANES])}</td>"
                 f"<td>{image_strip(found, [f'target {p}' for p in PLANES])}</td></tr>"
             )
@@ -60,7 +62,8 @@ def landmark_report(
         )
     intro = (
         f"<p>{len(targets)} target scan(s), {len(points)} point(s). Red: the template's point; "
-        f"green: the detected point. Scores below {low_score} in red. Axial: patient right on "
+        f"green: the detected point (orange: the matcher abstained, best estimate shown). "
+        f"Scores below {low_score} and abstentions in red. Axial: patient right on "
         "the viewer's left; coronal/sagittal: superior up.</p>"
     )
     return write_html(path, title, intro + "".join(sections))

@@ -18,7 +18,8 @@ EMBEDDINGS (one file per scan, ``<out>/embeddings/<scan_id>.parquet``)
     direction, size in x, y, z order), array shape (C, Z, Y, X), original ndim and dtype.
 
 DETECTIONS (landmark / lesion detections, one file per job shard or per scan)
-    scan_id, name, x, y, z (world LPS mm), score, model_version.
+    scan_id, name, x, y, z (world LPS mm), score, found (False: the matcher abstained),
+    method, model_version.
 
 MANIFEST (``<out>/manifest.parquet``, see :mod:`uae_ray.storage.manifest`)
     One row per scan: scan_id, uri, status, error, model_version, output_uri, n_bytes, seconds,
@@ -62,7 +63,7 @@ EMBEDDINGS = _schema(
 )
 
 DETECTIONS = _schema(
-    "detections/1",
+    "detections/2",
     [
         _f("scan_id", pa.string(), "16-hex scan id of the target scan"),
         _f("name", pa.string(), "landmark / lesion name"),
@@ -70,6 +71,8 @@ DETECTIONS = _schema(
         _f("y", pa.float64(), "world y (LPS, mm)"),
         _f("z", pa.float64(), "world z (LPS, mm)"),
         _f("score", pa.float32(), "matching similarity (higher is better)"),
+        _f("found", pa.bool_(), "False where the matcher abstained (x, y, z: its best estimate)"),
+        _f("method", pa.string(), "matching method: nn or fixed-point"),
         _f("model_version", pa.string(), "embedding model version that produced the detection"),
     ],
 )

@@ -9,7 +9,7 @@ import logging
 
 import SimpleITK as sitk
 
-from uae_ray.matching import EmbeddingMaps, Embedder, embed_image, match_points
+from uae_ray.matching import DEFAULT_METHOD, EmbeddingMaps, Embedder, embed_image, find_points
 from uae_ray.tasks.points_io import Detection, NamedPoints
 
 logger = logging.getLogger(__name__)
@@ -23,13 +23,20 @@ class LandmarkDetector:
         template: the template image.
         points: named world points (LPS mm) on the template.
         modality: "CT" or "MR" for the template; ``None`` detects it from the image.
+        method: Matching method, ``"nn"`` or ``"fixed-point"`` (see :func:`~uae_ray.matching.find_points`).
     """
 
     def __init__(
-        self, embedder: Embedder, template: sitk.Image, points: NamedPoints, modality: str | None = None
+        self,
+        embedder: Embedder,
+        template: sitk.Image,
+        points: NamedPoints,
+        modality: str | None = None,
+        method: str = DEFAULT_METHOD,
     ) -> None:
         self.embedder = embedder
         self.points = points
+        self.method = method
         self.template_maps = embed_image(template, embedder, modality)
 
     @property
@@ -43,10 +50,10 @@ class LandmarkDetector:
                 f"{target_name}: embeddings of model {target.model_version} cannot be matched "
                 f"against a template embedded with {self.template_maps.model_version}"
             )
-        xyz, scores = match_points(self.template_maps, self.points.xyz, target)
+        r = find_points(self.template_maps, self.points.xyz, target, self.method)
         return [
-            Detection(target_name, name, float(p[0]), float(p[1]), float(p[2]), float(s))
-            for name, p, s in zip(self.points.names, xyz, scores)
+            Detection(target_name, name, float(p[0]), float(p[1]), float(p[2]), float(s), bool(f))
+            for name, p, s, f in zip(self.points.names, r.points, r.scores, r.found)
         ]
 
     def detect(self, target: sitk.Image, target_name: str, modality: str | None = None) -> list[Detection]:

@@ -1,7 +1,8 @@
 """CSV contracts for points and detections (see DESIGN.md, "Contracts").
 
 points:     ``name,x,y,z``
-detections: ``target,name,x,y,z,score``
+detections: ``target,name,x,y,z,score`` plus the extra column ``found`` (``true``/``false``:
+            false where the matcher abstained; the point is then its best estimate)
 
 Coordinates are ITK/SimpleITK physical points (LPS, mm). Extra columns are allowed after the
 contract columns and are ignored on reading.
@@ -20,6 +21,7 @@ import numpy as np
 
 POINT_COLUMNS = ("name", "x", "y", "z")
 DETECTION_COLUMNS = ("target", "name", "x", "y", "z", "score")
+DETECTION_EXTRA_COLUMNS = ("found",)
 
 
 class PointsFileError(ValueError):
@@ -44,7 +46,7 @@ class NamedPoints:
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected point in a target scan."""
+    """One detected point in a target scan (``found=False``: the matcher abstained)."""
 
     target: str
     name: str
@@ -52,6 +54,7 @@ class Detection:
     y: float
     z: float
     score: float
+    found: bool = True
 
 
 def read_points_csv(path: str | Path) -> NamedPoints:
@@ -114,17 +117,21 @@ def write_points_csv(path: str | Path, points: NamedPoints) -> None:
 
 
 def write_detections_csv(path: str | Path, detections: list[Detection]) -> None:
-    """Writes a ``target,name,x,y,z,score`` CSV atomically."""
+    """Writes a ``target,name,x,y,z,score,found`` CSV atomically."""
     rows = [
-        (d.target, d.name, f"{d.x:.4f}", f"{d.y:.4f}", f"{d.z:.4f}", f"{d.score:.5f}") for d in detections
+        (d.target, d.name, f"{d.x:.4f}", f"{d.y:.4f}", f"{d.z:.4f}", f"{d.score:.5f}", str(d.found).lower())
+        for d in detections
     ]
-    write_csv_atomic(path, DETECTION_COLUMNS, rows)
+    write_csv_atomic(path, DETECTION_COLUMNS + DETECTION_EXTRA_COLUMNS, rows)
 
 
 def read_detections_csv(path: str | Path) -> list[Detection]:
-    """Reads a detections CSV written by :func:`write_detections_csv`."""
+    """Reads a detections CSV written by :func:`write_detections_csv` (``found`` defaults to true)."""
     with open(path, newline="") as f:
         return [
-            Detection(r["target"], r["name"], float(r["x"]), float(r["y"]), float(r["z"]), float(r["score"]))
+            Detection(
+                r["target"], r["name"], float(r["x"]), float(r["y"]), float(r["z"]), float(r["score"]),
+                (r.get("found") or "true").strip().lower() != "false",
+            )
             for r in csv.DictReader(f)
         ]

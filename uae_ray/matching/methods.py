@@ -1,0 +1,40 @@
+"""One entry point for every matching method (``--method nn|fixed-point``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from uae_ray.matching.embed import EmbeddingMaps
+from uae_ray.matching.fixed_point import FixedPointConfig, FixedPointMatcher
+from uae_ray.matching.nn import match_points
+from uae_ray.matching.result import MatchResult
+
+METHODS = ("nn", "fixed-point")
+DEFAULT_METHOD = "fixed-point"
+
+
+def find_points(
+    template: EmbeddingMaps,
+    points: np.ndarray,
+    target: EmbeddingMaps,
+    method: str = DEFAULT_METHOD,
+    config: FixedPointConfig | None = None,
+) -> MatchResult:
+    """Find template world points (N, 3) in a target with the named method.
+
+    ``nn``: nearest neighbour on the averaged global+local cosine maps (never abstains).
+    ``fixed-point``: UAE fixed-point matching with abstention (:mod:`uae_ray.matching.fixed_point`).
+
+    Raises:
+        ValueError: For an unknown method.
+    """
+    if method == "nn":
+        xyz, scores = match_points(template, points, target)
+        n = len(xyz)
+        return MatchResult(xyz, scores, np.ones(n, dtype=bool), np.full(n, np.nan))
+    if method == "fixed-point":
+        return FixedPointMatcher(template, target, config).predict(points)
+    raise ValueError(f"unknown matching method {method!r}; expected one of {', '.join(METHODS)}")
+
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "find_points"]
