@@ -135,3 +135,22 @@ def test_network_identical_and_shifted_volume() -> None:
     b = embed_image(_phantom_image(origin=tuple(shift)), embedder, "CT")
     out, _ = match_points(a, pts, b)
     np.testing.assert_allclose(out, pts + shift, atol=1e-3)
+
+
+def test_anisotropic_global_stride_exact() -> None:
+    """sam-r18's global map has per-axis strides (z 4, y 16, x 16 over the 2 mm input)."""
+    local = _smooth_field((20, 24, 24), 16, 5, 0.8)
+    glob = _smooth_field((10, 3, 3), 8, 6, 2.0)
+    maps = EmbeddingMaps(
+        local=local,
+        global_=glob,
+        local_grid=Grid((0.0, 0.0, 0.0), (4.0,) * 3, IDENTITY, (24, 24, 20)),
+        global_grid=Grid((0.0, 0.0, 0.0), (32.0, 32.0, 8.0), IDENTITY, (3, 3, 10)),
+        valid=np.ones((20, 24, 24), dtype=bool),
+        model_version="test",
+    )
+    m = Matcher().set_target(maps)
+    assert m._factor == (2, 8, 8)
+    pts = _voxel_points(maps, 20, seed=4)
+    out, _ = match_points(maps, pts, maps)
+    np.testing.assert_allclose(out, pts, atol=1e-6)

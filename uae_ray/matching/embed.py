@@ -62,17 +62,18 @@ class EmbeddingMaps:
             raise ValueError(f"valid mask shape {self.valid.shape} != local map shape {self.local.shape[1:]}")
 
 
-def map_grid(model: Grid, stride: int, shape_zyx: tuple[int, ...]) -> Grid:
+def map_grid(model: Grid, stride: int | tuple[int, int, int], shape_zyx: tuple[int, ...]) -> Grid:
     """Grid of a map of stride ``stride`` over ``model`` (voxel i <-> model voxel stride * i).
 
     Args:
         model: The model grid (2 mm, identity direction).
-        stride: Map stride relative to the model grid.
+        stride: Map stride relative to the model grid, or one per axis (z, y, x).
         shape_zyx: Map shape (z, y, x).
     """
+    stride_xyz = (stride,) * 3 if isinstance(stride, int) else tuple(stride)[::-1]
     return Grid(
         origin=model.origin,
-        spacing=tuple(s * stride for s in model.spacing),
+        spacing=tuple(s * k for s, k in zip(model.spacing, stride_xyz)),
         direction=model.direction,
         size=(shape_zyx[2], shape_zyx[1], shape_zyx[0]),
     )
@@ -90,13 +91,13 @@ def maps_from_outputs(
         model_version: Version string of the model.
     """
     local, glob = outputs["local"], outputs["global"]
-    s = config.local_stride
-    valid = np.asarray(prepared.valid, dtype=bool)[::s, ::s, ::s][: local.shape[1], : local.shape[2], : local.shape[3]]
+    sz, sy, sx = config.stride_zyx("local")
+    valid = np.asarray(prepared.valid, dtype=bool)[::sz, ::sy, ::sx][: local.shape[1], : local.shape[2], : local.shape[3]]
     return EmbeddingMaps(
         local=local,
         global_=glob,
-        local_grid=map_grid(prepared.grid, s, local.shape[1:]),
-        global_grid=map_grid(prepared.grid, config.global_stride, glob.shape[1:]),
+        local_grid=map_grid(prepared.grid, (sz, sy, sx), local.shape[1:]),
+        global_grid=map_grid(prepared.grid, config.stride_zyx("global"), glob.shape[1:]),
         valid=valid,
         model_version=model_version,
     )

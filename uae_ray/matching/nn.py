@@ -80,10 +80,10 @@ class Matcher:
         self._valid = _as_tensor(target.valid, bool).reshape(-1)
         if not bool(self._valid.any()):
             raise ValueError("target embedding maps have no valid voxel")
-        ratio = target.global_grid.spacing[0] / target.local_grid.spacing[0]
-        if abs(ratio - round(ratio)) > 1e-6:
-            raise ValueError(f"global/local spacing ratio {ratio} is not an integer")
-        self._factor = int(round(ratio))
+        ratios = [g / l for g, l in zip(target.global_grid.spacing, target.local_grid.spacing)]  # x, y, z
+        if any(abs(r - round(r)) > 1e-6 for r in ratios):
+            raise ValueError(f"global/local spacing ratios {ratios} are not integers")
+        self._factor = tuple(int(round(r)) for r in ratios[::-1])  # z, y, x
         return self
 
     @property

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 
-def upsample_aligned(x: torch.Tensor, factor: int, size: tuple[int, int, int]) -> torch.Tensor:
+def upsample_aligned(x: torch.Tensor, factor: int | tuple[int, int, int], size: tuple[int, int, int]) -> torch.Tensor:
     """Trilinearly upsample a strided map so that voxel ``i`` of the input lands on ``factor*i``.
 
     ``F.interpolate`` (either ``align_corners`` mode) does not keep the "map voxel i is input
@@ -15,15 +15,16 @@ def upsample_aligned(x: torch.Tensor, factor: int, size: tuple[int, int, int]) -
 
     Args:
         x: Tensor (B, C, z, y, x).
-        factor: Integer upsampling factor (e.g. 2 or 4).
+        factor: Integer upsampling factor (e.g. 2 or 4), or one per axis (z, y, x).
         size: Output spatial size (Z, Y, X); each at most ``factor * n`` for input size ``n``.
 
     Returns:
         Tensor (B, C, *size).
     """
-    if factor == 1 and tuple(x.shape[2:]) == tuple(size):
+    factors = (factor,) * 3 if isinstance(factor, int) else tuple(int(f) for f in factor)
+    if factors == (1, 1, 1) and tuple(x.shape[2:]) == tuple(size):
         return x
     xp = F.pad(x, (0, 1, 0, 1, 0, 1), mode="replicate")
-    full = [factor * n + 1 for n in x.shape[2:]]
+    full = [f * n + 1 for f, n in zip(factors, x.shape[2:])]
     up = F.interpolate(xp, size=full, mode="trilinear", align_corners=True)
     return up[:, :, : size[0], : size[1], : size[2]]
