@@ -44,3 +44,20 @@ def test_landmark_report_writes_html_with_images(tmp_path):
     html = out.read_text()
     assert html.count("data:image/png;base64,") == 6
     assert "bright" in html and "0.900" in html
+
+
+def test_training_report_curves(tmp_path):
+    from uae_ray.report.training import training_report
+
+    history = [{"step": s, "loss": 3.0 - 0.01 * s, "local": 2.0 - 0.005 * s, "global": 1.0, "lr": 1e-3,
+                "steps_per_s": 1.2} for s in range(20, 220, 20)]
+    out = training_report(tmp_path / "train.html", history, {"command": "python -m uae_ray.train.loop --steps 200"})
+    text = out.read_text()
+    assert text.count("<svg") == 3 and text.count("<polyline") == 5  # 3 loss parts, lr, speed
+    assert ">loss 1<" in text and "step 200, loss 1," in text and "python -m uae_ray.train.loop" in text
+    from PIL import Image
+
+    png = Image.open(tmp_path / "train.png")
+    assert png.size == (640, 260)
+    # the loss curve is drawn: more than background, frame and text colours
+    assert len(set(png.getdata())) > 4
