@@ -1,22 +1,30 @@
-"""Self-supervised (SAM-style) training of the embedding network.
+"""Self-supervised (SAM-style, and UAE's CT-MR stage) training of the embedding network.
 
 ``loop`` is the plain torch loop (``python -m uae_ray.train.loop``); ``ray_trainer`` wraps it in
-a Ray Train ``TorchTrainer`` (Ray is imported only there, lazily).
+a Ray Train ``TorchTrainer`` (Ray is imported only there, lazily). ``pairs`` relates aligned
+CT-MR scans of one patient; ``config_io`` reads YAML configs.
 """
 
-from uae_ray.train.augment import RandomAffineView, RandomIntensity, ViewGeometry, extract_view
-from uae_ray.train.data import TrainVolume, list_cases, load_ct_volumes
+from uae_ray.train.augment import RandomAffineView, RandomIntensity, RandomModalityShift, ViewGeometry, extract_view
+from uae_ray.train.data import TrainVolume, list_cases, load_ct_volumes, load_volumes, read_manifest
 from uae_ray.train.loop import TrainConfig, Trainer, train
+from uae_ray.train.pairs import CrossModalPair, build_pairs, find_ct_mr_pairs
 
 __all__ = [
+    "CrossModalPair",
     "RandomAffineView",
     "RandomIntensity",
+    "RandomModalityShift",
     "TrainConfig",
     "TrainVolume",
     "Trainer",
     "ViewGeometry",
+    "build_pairs",
     "extract_view",
+    "find_ct_mr_pairs",
     "list_cases",
     "load_ct_volumes",
+    "load_volumes",
+    "read_manifest",
     "train",
 ]

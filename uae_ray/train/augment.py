@@ -7,6 +7,9 @@ order. A view voxel ``u`` maps to the volume voxel ``p = centre + M @ (u - c_vie
 are millimetres, so the correspondence between two views of the same volume is known
 analytically: ``u_b = view_b.from_volume(view_a.to_volume(u_a))``.
 
+Modality augmentation (UAE): :class:`RandomModalityShift` inverts and/or monotonically remaps the
+body intensities of a view so that CT views look MR-like; air and padding stay at -1.
+
 Randomness: each transform owns an ``np.random.Generator`` (``self.R``), seeded via
 ``set_random_state`` (MONAI style); no global RNG state is touched.
 """
@@ -68,6 +71,15 @@ class ViewGeometry:
     def from_volume(self, p: np.ndarray) -> np.ndarray:
         """Volume voxels (N, 3) xyz -> view voxels (N, 3) xyz."""
         return (np.asarray(p, dtype=np.float64) - self.centre) @ np.linalg.inv(self.matrix).T + self.view_centre
+
+    def translated(self, offset_vox: np.ndarray) -> "ViewGeometry":
+        """The same view expressed in a volume frame shifted by ``offset_vox``.
+
+        If voxel ``p`` of this view's volume is voxel ``p + offset_vox`` of another volume with
+        the same axes and spacing (e.g. two identity-direction 2 mm model grids whose origins
+        differ), the returned geometry samples the *same world points* from that other volume.
+        """
+        return ViewGeometry(self.matrix, self.centre + np.asarray(offset_vox, dtype=np.float64), self.size)
 
     def to_volume_torch(self, u: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`to_volume` for a float tensor (..., 3)."""
@@ -220,3 +232,94 @@ def gaussian_blur(x: torch.Tensor, sigma_vox: float) -> torch.Tensor:
         pad[2 * (2 - dim) + 1] = r
         y = F.conv3d(F.pad(y, pad, mode="replicate"), k.reshape(shape))
     return y[0, 0] if squeeze else y[:, 0]
+
+
+def piecewise_linear(x: torch.Tensor, knots_x: torch.Tensor, knots_y: torch.Tensor) -> torch.Tensor:
+    """Evaluate the piecewise-linear map through ``(knots_x, knots_y)`` (clamped outside).
+
+    Args:
+        x: Tensor of any shape.
+        knots_x: (K,) strictly increasing abscissae.
+        knots_y: (K,) ordinates.
+
+    Returns:
+        Tensor like ``x``.
+    """
+    kx, ky = knots_x.to(x.dtype), knots_y.to(x.dtype)
+    xc = x.clamp(float(kx[0]), float(kx[-1]))
+    i = torch.bucketize(xc, kx[1:-1])  # segment index 0 .. K-2
+    x0, x1, y0, y1 = kx[i], kx[i + 1], ky[i], ky[i + 1]
+    return y0 + (xc - x0) * (y1 - y0) / (x1 - x0)
+
+
+class RandomModalityShift(Randomizable):
+    """UAE-style modality augmentation of a normalised view (makes CT views look MR-like).
+
+    With probability ``prob`` the body voxels ``x`` (normalised scale, [-1, 1]) are
+
+    1. remapped by a random monotone (increasing) piecewise-linear histogram shift ``h`` of
+       [-1, 1] onto itself: ``segments`` equal-width input segments whose output lengths are
+       proportional to ``U(1 - strength, 1 + strength)`` draws (``strength`` in [0, 1); 0 gives
+       the identity), endpoints fixed (``h(-1) = -1``, ``h(1) = 1``);
+    2. then inverted, ``x -> -x``, with probability ``invert_prob``.
+
+    Voxels outside the body (air, background, padding outside the field of view) keep their
+    value, so air / padding stay at -1 and the validity channel stays meaningful. Otherwise the
+    input is returned unchanged. Units: normalised intensity.
+
+    Args:
+        prob: Probability that a call changes the view.
+        invert_prob: Probability of the inversion, given that the view is changed.
+        strength: Histogram-shift strength in [0, 1).
+        segments: Number of linear pieces of the histogram shift.
+        body_level: Default body threshold when no body mask is passed (CT: about -0.939).
+        seed: RNG seed.
+    """
+
+    def __init__(
+        self,
+        prob: float = 0.5,
+        invert_prob: float = 0.5,
+        strength: float = 0.6,
+        segments: int = 4,
+        body_level: float = -0.9,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed)
+        if not 0.0 <= strength < 1.0:
+            raise ValueError(f"strength must be in [0, 1); got {strength}")
+        if segments < 1:
+            raise ValueError(f"segments must be >= 1; got {segments}")
+        self.prob = prob
+        self.invert_prob = invert_prob
+        self.strength = strength
+        self.segments = segments
+        self.body_level = body_level
+
+    def random_curve(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Knots (x, y), each (segments + 1,), of a random increasing map of [-1, 1] onto itself."""
+        lengths = self.R.uniform(1.0 - self.strength, 1.0 + self.strength, self.segments)
+        ys = -1.0 + 2.0 * np.concatenate([[0.0], np.cumsum(lengths)]) / lengths.sum()
+        ys[-1] = 1.0
+        xs = np.linspace(-1.0, 1.0, self.segments + 1)
+        return torch.from_numpy(xs), torch.from_numpy(ys)
+
+    def __call__(self, x: torch.Tensor, body: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment a (1, D, H, W) or (D, H, W) view.
+
+        Args:
+            x: Normalised intensities.
+            body: Bool mask broadcastable to ``x`` of the voxels to change (in the body and in
+                the field of view); default ``x > body_level``.
+
+        Returns:
+            A new tensor of the same shape (``x`` itself when the view is left unchanged).
+        """
+        if self.R.random() >= self.prob:
+            return x
+        knots_x, knots_y = self.random_curve()
+        y = piecewise_linear(x, knots_x, knots_y)
+        if self.R.random() < self.invert_prob:
+            y = -y
+        mask = (x > self.body_level) if body is None else body.to(torch.bool)
+        return torch.where(mask, y, x)

@@ -1,4 +1,10 @@
-"""Training data: the CT cases of a data folder, prepared once at 2 mm and cached in memory."""
+"""Training data: the CT (and MR) cases of a data folder, prepared once at 2 mm and cached in memory.
+
+Every volume is prepared exactly as inference prepares it (:func:`uae_ray.volume.prepare_volume`
+with its modality: CT HU clip + linear scale, MR 0.2/99.8 body percentiles), kept with its
+modality, its patient id from the manifest and its 2 mm model grid (identity direction), so
+volumes of one patient (e.g. a CT and a co-registered MR) can be related in world space.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,51 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from uae_ray.models.config import hu_to_normalised
-from uae_ray.volume import prepare_volume, read_image
+from uae_ray.volume import Grid, parse_modality, prepare_volume, read_image
 
 logger = logging.getLogger(__name__)
 
 #: Voxels brighter than this (HU) count as body (lung parenchyma included, outside air not).
 BODY_HU = -900.0
+
+#: MR body rule, on the normalised scale: a valid voxel brighter than this is body.
+#: ``normalize_mr`` maps the 0.2th percentile of the (foreground) MR voxels to -1, so the
+#: background and the darkest 0.2 % of the body sit at -1 and noisy background just above it.
+#: The level keeps the lowest 5 % of the [-1, 1] window out (on the visible cases this removes
+#: the outside air of ``ts_example_mr`` and the dark background of the STS crops, 25-29 % of the
+#: field of view, and keeps soft tissue and fat). A CT HU level would be meaningless here.
+MR_BODY_LEVEL = -0.9
+
+
+def body_level(modality: str) -> float:
+    """Normalised intensity above which a valid voxel counts as body, per modality.
+
+    CT: :data:`BODY_HU` on the CT scale (about -0.939); MR: :data:`MR_BODY_LEVEL`.
+    """
+    return hu_to_normalised(BODY_HU) if parse_modality(modality, "body_level") == "CT" else MR_BODY_LEVEL
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """One row of ``manifest.csv`` (the columns the trainer uses).
+
+    Attributes:
+        case_id: Case identifier.
+        modality: ``"CT"`` or ``"MR"``.
+        patient: Opaque patient id (scans of one patient share it).
+        image_path: Path of the case's ``image.nii.gz``.
+    """
+
+    case_id: str
+    modality: str
+    patient: str
+    image_path: Path
 
 
 @dataclass
@@ -28,11 +68,59 @@ class TrainVolume:
         data: (2, Z, Y, X) float32 tensor: normalised intensity + 1 (air 0, so zero padding
             outside the array is air) and validity (0/1).
         centres: (K, 3) float64 volume voxels (x, y, z) in the body, used as view centres.
+        modality: ``"CT"`` or ``"MR"``.
+        patient: Patient id from the manifest (``""`` when unknown: the volume is its own patient).
+        grid: The prepared volume's model grid (identity direction, isotropic spacing; voxel
+            ``(x, y, z)`` of ``data`` lies at ``grid.index_to_world``); ``None`` for synthetic
+            volumes without a world frame.
     """
 
     case_id: str
     data: torch.Tensor
     centres: np.ndarray
+    modality: str = "CT"
+    patient: str = ""
+    grid: Grid | None = None
+
+    @property
+    def patient_key(self) -> str:
+        """Patient id, or the case id when the patient is unknown."""
+        return self.patient or self.case_id
+
+    @property
+    def body_level(self) -> float:
+        """Normalised body threshold of this volume's modality (see :func:`body_level`)."""
+        return body_level(self.modality)
+
+    def world_grid(self) -> Grid:
+        """The model grid; raises ``ValueError`` for a volume without world geometry."""
+        if self.grid is None:
+            raise ValueError(f"{self.case_id}: training volume has no world geometry")
+        return self.grid
+
+
+def read_manifest(data_dir: str | Path, modalities: Iterable[str] | None = None) -> list[CaseInfo]:
+    """Rows of ``<data_dir>/manifest.csv``, optionally restricted to some modalities, by case id.
+
+    Args:
+        data_dir: Folder holding ``manifest.csv`` (columns ``case_id,modality,region,patient,...,path``).
+        modalities: Modalities to keep (case-insensitive); ``None``: all.
+
+    Returns:
+        The :class:`CaseInfo` rows sorted by case id.
+    """
+    data_dir = Path(data_dir)
+    manifest = data_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: manifest not found")
+    keep = None if modalities is None else {m.upper() for m in modalities}
+    with open(manifest, newline="") as fh:
+        rows = [
+            CaseInfo(r["case_id"], r["modality"].upper(), r.get("patient") or "", data_dir / r["path"] / "image.nii.gz")
+            for r in csv.DictReader(fh)
+            if keep is None or r["modality"].upper() in keep
+        ]
+    return sorted(rows, key=lambda c: c.case_id)
 
 
 def list_cases(data_dir: str | Path, modality: str = "CT") -> list[tuple[str, Path]]:
@@ -45,21 +133,28 @@ def list_cases(data_dir: str | Path, modality: str = "CT") -> list[tuple[str, Pa
     Returns:
         ``[(case_id, image_path), ...]``.
     """
-    data_dir = Path(data_dir)
-    manifest = data_dir / "manifest.csv"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: manifest not found")
-    with open(manifest, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["modality"].upper() == modality.upper()]
-    return sorted((r["case_id"], data_dir / r["path"] / "image.nii.gz") for r in rows)
+    return [(c.case_id, c.image_path) for c in read_manifest(data_dir, (modality,))]
 
 
-def prepare_train_volume(case_id: str, path: Path, spacing_mm: float = 2.0, max_centres: int = 20000, seed: int = 0) -> TrainVolume:
-    """Read, prepare (2 mm, normalised) and index one CT for view sampling."""
-    pv = prepare_volume(read_image(path), "CT", spacing_mm=spacing_mm, pad_multiple=1)
+def prepare_train_volume(
+    case_id: str,
+    path: Path,
+    spacing_mm: float = 2.0,
+    max_centres: int = 20000,
+    seed: int = 0,
+    modality: str = "CT",
+    patient: str = "",
+) -> TrainVolume:
+    """Read, prepare (2 mm, normalised as at inference) and index one volume for view sampling.
+
+    View centres are (at most ``max_centres`` random) body voxels: valid voxels brighter than
+    :func:`body_level` of the modality (all valid voxels when none is).
+    """
+    mod = parse_modality(modality, "prepare_train_volume")
+    pv = prepare_volume(read_image(path), mod, spacing_mm=spacing_mm, pad_multiple=1)
     arr = np.asarray(pv.array, dtype=np.float32)
     valid = np.asarray(pv.valid, dtype=bool)
-    body = valid & (arr > hu_to_normalised(BODY_HU))
+    body = valid & (arr > body_level(mod))
     zyx = np.argwhere(body)
     if len(zyx) == 0:
         zyx = np.argwhere(valid)
@@ -67,13 +162,34 @@ def prepare_train_volume(case_id: str, path: Path, spacing_mm: float = 2.0, max_
     if len(zyx) > max_centres:
         zyx = zyx[rng.choice(len(zyx), max_centres, replace=False)]
     data = torch.from_numpy(np.stack([arr + 1.0, valid.astype(np.float32)]))
-    logger.info("prepared %s: grid %s, %d body voxels", case_id, pv.grid.size, int(body.sum()))
-    return TrainVolume(case_id, data, zyx[:, ::-1].astype(np.float64).copy())
+    logger.info("prepared %s (%s): grid %s, %d body voxels", case_id, mod, pv.grid.size, int(body.sum()))
+    return TrainVolume(case_id, data, zyx[:, ::-1].astype(np.float64).copy(), mod, patient, pv.grid)
+
+
+def load_volumes(
+    data_dir: str | Path,
+    modalities: Sequence[str] = ("CT", "MR"),
+    spacing_mm: float = 2.0,
+    case_ids: Iterable[str] | None = None,
+) -> list[TrainVolume]:
+    """Prepare every case of the given modalities of a data folder (sorted by case id).
+
+    Args:
+        data_dir: Folder with ``manifest.csv``.
+        modalities: Modalities to load (``"CT"``, ``"MR"``).
+        spacing_mm: Model grid spacing.
+        case_ids: Optional subset of case ids to load (others are skipped).
+
+    Raises:
+        ValueError: no case matches.
+    """
+    wanted = None if case_ids is None else set(case_ids)
+    cases = [c for c in read_manifest(data_dir, modalities) if wanted is None or c.case_id in wanted]
+    if not cases:
+        raise ValueError(f"{data_dir}: no {'/'.join(modalities)} case in manifest.csv")
+    return [prepare_train_volume(c.case_id, c.image_path, spacing_mm, modality=c.modality, patient=c.patient) for c in cases]
 
 
 def load_ct_volumes(data_dir: str | Path, spacing_mm: float = 2.0) -> list[TrainVolume]:
-    """Prepare every CT case of a data folder (see :func:`list_cases`)."""
-    cases = list_cases(data_dir, "CT")
-    if not cases:
-        raise ValueError(f"{data_dir}: no CT case in manifest.csv")
-    return [prepare_train_volume(cid, path, spacing_mm) for cid, path in cases]
+    """Prepare every CT case of a data folder (see :func:`load_volumes`)."""
+    return load_volumes(data_dir, ("CT",), spacing_mm)

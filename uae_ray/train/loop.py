@@ -5,11 +5,21 @@ Usage::
     python -m uae_ray.train.loop --data ../shared/data --steps 3000 --seconds 1800 \
         --threads 2 --out uae_ray/models/weights/uae_tiny_v0.pt
 
-Each step takes ``batch_scans`` CT volumes, draws two random affine views of each (known
-correspondence), embeds all views in one forward pass and adds a local InfoNCE loss (4 mm map;
-positives at the exact corresponding location, negatives farther than ``local_ignore_mm``,
-hard ones ranked by local + global similarity, plus random ones) and a global InfoNCE loss
-(16 mm map; negatives also from the other scans of the batch).
+    python -m uae_ray.train.loop --data ../shared/data --config uae_ctmr.yaml --pair-prob 0.5
+
+Each step takes ``batch_scans`` items of distinct patients, draws two random affine views of
+each (known correspondence), embeds all views in one forward pass and adds a local InfoNCE loss
+(4 mm map; positives at the exact corresponding location, negatives farther than
+``local_ignore_mm``, hard ones ranked by local + global similarity, plus random ones) and a
+global InfoNCE loss (16 mm map; negatives also from the other items of the batch).
+
+An item is either one volume (CT, or MR with ``modalities`` including MR) seen twice, or, with
+probability ``pair_prob``, an aligned CT-MR pair of one patient (UAE cross-modality stage): view
+A from the CT, view B from the MR at the same world location (:mod:`uae_ray.train.pairs`).
+With probability ``modality_shift_prob`` a view's intensities are inverted / histogram-shifted
+(:class:`~uae_ray.train.augment.RandomModalityShift`) so that CT views look MR-like.
+Hyper-parameters come from :class:`TrainConfig`, a YAML file (``--config``) and CLI flags (which
+win over the file).
 """
 
 from __future__ import annotations
@@ -22,20 +32,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from uae_ray.models.checkpoint import save_checkpoint
-from uae_ray.models.config import hu_to_normalised
 from uae_ray.models.ops import upsample_aligned
 from uae_ray.models.registry import build_model
 from uae_ray.models.resnet_fpn import EmbeddingNet
-from uae_ray.train.augment import RandomAffineView, RandomIntensity, ViewGeometry, extract_view, sample_at
-from uae_ray.train.data import BODY_HU, TrainVolume, load_ct_volumes
+from uae_ray.train.augment import RandomAffineView, RandomIntensity, RandomModalityShift, ViewGeometry, extract_view, sample_at
+from uae_ray.train.config_io import config_from_mapping, load_yaml_config
+from uae_ray.train.data import TrainVolume, load_volumes
 from uae_ray.train.losses import info_nce
+from uae_ray.train.pairs import CrossModalPair, build_pairs
+from uae_ray.volume import parse_modality
 from uae_ray.train.sampling import find_correspondences, map_volume_positions, mine_negatives
 
 logger = logging.getLogger(__name__)
@@ -72,6 +84,20 @@ class TrainConfig:
         seed: Seed of every RNG of the run.
         log_every: Progress line every this many steps.
         model: Registry name of the architecture.
+        modalities: Modalities of the manifest to train on (``("CT",)``: the SAM recipe;
+            ``("CT", "MR")``: UAE's cross-modality stage; MR is prepared as at inference).
+        modality_shift_prob: Per view, probability of the UAE modality augmentation (random
+            monotone histogram shift, then intensity inversion with ``modality_invert_prob``),
+            applied to the body voxels before the ordinary intensity augmentation. 0 keeps the
+            CT-only recipe bit-for-bit.
+        modality_invert_prob: Probability of the inversion ``x -> -x`` within a modality shift.
+        modality_shift_strength: Histogram-shift strength in [0, 1) (0: no remapping); the
+            random piecewise-linear map's segment slopes lie within about ``(1 +- s) / (1 -+ s)``.
+        pair_prob: Per batch item, probability that it is an aligned CT-MR pair of one patient
+            (view A from the CT, view B from the MR at the same world location) instead of two
+            views of one volume. Pairs are found among the loaded volumes (same manifest
+            ``patient``, one CT and one MR), so ``modalities`` must include MR; without pairs
+            every item is a single volume.
     """
 
     steps: int = 3000
@@ -96,13 +122,52 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     model: str = "tiny"
+    modalities: tuple[str, ...] = ("CT",)
+    modality_shift_prob: float = 0.0
+    modality_invert_prob: float = 0.5
+    modality_shift_strength: float = 0.6
+    pair_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.crop = tuple(int(c) for c in self.crop)  # type: ignore[assignment]
+        self.scale_range = tuple(float(v) for v in self.scale_range)  # type: ignore[assignment]
+        if isinstance(self.modalities, str):
+            self.modalities = (self.modalities,)
+        self.modalities = tuple(dict.fromkeys(parse_modality(m, "TrainConfig.modalities") for m in self.modalities))
+        for name in ("modality_shift_prob", "modality_invert_prob", "pair_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1]; got {getattr(self, name)}")
+        if not 0.0 <= self.modality_shift_strength < 1.0:
+            raise ValueError(f"TrainConfig.modality_shift_strength must be in [0, 1); got {self.modality_shift_strength}")
 
 
 @dataclass
-class _ViewPair:
+class ViewPair:
+    """One batch item: two views with a known correspondence.
+
+    Attributes:
+        views: Geometries of views A and B in one common volume frame (the volume's own voxels;
+            for a CT-MR pair the CT's voxels), so ``views[1].from_volume(views[0].to_volume(u))``
+            is the exact correspondence and volume-voxel distances times the spacing are mm.
+        raw: Per view (2, D, H, W): normalised intensity before augmentation, validity.
+        inputs: Per view (1, D, H, W): augmented intensity (the network input).
+        body_levels: Per view, the body threshold of its source modality (anchor masks).
+        case_ids: Per view, the source case.
+    """
+
     views: tuple[ViewGeometry, ViewGeometry]
-    raw: tuple[torch.Tensor, torch.Tensor]  # (2, D, H, W): intensity before augmentation, validity
-    inputs: tuple[torch.Tensor, torch.Tensor]  # (1, D, H, W) augmented intensity
+    raw: tuple[torch.Tensor, torch.Tensor]
+    inputs: tuple[torch.Tensor, torch.Tensor]
+    body_levels: tuple[float, float]
+    case_ids: tuple[str, str]
+
+
+def patient_groups(volumes: Sequence[TrainVolume]) -> list[list[TrainVolume]]:
+    """Volumes grouped by patient (first-appearance order); unknown patients are singletons."""
+    groups: dict[str, list[TrainVolume]] = {}
+    for v in volumes:
+        groups.setdefault(v.patient_key, []).append(v)
+    return list(groups.values())
 
 
 @dataclass
@@ -123,6 +188,8 @@ class Trainer:
         config: Hyper-parameters.
         forward_module: Module used for the forward pass (e.g. a DistributedDataParallel wrapper
             of ``model``); default ``model``. Losses run on its parameters' device.
+        pairs: Aligned CT-MR pairs for ``pair_prob``; default: found among ``volumes``
+            (:func:`~uae_ray.train.pairs.build_pairs`) when ``pair_prob > 0``.
     """
 
     def __init__(
@@ -131,6 +198,7 @@ class Trainer:
         volumes: list[TrainVolume],
         config: TrainConfig,
         forward_module: torch.nn.Module | None = None,
+        pairs: list[CrossModalPair] | None = None,
     ) -> None:
         if not volumes:
             raise ValueError("Trainer needs at least one training volume")
@@ -143,40 +211,94 @@ class Trainer:
         self.torch_gen = torch.Generator().manual_seed(config.seed)
         self.views = RandomAffineView(config.crop, config.max_rotation_deg, config.scale_range, config.max_offset_vox, seed=config.seed + 1)
         self.intensity = RandomIntensity(seed=config.seed + 2)
+        self.modality_shift = RandomModalityShift(
+            config.modality_shift_prob, config.modality_invert_prob, config.modality_shift_strength, seed=config.seed + 3
+        )
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.spacing_mm = model.config.input_spacing_mm
-        self.body_level = hu_to_normalised(BODY_HU)
+        self.groups = patient_groups(volumes)
+        if pairs is None:
+            pairs = build_pairs(volumes, seed=config.seed) if config.pair_prob > 0 else []
+        self.pairs = pairs
+        if config.pair_prob > 0 and not pairs:
+            logger.warning("pair_prob=%g but no aligned CT-MR pair among the volumes (modalities %s)", config.pair_prob, config.modalities)
         self.state = TrainState()
         self._air_shift = torch.tensor([1.0, 0.0]).reshape(2, 1, 1, 1)
 
     # -- data -----------------------------------------------------------------------------------
 
-    def _pair(self, vol: TrainVolume) -> _ViewPair:
-        centre = vol.centres[self.rng.integers(len(vol.centres))] + self.rng.uniform(-0.5, 0.5, 3)
-        va, vb = self.views(centre)
-        # data holds intensity + 1 (air 0) so that zero padding outside the volume is air.
-        raw = tuple(extract_view(vol.data, v, pad_value=0.0) - self._air_shift for v in (va, vb))
-        inputs = tuple(self.intensity(r[0:1]) for r in raw)
-        return _ViewPair((va, vb), raw, inputs)  # type: ignore[arg-type]
+    def _draw_views(self, centres: np.ndarray) -> tuple[ViewGeometry, ViewGeometry]:
+        """Two random affine views around a random (jittered) centre, in the centres' frame."""
+        centre = centres[self.rng.integers(len(centres))] + self.rng.uniform(-0.5, 0.5, 3)
+        return self.views(centre)
 
-    def make_batch(self) -> list[_ViewPair]:
-        """Draw ``batch_scans`` distinct volumes and two views of each."""
-        k = min(self.cfg.batch_scans, len(self.volumes))
-        idx = self.rng.choice(len(self.volumes), k, replace=False)
-        return [self._pair(self.volumes[i]) for i in idx]
+    def _augment(self, raw: torch.Tensor, level: float) -> torch.Tensor:
+        """Network input (1, D, H, W) of a raw view: modality shift (body only), then intensity."""
+        x = self.modality_shift(raw[0:1], self._body_mask(raw, 1, level)[None])
+        return self.intensity(x)
+
+    def _make_item(
+        self,
+        vols: tuple[TrainVolume, TrainVolume],
+        views: tuple[ViewGeometry, ViewGeometry],
+        sampled: tuple[ViewGeometry, ViewGeometry],
+    ) -> ViewPair:
+        """Extract view ``i`` from ``vols[i]`` with geometry ``sampled[i]`` and augment it.
+
+        ``views`` are the same views in the common frame (what the loss uses); ``sampled[i]``
+        equals ``views[i]`` re-expressed in ``vols[i]``'s voxel frame.
+        """
+        # data holds intensity + 1 (air 0) so that zero padding outside the volume is air.
+        raw = tuple(extract_view(v.data, g, pad_value=0.0) - self._air_shift for v, g in zip(vols, sampled))
+        levels = (vols[0].body_level, vols[1].body_level)
+        inputs = tuple(self._augment(r, lv) for r, lv in zip(raw, levels))
+        return ViewPair(views, raw, inputs, levels, (vols[0].case_id, vols[1].case_id))  # type: ignore[arg-type]
+
+    def single_item(self, vol: TrainVolume) -> ViewPair:
+        """Two random views of one volume."""
+        views = self._draw_views(vol.centres)
+        return self._make_item((vol, vol), views, views)
+
+    def pair_item(self, pair: CrossModalPair) -> ViewPair:
+        """Cross-modal item: view A from the CT, view B from the MR at the same world points.
+
+        Both views are drawn in the CT voxel frame around a centre of the CT-MR overlap; view B
+        is sampled from the MR through the grid origin offset (``pair.view_in_mr``).
+        """
+        va, vb = self._draw_views(pair.centres)
+        return self._make_item((pair.ct, pair.mr), (va, vb), (va, pair.view_in_mr(vb)))
+
+    def _pair_count(self, k: int) -> int:
+        """How many of ``k`` batch items are CT-MR pairs (no RNG draw when pairs are off)."""
+        if self.cfg.pair_prob <= 0 or not self.pairs:
+            return 0
+        return min(int(self.rng.binomial(k, min(1.0, self.cfg.pair_prob))), len(self.pairs))
+
+    def make_batch(self) -> list[ViewPair]:
+        """Draw ``batch_scans`` items of distinct patients (CT-MR pairs first, then volumes)."""
+        k = min(self.cfg.batch_scans, len(self.groups))
+        n_pairs = self._pair_count(k)
+        pairs = [self.pairs[i] for i in self.rng.choice(len(self.pairs), n_pairs, replace=False)] if n_pairs else []
+        taken = {p.patient for p in pairs}
+        free = [g for g in self.groups if g[0].patient_key not in taken]
+        idx = self.rng.choice(len(free), k - n_pairs, replace=False)
+        vols = [free[i][0] if len(free[i]) == 1 else free[i][self.rng.integers(len(free[i]))] for i in idx]
+        return [self.pair_item(p) for p in pairs] + [self.single_item(v) for v in vols]
 
     # -- loss -----------------------------------------------------------------------------------
 
-    def _anchor_ok(self, raw: torch.Tensor, stride: int) -> torch.Tensor:
+    @staticmethod
+    def _body_mask(raw: torch.Tensor, stride: int, level: float) -> torch.Tensor:
+        """(z, y, x) bool on a ``stride`` subsampling of a raw view: valid and in the body."""
         sub = raw[:, ::stride, ::stride, ::stride]
-        return (sub[1] > 0.99) & (sub[0] > self.body_level)
+        return (sub[1] > 0.99) & (sub[0] > level)
 
     def _level_loss(
         self,
         level: str,
         out_a: dict[str, torch.Tensor],
         out_b: dict[str, torch.Tensor],
-        pair: _ViewPair,
+        pair: ViewPair,
         flip: bool,
         extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -189,7 +311,7 @@ class Trainer:
         fa, fb = out_a[level], out_b[level]
         shape = tuple(fa.shape[1:])
         corr = find_correspondences(
-            view_a, view_b, shape, stride, self._anchor_ok(raw_a, stride), raw_b[1],
+            view_a, view_b, shape, stride, self._body_mask(raw_a, stride, pair.body_levels[ia]), raw_b[1],
             cfg.local_points if level == "local" else cfg.global_points, self.rng,
         )
         if len(corr) == 0:
@@ -223,7 +345,7 @@ class Trainer:
         neg_idx = mine_negatives(rank, allowed, cfg.k_hard, cfg.k_random, self.torch_gen)
         return info_nce(anchor, positive, cand, neg_idx, allowed.gather(1, neg_idx), cfg.temperature)
 
-    def compute_loss(self, batch: list[_ViewPair]) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, batch: list[ViewPair]) -> tuple[torch.Tensor, dict[str, float]]:
         """Forward all views of a batch and return (total loss, parts)."""
         x = torch.stack([inp for pair in batch for inp in pair.inputs]).to(self.device)  # (2B, 1, D, H, W)
         out = self.forward_module(x)
@@ -237,7 +359,8 @@ class Trainer:
                     continue
                 for v in (0, 1):
                     g = per_view[2 * t + v]["global"]
-                    ok = self._anchor_ok(other.raw[v], self.model.config.global_stride).reshape(-1).to(g.device)
+                    ok = self._body_mask(other.raw[v], self.model.config.global_stride, other.body_levels[v])
+                    ok = ok.reshape(-1).to(g.device)
                     others.append(g.reshape(g.shape[0], -1).T[ok])
             extra = torch.cat(others) if others else None
             for flip in (False, True):
@@ -312,16 +435,19 @@ def train(
     threads: int | None = None,
     command: str | None = None,
     init: str | Path | None = None,
+    release: str = "v0",
 ) -> tuple[EmbeddingNet, TrainState]:
-    """Prepare the CT cases of ``data_dir``, train, and optionally write a checkpoint.
+    """Prepare the cases of ``data_dir`` (``config.modalities``), train, and optionally save the
+    checkpoint and its training report (``<out>.html`` and ``<out>.png``: loss curves).
 
     Args:
-        data_dir: Data folder with ``manifest.csv`` (only CT cases are used).
+        data_dir: Data folder with ``manifest.csv``.
         config: Hyper-parameters.
         out: Checkpoint path to write (``None``: do not save).
         threads: ``torch.set_num_threads`` value (``None``: leave as is).
         command: Command line recorded in the checkpoint metadata.
         init: Checkpoint to start from (continue training); ``None``: random initialisation.
+        release: Release tag of the version string (``<model>-<release>+<sha8>``).
 
     Returns:
         ``(model in eval mode, final TrainState)``.
@@ -330,8 +456,8 @@ def train(
         torch.set_num_threads(int(threads))
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
-    volumes = load_ct_volumes(data_dir)
-    logger.info("prepared %d CT volumes in %.1fs", len(volumes), time.perf_counter() - t0)
+    volumes = load_volumes(data_dir, config.modalities)
+    logger.info("prepared %d %s volumes in %.1fs", len(volumes), "/".join(config.modalities), time.perf_counter() - t0)
     model = build_model(config.model, checkpoint=init)
     if init is not None:
         logger.info("starting from %s (%s)", init, model.version)
@@ -343,45 +469,83 @@ def train(
         last = state.history[-1] if state.history else {}
         meta = {
             "trained_on": [v.case_id for v in volumes],
+            "cross_modal_pairs": [list(p.case_ids) for p in trainer.pairs],
             "command": command or "",
             "steps": state.step,
             "time_s": round(state.elapsed_s, 1),
             "final_loss": last.get("loss"),
             "train_config": asdict(config),
             "torch_threads": torch.get_num_threads(),
-            "version": f"{config.model}-v0",
+            "version": f"{config.model}-{release}",
         }
         model.version = save_checkpoint(model, out, meta)
+        from uae_ray.report.training import training_report
+
+        report = training_report(Path(out).with_suffix(".html"), state.history,
+                                 {"version": model.version, **{k: v for k, v in meta.items() if k != "train_config"},
+                                  "train_config": asdict(config)})
+        logger.info("wrote %s (version %s) and %s", out, model.version, report)
     return model, state
+
+
+#: TrainConfig fields settable on the command line (``--field-name``), with argparse options.
+_CONFIG_FLAGS: dict[str, dict[str, Any]] = {
+    "steps": {"type": int},
+    "seconds": {"type": float, "help": "wall-clock budget in seconds"},
+    "seed": {"type": int},
+    "batch_scans": {"type": int},
+    "lr": {"type": float},
+    "temperature": {"type": float},
+    "crop": {"type": int, "nargs": 3, "metavar": ("Z", "Y", "X")},
+    "log_every": {"type": int},
+    "modalities": {"nargs": "+", "metavar": "MOD", "help": "manifest modalities to train on, e.g. CT MR"},
+    "modality_shift_prob": {"type": float, "metavar": "P", "help": "per-view probability of the inversion / histogram-shift augmentation"},
+    "pair_prob": {"type": float, "metavar": "P", "help": "per-item probability of an aligned CT-MR pair"},
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """Add ``--config FILE.yaml`` and the :class:`TrainConfig` flags (all default to "not given").
+
+    ``defaults`` (the entry point's own defaults, passed again to :func:`config_from_args`) only
+    changes the help text.
+    """
+    parser.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of TrainConfig fields (flags given here override it)")
+    for name, opts in _CONFIG_FLAGS.items():
+        opts = dict(opts)
+        default = (defaults or {}).get(name, getattr(TrainConfig, name))
+        opts["help"] = f"{opts.get('help', name.replace('_', ' '))} (default {default})"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **opts)
+
+
+def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """The run's :class:`TrainConfig`: ``defaults``, then the ``--config`` YAML, then given flags."""
+    cfg = config_from_mapping(TrainConfig, defaults or {})
+    if getattr(args, "config", None):
+        cfg = load_yaml_config(TrainConfig, args.config, base=cfg)
+    given = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name, None) is not None}
+    return config_from_mapping(TrainConfig, given, base=cfg)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments of ``python -m uae_ray.train.loop``."""
     p = argparse.ArgumentParser(description="Self-supervised training of the uae-ray embedding network (CPU/GPU, no Ray).")
-    p.add_argument("--data", required=True, help="data folder with manifest.csv (CT cases are used)")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--seconds", type=float, default=None, help="wall-clock budget in seconds")
+    p.add_argument("--data", required=True, help="data folder with manifest.csv")
     p.add_argument("--out", default=None, help="checkpoint to write")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-scans", type=int, default=TrainConfig.batch_scans)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--temperature", type=float, default=TrainConfig.temperature)
-    p.add_argument("--crop", type=int, nargs=3, default=list(TrainConfig.crop), metavar=("Z", "Y", "X"))
-    p.add_argument("--log-every", type=int, default=TrainConfig.log_every)
     p.add_argument("--init", default=None, help="checkpoint to continue training from")
+    p.add_argument("--release", default="v0", help="release tag in the version string (default: %(default)s)")
+    add_config_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> TrainState:
     """Entry point; returns the final training state."""
     args = parse_args(argv)
-    cfg = TrainConfig(
-        steps=args.steps, seconds=args.seconds, batch_scans=args.batch_scans, lr=args.lr,
-        temperature=args.temperature, crop=tuple(args.crop), seed=args.seed, log_every=args.log_every,
-    )
+    cfg = config_from_args(args)
     command = "python -m uae_ray.train.loop " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    _, state = train(args.data, cfg, out=args.out, threads=args.threads, command=command, init=args.init)
+    _, state = train(args.data, cfg, out=args.out, threads=args.threads, command=command, init=args.init,
+                     release=args.release)
     return state
 
 

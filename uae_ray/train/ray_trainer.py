@@ -9,7 +9,11 @@ report; a run resumes from ``ray.train.get_checkpoint()`` when Ray restarts it.
 Usage::
 
     python -m uae_ray.train.ray_trainer --data ../shared/data --steps 200 --workers 1 \
-        --out runs/ray/uae_tiny.pt [--storage runs/ray] [--use-gpu]
+        --out runs/ray/uae_tiny.pt [--storage runs/ray] [--use-gpu] \
+        [--config uae_ctmr.yaml] [--modalities CT MR --modality-shift-prob 0.5 --pair-prob 0.25]
+
+The TrainConfig flags and ``--config`` are those of ``python -m uae_ray.train.loop``
+(:func:`uae_ray.train.loop.add_config_arguments`); here ``steps`` defaults to 200.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import torch
 
 from uae_ray.models.checkpoint import load_checkpoint_into, save_checkpoint
 from uae_ray.models.registry import build_model
-from uae_ray.train.data import TrainVolume, load_ct_volumes
-from uae_ray.train.loop import TrainConfig, Trainer
+from uae_ray.train.data import TrainVolume, load_volumes
+from uae_ray.train.loop import TrainConfig, Trainer, add_config_arguments, config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(int(config["threads"]))
     cfg = TrainConfig(**config["train"])
     cfg.seed += rank
-    volumes: list[TrainVolume] = config.get("volumes") or load_ct_volumes(config["data_dir"])
+    volumes: list[TrainVolume] = config.get("volumes") or load_volumes(config["data_dir"], cfg.modalities)
     model = build_model(cfg.model)
     start_step = 0
     resume = ray.train.get_checkpoint()
@@ -73,6 +77,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 meta = {
                     "trained_on": [v.case_id for v in volumes],
+                    "cross_modal_pairs": [list(p.case_ids) for p in trainer.pairs],
                     "command": config.get("command", "ray_trainer"),
                     "steps": trainer.state.step,
                     "time_s": round(time.perf_counter() - t0, 1),
@@ -155,18 +160,16 @@ def main(argv: list[str] | None = None) -> Any:
 
     p = argparse.ArgumentParser(description="Train the uae-ray embedding with Ray Train (TorchTrainer)")
     p.add_argument("--data", required=True)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--storage", default=None)
     p.add_argument("--report-every", type=int, default=50)
-    p.add_argument("--temperature", type=float, default=TrainConfig.temperature)
-    p.add_argument("--seed", type=int, default=0)
+    defaults = {"steps": 200}
+    add_config_arguments(p, defaults)
     args = p.parse_args(argv)
-    cfg = TrainConfig(steps=args.steps, seconds=args.seconds, temperature=args.temperature, seed=args.seed)
+    cfg = config_from_args(args, defaults)
     command = "python -m uae_ray.train.ray_trainer " + " ".join(argv if argv is not None else sys.argv[1:])
     return run_ray_training(
         args.data, cfg, args.out, args.workers, args.use_gpu, args.storage, args.threads, args.report_every, command=command
