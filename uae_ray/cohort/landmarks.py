@@ -13,6 +13,7 @@ method redoes the work.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -31,7 +32,7 @@ from uae_ray.storage.images import read_image_uri
 from uae_ray.tasks.points_io import NamedPoints, read_points_csv
 
 if TYPE_CHECKING:
-    from uae_ray.matching import MatchResult
+    from uae_ray.matching import EmbeddingMaps, MatchResult
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ def build_query(
     return TemplateQuery(points.names, points.xyz, maps_uri, method, maps.model_version, digest)
 
 
+@functools.lru_cache(maxsize=2)
+def _template_maps(uri: str) -> "EmbeddingMaps":
+    """The template's maps, read once per worker process (Ray reuses workers across tasks)."""
+    return read_maps(uri)
+
+
 def part_uri(out: str, scan_id: str) -> str:
     return join(out, "landmarks", "parts", f"{scan_id}.parquet")
 
@@ -84,7 +91,7 @@ def detect_scan(
         maps = read_maps(embeddings_uri(embeddings, scan.scan_id))
         if maps.model_version != query.model_version:
             raise ValueError(f"stored embeddings are of model {maps.model_version}, template of {query.model_version}")
-        result = find_points(read_maps(query.maps_uri), query.xyz, maps, query.method)
+        result = find_points(_template_maps(query.maps_uri), query.xyz, maps, query.method)
         table = detections_table(scan.scan_id, query.names, result, query.method, query.model_version)
         uri = part_uri(out, scan.scan_id)
         write_table_atomic(table, uri)
