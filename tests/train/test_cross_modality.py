@@ -118,7 +118,7 @@ def test_cross_modal_correspondences_exact_in_world(sts_volumes, sts_pairs) -> N
             va, vb = item.views
             vb_mr = pair.view_in_mr(vb)
             raw_a, raw_b = item.raw
-            ok = trainer._body_mask(raw_a, stride, item.body_levels[0])
+            ok = trainer._body_mask(raw_a, (stride,) * 3, item.body_levels[0])
             corr = find_correspondences(va, vb, map_shape, stride, ok, raw_b[1], 64, rng)
             assert len(corr) > 5
             # anchor -> CT voxel -> world, and target -> MR voxel (B's geometry in the MR frame) -> world

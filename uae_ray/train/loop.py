@@ -48,7 +48,7 @@ from uae_ray.train.data import TrainVolume, load_volumes
 from uae_ray.train.losses import info_nce
 from uae_ray.train.pairs import CrossModalPair, build_pairs
 from uae_ray.volume import parse_modality
-from uae_ray.train.sampling import find_correspondences, map_volume_positions, mine_negatives
+from uae_ray.train.sampling import find_correspondences, map_volume_positions, mine_negatives, stride_xyz
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class Trainer:
 
     def _augment(self, raw: torch.Tensor, level: float) -> torch.Tensor:
         """Network input (1, D, H, W) of a raw view: modality shift (body only), then intensity."""
-        x = self.modality_shift(raw[0:1], self._body_mask(raw, 1, level)[None])
+        x = self.modality_shift(raw[0:1], self._body_mask(raw, (1, 1, 1), level)[None])
         return self.intensity(x)
 
     def _make_item(
@@ -288,9 +288,9 @@ class Trainer:
     # -- loss -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _body_mask(raw: torch.Tensor, stride: int, level: float) -> torch.Tensor:
-        """(z, y, x) bool on a ``stride`` subsampling of a raw view: valid and in the body."""
-        sub = raw[:, ::stride, ::stride, ::stride]
+    def _body_mask(raw: torch.Tensor, stride: tuple[int, int, int], level: float) -> torch.Tensor:
+        """(z, y, x) bool on a (z, y, x) ``stride`` subsampling of a raw view: valid and in the body."""
+        sub = raw[:, :: stride[0], :: stride[1], :: stride[2]]
         return (sub[1] > 0.99) & (sub[0] > level)
 
     def _level_loss(
@@ -307,7 +307,7 @@ class Trainer:
         view_a, view_b = pair.views[ia], pair.views[ib]
         raw_a, raw_b = pair.raw[ia], pair.raw[ib]
         mcfg = self.model.config
-        stride = mcfg.local_stride if level == "local" else mcfg.global_stride
+        stride = mcfg.stride_zyx(level)
         fa, fb = out_a[level], out_b[level]
         shape = tuple(fa.shape[1:])
         corr = find_correspondences(
@@ -321,7 +321,7 @@ class Trainer:
         anchor = fa[:, z, y, x].T
         positive = F.normalize(sample_at(fb, corr.target_pos.float().to(dev)).T, dim=1)
         # Negative pool: valid voxels of B's map (a random subset of at most candidate_pool).
-        valid_b = torch.nonzero(raw_b[1, ::stride, ::stride, ::stride].reshape(-1) > 0.99).reshape(-1)
+        valid_b = torch.nonzero(raw_b[1, :: stride[0], :: stride[1], :: stride[2]].reshape(-1) > 0.99).reshape(-1)
         if len(valid_b) > cfg.candidate_pool:
             valid_b = valid_b[torch.randperm(len(valid_b), generator=self.torch_gen)[: cfg.candidate_pool]]
         pos_b = map_volume_positions(view_b, shape, stride)[valid_b]
@@ -333,8 +333,9 @@ class Trainer:
         with torch.no_grad():
             rank = anchor @ cand.T
             if level == "local":
-                gs = mcfg.global_stride // mcfg.local_stride
-                ga = F.normalize(sample_at(out_a["global"], corr.anchor_idx.float().to(dev) / gs).T, dim=1)
+                gs = tuple(g // s for g, s in zip(mcfg.stride_zyx("global"), stride))  # z, y, x
+                scale = stride_xyz(gs).float().to(dev)
+                ga = F.normalize(sample_at(out_a["global"], corr.anchor_idx.float().to(dev) / scale).T, dim=1)
                 gb = upsample_aligned(out_b["global"][None], gs, shape)[0].reshape(out_b["global"].shape[0], -1)
                 rank = rank + ga @ gb[:, valid_b]
         if extra is not None and len(extra):
@@ -359,7 +360,7 @@ class Trainer:
                     continue
                 for v in (0, 1):
                     g = per_view[2 * t + v]["global"]
-                    ok = self._body_mask(other.raw[v], self.model.config.global_stride, other.body_levels[v])
+                    ok = self._body_mask(other.raw[v], self.model.config.stride_zyx("global"), other.body_levels[v])
                     ok = ok.reshape(-1).to(g.device)
                     others.append(g.reshape(g.shape[0], -1).T[ok])
             extra = torch.cat(others) if others else None

@@ -33,16 +33,25 @@ class Correspondences:
         return int(self.anchor_idx.shape[0])
 
 
-def map_volume_positions(view: ViewGeometry, map_shape: tuple[int, int, int], stride: int) -> torch.Tensor:
+Stride = int | tuple[int, int, int]  # one stride, or one per axis (z, y, x)
+
+
+def stride_xyz(stride: Stride) -> torch.Tensor:
+    """A map stride as a float64 (3,) tensor in x, y, z order (to scale xyz positions)."""
+    zyx = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+    return torch.tensor(zyx[::-1], dtype=torch.float64)
+
+
+def map_volume_positions(view: ViewGeometry, map_shape: tuple[int, int, int], stride: Stride) -> torch.Tensor:
     """Source-volume voxel positions (M, 3) xyz of every voxel of a view's map (C-order z, y, x)."""
-    return view.to_volume_torch(stride * voxel_grid(map_shape, torch.float64)).reshape(-1, 3)
+    return view.to_volume_torch(stride_xyz(stride) * voxel_grid(map_shape, torch.float64)).reshape(-1, 3)
 
 
 def find_correspondences(
     view_a: ViewGeometry,
     view_b: ViewGeometry,
     map_shape: tuple[int, int, int],
-    stride: int,
+    stride: Stride,
     anchor_ok: torch.Tensor,
     valid_b: torch.Tensor,
     n_points: int,
@@ -54,7 +63,7 @@ def find_correspondences(
         view_a: Geometry of view A.
         view_b: Geometry of view B.
         map_shape: Map size (z, y, x) (same for both views).
-        stride: Map stride relative to the view voxels.
+        stride: Map stride relative to the view voxels (one, or one per axis z, y, x).
         anchor_ok: (z, y, x) bool on A's map: allowed anchors (valid, in the body).
         valid_b: (D, H, W) float in [0, 1] on view B's voxels: inside the source field of view.
         n_points: Maximum number of anchors.
@@ -64,14 +73,15 @@ def find_correspondences(
         :class:`Correspondences` with up to ``n_points`` entries.
     """
     vol = map_volume_positions(view_a, map_shape, stride)  # (M, 3)
-    pos_b = view_b.from_volume_torch(vol) / stride  # B map coords
+    step = stride_xyz(stride)
+    pos_b = view_b.from_volume_torch(vol) / step  # B map coords
     hi = torch.tensor(map_shape[::-1], dtype=pos_b.dtype) - 1
     inside = ((pos_b >= 0) & (pos_b <= hi)).all(dim=1) & anchor_ok.reshape(-1)
     cand = torch.nonzero(inside).reshape(-1)
     if len(cand) == 0:
         empty = torch.zeros(0, 3)
         return Correspondences(empty.long(), empty.double(), empty.double())
-    vb = sample_at(valid_b[None].float(), (pos_b[cand] * stride).float(), pad_value=0.0)[0]
+    vb = sample_at(valid_b[None].float(), (pos_b[cand] * step).float(), pad_value=0.0)[0]
     cand = cand[vb > 0.99]
     if len(cand) > n_points:
         cand = cand[torch.from_numpy(rng.choice(len(cand), n_points, replace=False))]
