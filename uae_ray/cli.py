@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-results/accuracy.json", metavar="JSON")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--points-per-case", type=int, default=20, help="random body points per synthetic warp")
-    b.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK affine baseline")
+    b.add_argument("--baseline", action="append", choices=["sitk", "elastix"], dest="baselines",
+                   help="registration baseline to run (repeatable; default: sitk and elastix)")
+    b.add_argument("--no-baseline", action="store_true", help="skip every registration baseline")
     b.add_argument("--method", action="append", choices=MATCHING_METHODS, dest="methods",
                    help="matching method to measure (repeatable; default: all)")
     _add_embedder_args(b)

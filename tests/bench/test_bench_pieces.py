@@ -70,3 +70,18 @@ def test_synthetic_warps_measure_every_method_on_the_same_points():
     assert nn["mre_mm"] < 6.0 and fp["mre_mm"] < 4.0, res["overall"]
     table = accuracy_table({"synthetic_warps": res, "cross_patient": {"overall": {}}})
     assert "uae-ray fixed-point" in table and "uae-ray nn" in table
+
+
+def test_elastix_baseline_recovers_a_translation():
+    """elastix affine and B-spline (template fixed, target moving) map template points to the
+    target on a shifted textured volume."""
+    from uae_ray.bench.baselines import transfer_by_registration
+
+    template = _textured_image()
+    shift = (6.0, -4.0, 5.0)
+    target = sitk.Resample(template, template, sitk.TranslationTransform(3, [-s for s in shift]), sitk.sitkLinear, 0.0)
+    pts = np.array([[40.0, 52.0, 48.0], [50.0, 40.0, 44.0]])
+    moved = transfer_by_registration(template, target, pts, "MR", "MR", baselines=("elastix",))
+    assert set(moved) == {"elastix_affine", "elastix_bspline"} and "failed" not in moved["elastix_affine"]
+    for key in moved:
+        np.testing.assert_allclose(moved[key]["points"], pts + np.array(shift), atol=1.5)

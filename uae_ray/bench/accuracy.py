@@ -9,8 +9,9 @@
     tumours excluded; one shared long structure such as the spinal cord between a head-neck
     and a chest scan does not make a shared field of view), the template's landmarks are
     matched into the target and compared with the target's own landmarks of the same name.
-    The same pairs are run through SimpleITK registration (Mattes MI, rigid then affine) as
-    baselines: the landmarks are transferred through the rigid and through the affine result.
+    The same pairs are run through SimpleITK registration (Mattes MI, rigid then affine) and
+    elastix (affine, then B-spline) as baselines: the landmarks are transferred through each
+    result.
     Caveat: where a structure is cut by a field of view, its centroid moves; that affects both
     methods alike, and the per-name errors are in the JSON.
 (c) CT <-> MR (:mod:`uae_ray.bench.ct_mr`): same patient in one frame with a random rigid
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from uae_ray.bench.baselines import rigid_affine_registration, transfer_points
+from uae_ray.bench.baselines import BASELINE_LABELS, BASELINES, transfer_by_registration
 from uae_ray.bench.common import error_stats, format_table, machine_info, write_json
 from uae_ray.bench.ct_mr import ct_mr
 from uae_ray.bench.dataset import MIN_SHARED, Case, load_cases
@@ -139,10 +140,15 @@ def synthetic_warps(
 
 
 def cross_patient(
-    cases: list[Case], embedder: Embedder, baseline: bool, seed: int, methods: tuple[str, ...] = METHODS
+    cases: list[Case],
+    embedder: Embedder,
+    baselines: tuple[str, ...],
+    seed: int,
+    methods: tuple[str, ...] = METHODS,
 ) -> dict[str, Any]:
     """Part (b): every ordered pair of cases sharing anatomical landmark names, every method
-    and the SimpleITK baselines on the same landmarks."""
+    and the registration baselines (:data:`~uae_ray.bench.baselines.BASELINES`) on the same
+    landmarks."""
     with_lm = [c for c in cases if c.anatomical_landmarks() is not None]
     maps: dict[str, tuple[EmbeddingMaps, float]] = {}
     images: dict[str, sitk.Image] = {}
@@ -174,14 +180,12 @@ def cross_patient(
                 "s_per_target_stored": t_match,
                 "s_per_target_from_scratch": t_match + maps[b.case_id][1],
             }
-        if baseline:
-            t0 = time.perf_counter()
-            transforms = rigid_affine_registration(images[b.case_id], images[a.case_id], "CT", seed=seed)
-            row["sitk_s_per_target"] = time.perf_counter() - t0
-            for kind, transform in transforms.items():
-                berr = np.linalg.norm(transfer_points(transform, src) - truth, axis=1)
-                pooled.setdefault(f"sitk_{kind}", []).extend(berr.tolist())
-                row[f"sitk_{kind}"] = {**error_stats(berr), "per_name_mm": dict(zip(shared, berr.round(2).tolist()))}
+        moved = transfer_by_registration(images[a.case_id], images[b.case_id], src, baselines=baselines, seed=seed)
+        for key, res in moved.items():
+            berr = np.linalg.norm(res["points"] - truth, axis=1)
+            pooled.setdefault(key, []).extend(berr.tolist())
+            row[key] = {**error_stats(berr), "per_name_mm": dict(zip(shared, berr.round(2).tolist())),
+                        "s_per_target": res["seconds"], **({"failed": res["failed"]} if "failed" in res else {})}
         pairs.append(row)
         logger.info("(b) %s -> %s: %d shared names", a.case_id, b.case_id, len(shared))
     overall: dict[str, Any] = {}
@@ -201,7 +205,7 @@ def run_accuracy(
     out: str | Path,
     seed: int = 0,
     points_per_case: int = 20,
-    baseline: bool = True,
+    baselines: tuple[str, ...] = BASELINES,
     methods: tuple[str, ...] = METHODS,
 ) -> dict[str, Any]:
     """Runs (a) and (b) on the CT cases and (c) on the CT and MR cases of ``data_dir`` with every
@@ -217,8 +221,9 @@ def run_accuracy(
         "methods": list(methods),
         "machine": machine_info(),
         "synthetic_warps": synthetic_warps(cases, embedder, seed, points_per_case, methods),
-        "cross_patient": cross_patient(cases, embedder, baseline, seed, methods),
-        "ct_mr": ct_mr(all_cases, embedder, seed, points_per_case, baseline, methods),
+        "baselines": list(baselines),
+        "cross_patient": cross_patient(cases, embedder, baselines, seed, methods),
+        "ct_mr": ct_mr(all_cases, embedder, seed, points_per_case, baselines, methods),
     }
     result["wall_s"] = time.perf_counter() - t0
     write_json(out, result)
@@ -236,7 +241,7 @@ def accuracy_table(result: dict[str, Any]) -> str:
     for part, section in parts:
         overall = section["overall"]
         for method, stats in overall.items():
-            name = f"SimpleITK {method[5:]} (MI)" if method.startswith("sitk_") else f"uae-ray {method}"
+            name = BASELINE_LABELS.get(method, f"uae-ray {method}")
             row = {"part": part, "method": name, **stats}
             if "found" in stats:
                 row["found_mre_mm"] = stats["found"].get("mre_mm", float("nan"))

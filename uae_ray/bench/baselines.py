@@ -1,6 +1,8 @@
-"""Registration baselines for landmark transfer (SimpleITK intensity-based affine)."""
+"""Registration baselines for landmark transfer: SimpleITK (Mattes MI rigid/affine) and elastix."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import SimpleITK as sitk
@@ -91,3 +93,58 @@ def transfer_points(transform: sitk.Transform, moving_points: np.ndarray) -> np.
     """
     inverse = transform.GetInverse()
     return np.array([inverse.TransformPoint(tuple(map(float, p))) for p in moving_points]).reshape(-1, 3)
+
+
+#: Registration baselines of the accuracy benchmark: SimpleITK (rigid, affine) and elastix
+#: (affine, affine + B-spline).
+BASELINES = ("sitk", "elastix")
+BASELINE_LABELS = {
+    "sitk_rigid": "SimpleITK rigid (MI)",
+    "sitk_affine": "SimpleITK affine (MI)",
+    "elastix_affine": "elastix affine (MI)",
+    "elastix_bspline": "elastix affine+B-spline (MI)",
+}
+
+
+def _centre(image: sitk.Image) -> np.ndarray:
+    return np.array(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()]))
+
+
+def transfer_by_registration(
+    template: sitk.Image,
+    target: sitk.Image,
+    points: np.ndarray,
+    template_modality: str = "CT",
+    target_modality: str = "CT",
+    baselines: tuple[str, ...] = BASELINES,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Transfers template points to the target through each registration baseline.
+
+    Returns:
+        ``{key: {"points": (N, 3), "seconds": s}}`` with keys of :data:`BASELINE_LABELS`. When
+        elastix fails on a pair, its entries carry ``"failed": message`` and the points moved by
+        the translation between the image centres (what its initialisation gives).
+    """
+    out: dict[str, dict] = {}
+    if "sitk" in baselines:
+        t0 = time.perf_counter()
+        transforms = rigid_affine_registration(target, template, target_modality, seed=seed,
+                                               moving_modality=template_modality)
+        seconds = time.perf_counter() - t0
+        for kind, tx in transforms.items():
+            out[f"sitk_{kind}"] = {"points": transfer_points(tx, points), "seconds": seconds}
+    if "elastix" in baselines:
+        from uae_ray.bench.elastix import elastix_registration
+
+        try:
+            transfers, times = elastix_registration(template, target, template_modality, target_modality)
+            out["elastix_affine"] = {"points": transfers["affine"](points), "seconds": times["affine_s"]}
+            out["elastix_bspline"] = {"points": transfers["bspline"](points),
+                                      "seconds": times["affine_s"] + times["bspline_s"]}
+        except RuntimeError as exc:
+            moved = np.asarray(points, dtype=np.float64) + (_centre(target) - _centre(template))
+            message = " ".join(str(exc).split())[-300:]
+            for key in ("elastix_affine", "elastix_bspline"):
+                out[key] = {"points": moved, "seconds": float("nan"), "failed": message}
+    return out

@@ -13,7 +13,8 @@ Cross-patient: CT and MR cases of different patients that share at least
 :data:`~uae_ray.bench.dataset.MIN_SHARED` anatomical landmark names (organ centroids),
 both directions.
 
-The SimpleITK Mattes-MI rigid/affine registration (multi-modal metric) runs on the same points.
+The registration baselines (SimpleITK Mattes-MI rigid/affine, elastix affine and B-spline;
+multi-modal metric) run on the same points.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from uae_ray.bench.baselines import rigid_affine_registration, transfer_points
+from uae_ray.bench.baselines import BASELINE_LABELS, transfer_by_registration
 from uae_ray.bench.common import error_stats
 from uae_ray.bench.dataset import MIN_SHARED, Case
 from uae_ray.bench.synthetic import synthetic_warp
@@ -57,7 +58,7 @@ def _pair_run(
     images: tuple[sitk.Image, sitk.Image],
     embedder: Embedder,
     methods: tuple[str, ...],
-    baseline: bool,
+    baselines: tuple[str, ...],
     seed: int,
 ) -> dict[str, Any]:
     """Every method and the baselines on one ordered (template, target) pair."""
@@ -76,18 +77,16 @@ def _pair_run(
             "s_per_point": (time.perf_counter() - t0) / max(len(src), 1),
             "errors_mm": err.round(2).tolist(),
         }
-    if baseline:
-        t0 = time.perf_counter()
-        transforms = rigid_affine_registration(g_img, t_img, target.modality, seed=seed, moving_modality=template.modality)
-        row["sitk_s"] = time.perf_counter() - t0
-        for kind, tx in transforms.items():
-            err = np.linalg.norm(transfer_points(tx, src) - truth, axis=1)
-            row[f"sitk_{kind}"] = {**error_stats(err), "errors_mm": err.round(2).tolist()}
+    moved = transfer_by_registration(t_img, g_img, src, template.modality, target.modality, baselines, seed)
+    for key, res in moved.items():
+        err = np.linalg.norm(res["points"] - truth, axis=1)
+        row[key] = {**error_stats(err), "errors_mm": err.round(2).tolist(), "s_per_target": res["seconds"],
+                    **({"failed": res["failed"]} if "failed" in res else {})}
     return row
 
 
 def same_patient(
-    cases: list[Case], embedder: Embedder, seed: int, n_points: int, methods: tuple[str, ...], baseline: bool
+    cases: list[Case], embedder: Embedder, seed: int, n_points: int, methods: tuple[str, ...], baselines: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     """CT <-> MR of one patient in one frame, target moved by a random rigid transform."""
     rows = []
@@ -111,7 +110,7 @@ def same_patient(
             src = src[Grid.from_image(g_img).contains(src, margin_vox=2.0)]
             src = src[: n_points + (len(template.landmarks) if template.landmarks is not None else 0)]
             truth = warp.to_warped(src)
-            row = _pair_run(template, target, src, truth, (t_img, warp.image), embedder, methods, baseline, seed)
+            row = _pair_run(template, target, src, truth, (t_img, warp.image), embedder, methods, baselines, seed)
             row["warp"] = warp.params
             rows.append(row)
             logger.info("(c) %s -> %s (rigid-moved): %d points", template.case_id, target.case_id, len(src))
@@ -119,7 +118,7 @@ def same_patient(
 
 
 def cross_patient(
-    cases: list[Case], embedder: Embedder, methods: tuple[str, ...], baseline: bool, seed: int
+    cases: list[Case], embedder: Embedder, methods: tuple[str, ...], baselines: tuple[str, ...], seed: int
 ) -> list[dict[str, Any]]:
     """CT <-> MR organ centroids between patients sharing anatomical landmark names."""
     rows = []
@@ -134,7 +133,7 @@ def cross_patient(
             continue
         src = np.array([la.xyz[la.names.index(n)] for n in shared])
         truth = np.array([lb.xyz[lb.names.index(n)] for n in shared])
-        row = _pair_run(a, b, src, truth, (a.read(), b.read()), embedder, methods, baseline, seed)
+        row = _pair_run(a, b, src, truth, (a.read(), b.read()), embedder, methods, baselines, seed)
         row["names"] = shared
         rows.append(row)
         logger.info("(c) %s -> %s cross-patient: %d shared names", a.case_id, b.case_id, len(shared))
@@ -151,12 +150,17 @@ def _pool(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
 
 
 def ct_mr(
-    cases: list[Case], embedder: Embedder, seed: int, n_points: int, baseline: bool, methods: tuple[str, ...] = METHODS
+    cases: list[Case],
+    embedder: Embedder,
+    seed: int,
+    n_points: int,
+    baselines: tuple[str, ...],
+    methods: tuple[str, ...] = METHODS,
 ) -> dict[str, Any]:
     """Part (c): same-patient (rigidly moved) and cross-patient CT <-> MR; pooled per method."""
-    keys = [*methods, "sitk_rigid", "sitk_affine"]
-    same = same_patient(cases, embedder, seed, n_points, methods, baseline)
-    cross = cross_patient(cases, embedder, methods, baseline, seed)
+    keys = [*methods, *BASELINE_LABELS]
+    same = same_patient(cases, embedder, seed, n_points, methods, baselines)
+    cross = cross_patient(cases, embedder, methods, baselines, seed)
     return {
         "same_patient": {"pairs": same, "overall": _pool(same, keys)},
         "cross_patient": {"pairs": cross, "overall": _pool(cross, keys)},

@@ -24,11 +24,13 @@ def run(args: argparse.Namespace) -> int:
     data = _data_dir(args.data)
     if args.bench == "accuracy":
         from uae_ray.bench.accuracy import accuracy_table, run_accuracy
+        from uae_ray.bench.baselines import BASELINES
         from uae_ray.matching import METHODS
 
         embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
         methods = tuple(args.methods or METHODS)
-        result = run_accuracy(data, embedder, args.out, args.seed, args.points_per_case, not args.no_baseline, methods)
+        baselines = () if args.no_baseline else tuple(args.baselines or BASELINES)
+        result = run_accuracy(data, embedder, args.out, args.seed, args.points_per_case, baselines, methods)
         print(accuracy_table(result))
     else:
         from uae_ray.bench.speed import run_speed, speed_table
