@@ -99,6 +99,33 @@ class TrainVolume:
         return self.grid
 
 
+def fetch_data(data: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local folder with ``manifest.csv`` and the case images for a data folder or URI.
+
+    Local folders are returned as they are. For an ``s3://`` prefix, ``manifest.csv`` and each
+    listed case's ``image.nii.gz`` are downloaded once into ``cache_dir`` (default
+    ``~/.cache/uae-ray/train-data/<hash of the URI>``; a file already there with the same size
+    is not fetched again), so every Ray Train worker reads the training scans from object
+    storage.
+    """
+    from uae_ray.storage import is_s3, join, uri_hash
+    from uae_ray.storage.objects import download, size
+
+    text = str(data)
+    if not is_s3(text):
+        return Path(text)
+    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "uae-ray" / "train-data" / uri_hash(text)
+    download(join(text, "manifest.csv"), cache / "manifest.csv")
+    with open(cache / "manifest.csv", newline="") as fh:
+        paths = [r["path"] for r in csv.DictReader(fh)]
+    for rel in paths:
+        src, dest = join(text, rel, "image.nii.gz"), cache / rel / "image.nii.gz"
+        if not (dest.is_file() and dest.stat().st_size == size(src)):
+            download(src, dest)
+    logger.info("training data %s: %d cases cached in %s", text, len(paths), cache)
+    return cache
+
+
 def read_manifest(data_dir: str | Path, modalities: Iterable[str] | None = None) -> list[CaseInfo]:
     """Rows of ``<data_dir>/manifest.csv``, optionally restricted to some modalities, by case id.
 
@@ -175,7 +202,8 @@ def load_volumes(
     """Prepare every case of the given modalities of a data folder (sorted by case id).
 
     Args:
-        data_dir: Folder with ``manifest.csv``.
+        data_dir: Folder with ``manifest.csv``, or an ``s3://`` prefix holding one
+            (see :func:`fetch_data`).
         modalities: Modalities to load (``"CT"``, ``"MR"``).
         spacing_mm: Model grid spacing.
         case_ids: Optional subset of case ids to load (others are skipped).
@@ -184,6 +212,7 @@ def load_volumes(
         ValueError: no case matches.
     """
     wanted = None if case_ids is None else set(case_ids)
+    data_dir = fetch_data(data_dir)
     cases = [c for c in read_manifest(data_dir, modalities) if wanted is None or c.case_id in wanted]
     if not cases:
         raise ValueError(f"{data_dir}: no {'/'.join(modalities)} case in manifest.csv")
