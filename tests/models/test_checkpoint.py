@@ -58,3 +58,14 @@ def test_shipped_default_weights() -> None:
     meta = read_checkpoint(path)["meta"]
     assert {"trained_on", "command", "steps", "time_s", "version"} <= set(meta)
     assert meta["steps"] > 0
+
+
+def test_shipped_weights_load_by_name():
+    from uae_ray.models import SHIPPED_WEIGHTS, default_checkpoint, load_model, resolve_checkpoint
+
+    assert resolve_checkpoint(None) == default_checkpoint() == resolve_checkpoint("tiny-v0")
+    for name in SHIPPED_WEIGHTS:
+        path = resolve_checkpoint(name)
+        assert path.is_file() and path.stat().st_size < 5_000_000, path  # small, in the repo
+    model = load_model("tiny-ctmr-v1")
+    assert model.version.startswith("tiny-v1+") and "sts_001_mr_t1" in model.meta["trained_on"]

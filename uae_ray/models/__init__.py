@@ -1,6 +1,6 @@
 """Embedding network, its registry and checkpoint I/O (no Ray/Triton/S3 imports)."""
 
-from uae_ray.models.checkpoint import default_checkpoint, read_checkpoint, save_checkpoint
+from uae_ray.models.checkpoint import SHIPPED_WEIGHTS, default_checkpoint, read_checkpoint, resolve_checkpoint, save_checkpoint
 from uae_ray.models.config import EmbeddingConfig
 from uae_ray.models.inference import embed_array
 from uae_ray.models.official import load_official_checkpoint
@@ -16,7 +16,9 @@ __all__ = [
     "build_model",
     "build_sam_r18",
     "build_tiny",
+    "SHIPPED_WEIGHTS",
     "default_checkpoint",
+    "resolve_checkpoint",
     "embed_array",
     "load_model",
     "load_official_checkpoint",

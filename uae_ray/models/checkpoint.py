@@ -24,10 +24,26 @@ logger = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT_NAME = "uae_tiny_v0.pt"
 
+#: Shipped weights by name (``--checkpoint NAME`` works wherever a path does); see MODEL_CARD.md.
+SHIPPED_WEIGHTS = {
+    "tiny-v0": "uae_tiny_v0.pt",  # the default: CT, best CT-CT accuracy
+    "tiny-ctmr-v1": "uae_tiny_ctmr_v1.pt",  # tiny-v0 + UAE's CT-MR stage: CT<->MR matching
+}
+
 
 def default_checkpoint() -> Path:
     """Path of the shipped default weights (``uae_ray/models/weights/uae_tiny_v0.pt``)."""
     return WEIGHTS_DIR / DEFAULT_CHECKPOINT_NAME
+
+
+def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
+    """A checkpoint path from a path, a shipped weights name (:data:`SHIPPED_WEIGHTS`) or None
+    (the default)."""
+    if checkpoint is None:
+        return default_checkpoint()
+    if str(checkpoint) in SHIPPED_WEIGHTS:
+        return WEIGHTS_DIR / SHIPPED_WEIGHTS[str(checkpoint)]
+    return Path(checkpoint).expanduser()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -6,7 +6,7 @@ import difflib
 from pathlib import Path
 from typing import Callable
 
-from uae_ray.models.checkpoint import default_checkpoint, load_checkpoint_into, read_checkpoint
+from uae_ray.models.checkpoint import default_checkpoint, load_checkpoint_into, read_checkpoint, resolve_checkpoint
 from uae_ray.models.config import EmbeddingConfig
 from uae_ray.models.official import is_official_checkpoint, load_official_checkpoint, read_raw_checkpoint
 from uae_ray.models.resnet_fpn import EmbeddingNet
@@ -107,10 +107,11 @@ def load_model(checkpoint: str | Path | None = None) -> EmbeddingModel:
     Args:
         checkpoint: Checkpoint file: an uae-ray checkpoint (architecture from its config) or an
             official SAM/UAE mmcv checkpoint (:func:`~uae_ray.models.official.
-            load_official_checkpoint`); ``None`` loads the shipped default
+            load_official_checkpoint`), a shipped weights name (``"tiny-ctmr-v1"``, see
+            :data:`~uae_ray.models.checkpoint.SHIPPED_WEIGHTS`); ``None`` loads the shipped default
             (:func:`default_checkpoint`).
     """
-    path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    path = resolve_checkpoint(checkpoint)
     data = read_raw_checkpoint(path)
     if is_official_checkpoint(data):
         return load_official_checkpoint(path, data=data)

@@ -67,7 +67,11 @@ def get_embedder(triton_url: str | None = None, checkpoint: str | Path | None = 
         logger.warning("checkpoint %s ignored: Triton at %s serves its own model", checkpoint, triton_url)
     if not triton_url and options:
         raise TypeError(f"options {sorted(options)} only apply to a Triton embedder")
-    ckpt = None if triton_url or checkpoint is None else str(Path(checkpoint).expanduser().resolve())
+    ckpt = None
+    if not triton_url and checkpoint is not None:
+        from uae_ray.models.checkpoint import resolve_checkpoint
+
+        ckpt = str(resolve_checkpoint(checkpoint).resolve())
     return _cached(triton_url or None, ckpt, tuple(sorted(options.items())))
 
 

@@ -25,11 +25,16 @@ def _parameters(model_config: dict[str, Any]) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
 
 
-def _checkpoint(model_config: dict[str, Any]) -> Path | None:
-    """``$UAE_CHECKPOINT``, else the ``checkpoint`` parameter, else ``None`` (shipped default)."""
+def _checkpoint(model_config: dict[str, Any]) -> Path | str | None:
+    """``$UAE_CHECKPOINT``, else the ``checkpoint`` parameter, else ``None`` (shipped default).
+    A shipped weights name (e.g. ``tiny-ctmr-v1``) is passed on as it is."""
+    from uae_ray.models import SHIPPED_WEIGHTS
+
     value = os.environ.get(P.ENV_CHECKPOINT) or _parameters(model_config).get(P.PARAM_CHECKPOINT, "")
     if not value:
         return None
+    if value in SHIPPED_WEIGHTS:
+        return value
     path = Path(value).expanduser()
     return path if path.is_absolute() else MODEL_DIR / path
 
