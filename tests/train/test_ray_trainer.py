@@ -41,3 +41,38 @@ def test_ray_trainer_writes_checkpoint(ray_local, tmp_path: Path, phantom_volume
     assert model.meta["steps"] == 4
     assert model.meta["trained_on"] == ["p0", "p1"]
     assert "loss" in result.metrics
+
+
+def _small_config(steps: int) -> TrainConfig:
+    return TrainConfig(steps=steps, crop=(32, 32, 32), local_points=32, global_points=8, k_hard=8, k_random=8, max_offset_vox=4)
+
+
+def _reported_steps(result) -> list[int]:
+    return sorted(int(m["step"]) for _, m in result.best_checkpoints)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_trainer_resumes_a_stopped_run_from_object_storage(ray_local, tmp_path: Path, phantom_volumes, s3_env,
+                                                                monkeypatch) -> None:
+    """Checkpoints and metrics go to S3; the same command with --resume continues from the
+    latest checkpoint (weights, optimiser state and step) instead of starting over."""
+    from uae_ray.storage import list_uris
+    from uae_ray.train.ray_trainer import run_ray_training
+
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    storage = "s3://uae-train-test/runs"
+    first = run_ray_training(None, _small_config(4), num_workers=1, storage_path=storage, threads=1, report_every=2,
+                             volumes=phantom_volumes)
+    assert first.error is None and _reported_steps(first) == [2, 4]
+    keys = list_uris(storage)
+    assert any(k.endswith("/model.pt") for k in keys) and any(k.endswith("/trainer_state.pt") for k in keys)
+
+    out = tmp_path / "resumed.pt"
+    second = run_ray_training(None, _small_config(6), out=out, num_workers=1, storage_path=storage, threads=1,
+                              report_every=2, volumes=phantom_volumes, resume=True)
+    assert second.error is None
+    assert 6 in _reported_steps(second)
+    meta = load_model(out).meta
+    assert meta["steps"] == 6 and meta["resumed_at_step"] == 4  # continued, not started over

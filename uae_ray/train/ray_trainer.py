@@ -3,13 +3,17 @@
 Thin by design: every worker runs the plain loop on its own random views (seed + rank);
 with more than one worker ``ray.train.torch.prepare_model`` wraps the network in
 DistributedDataParallel, so gradients are averaged. Rank 0 writes an uae-ray checkpoint
-(:func:`uae_ray.models.checkpoint.save_checkpoint`) into a ``ray.train.Checkpoint`` at every
-report; a run resumes from ``ray.train.get_checkpoint()`` when Ray restarts it.
+(:func:`uae_ray.models.checkpoint.save_checkpoint`) plus the optimiser state into a
+``ray.train.Checkpoint`` at every report. ``--storage`` is a local folder or an ``s3://`` URI
+(checkpoints and metrics then go to object storage through pyarrow's S3 filesystem, with the
+credentials of :mod:`uae_ray.storage`). A run resumes from ``ray.train.get_checkpoint()`` when
+Ray restarts it, and with ``--resume`` from the latest checkpoint of an earlier run of the same
+name in the same storage (a stopped job re-submitted with the same command continues).
 
 Usage::
 
     python -m uae_ray.train.ray_trainer --data ../shared/data --steps 200 --workers 1 \
-        --out runs/ray/uae_tiny.pt [--storage runs/ray] [--use-gpu] \
+        --out runs/ray/uae_tiny.pt [--storage runs/ray | s3://bucket/train] [--resume] [--use-gpu] \
         [--config uae_ctmr.yaml] [--modalities CT MR --modality-shift-prob 0.5 --pair-prob 0.25]
 
 The TrainConfig flags and ``--config`` are those of ``python -m uae_ray.train.loop``
@@ -37,6 +41,50 @@ from uae_ray.train.loop import TrainConfig, Trainer, add_config_arguments, confi
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.pt"
+STATE_FILE = "trainer_state.pt"
+RUN_NAME = "uae_embedding"
+
+
+def storage_filesystem(storage: str | Path) -> tuple[Any, str]:
+    """``(pyarrow filesystem, path on it)`` of a local folder or an ``s3://`` URI (the bucket is
+    created when missing)."""
+    from uae_ray.storage import is_s3
+    from uae_ray.storage.objects import ensure_bucket, filesystem_for
+
+    text = str(storage)
+    if is_s3(text):
+        ensure_bucket(text)
+    else:
+        Path(text).mkdir(parents=True, exist_ok=True)
+    return filesystem_for(text)
+
+
+def latest_checkpoint(fs: Any, root: str, name: str = RUN_NAME) -> str | None:
+    """Path (on ``fs``) of the newest checkpoint folder holding a model of run ``name``, or None.
+
+    Ray Train names checkpoint folders ``checkpoint_<timestamp>``, so the name order is the
+    time order.
+    """
+    from pyarrow import fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True, recursive=False))
+    folders = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    for folder in reversed(folders):
+        if fs.get_file_info(f"{folder}/{CHECKPOINT_FILE}").type == pafs.FileType.File:
+            return folder
+    return None
+
+
+def _restore(trainer: Trainer, folder: Path) -> None:
+    """Loads model weights, optimiser state and progress from a checkpoint folder."""
+    load_checkpoint_into(trainer.model, folder / CHECKPOINT_FILE)
+    trainer.state.step = int(getattr(trainer.model, "meta", {}).get("steps", 0))
+    state_file = folder / STATE_FILE
+    if state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.state.step = int(state["step"])
+        trainer.state.elapsed_s = float(state["elapsed_s"])
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -58,17 +106,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg.seed += rank
     volumes: list[TrainVolume] = config.get("volumes") or load_volumes(config["data_dir"], cfg.modalities)
     model = build_model(cfg.model)
-    start_step = 0
-    resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as d:
-            load_checkpoint_into(model, Path(d) / CHECKPOINT_FILE)
-            start_step = int(getattr(model, "meta", {}).get("steps", 0))
     forward = ray.train.torch.prepare_model(model)
     trainer = Trainer(model, volumes, cfg, forward_module=forward)
-    trainer.state.step = start_step
+    resume = ray.train.get_checkpoint()
+    if resume is not None:  # Ray restarted this run
+        with resume.as_directory() as d:
+            _restore(trainer, Path(d))
+    elif config.get("resume_from"):  # --resume: the latest checkpoint of an earlier run
+        from pyarrow import fs as pafs
+
+        fs, folder = config["resume_from"]
+        with tempfile.TemporaryDirectory() as tmp:
+            pafs.copy_files(folder, tmp, source_filesystem=fs)
+            _restore(trainer, Path(tmp))
+    resumed_at = trainer.state.step
+    if resumed_at:
+        logger.info("rank %d resumes at step %d", rank, resumed_at)
     cfg.log_every = int(config.get("report_every", cfg.log_every))
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - trainer.state.elapsed_s
 
     def report(rec: dict[str, float]) -> None:
         metrics = {k: float(v) for k, v in rec.items()}
@@ -84,9 +139,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "final_loss": metrics["loss"],
                     "train_config": asdict(cfg),
                     "workers": ctx.get_world_size(),
+                    "resumed_at_step": resumed_at,
                     "version": f"{cfg.model}-v0",
                 }
                 save_checkpoint(model, Path(tmp) / CHECKPOINT_FILE, meta)
+                torch.save(
+                    {"optimizer": trainer.optimizer.state_dict(), "step": trainer.state.step,
+                     "elapsed_s": trainer.state.elapsed_s},
+                    Path(tmp) / STATE_FILE,
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -104,6 +165,7 @@ def run_ray_training(
     report_every: int = 50,
     volumes: list[TrainVolume] | None = None,
     command: str = "ray_trainer",
+    resume: bool = False,
 ) -> Any:
     """Train with Ray Train and copy the last checkpoint to ``out``.
 
@@ -113,11 +175,13 @@ def run_ray_training(
         out: Where to copy the final uae-ray checkpoint file.
         num_workers: Ray Train workers (1 CPU each unless ``use_gpu``).
         use_gpu: One GPU per worker.
-        storage_path: Ray Train storage folder (default: a temporary folder).
+        storage_path: Ray Train storage: a folder or an ``s3://`` URI (default: a temporary
+            folder). Checkpoints and metrics are written there.
         threads: torch threads per worker.
         report_every: Steps between reports (each report writes a checkpoint).
         volumes: Pre-loaded volumes (tests).
         command: Command line recorded in the checkpoint metadata.
+        resume: Continue from the latest checkpoint of the run in ``storage_path`` (if any).
 
     Returns:
         The ``ray.train.Result``.
@@ -126,7 +190,10 @@ def run_ray_training(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage = Path(storage_path) if storage_path else Path(tempfile.mkdtemp(prefix="uae_ray_train_"))
+    fs, root = storage_filesystem(storage_path or tempfile.mkdtemp(prefix="uae_ray_train_"))
+    resume_from = latest_checkpoint(fs, root) if resume else None
+    if resume:
+        logger.info("resuming from %s", resume_from or "nothing (no checkpoint yet): starting afresh")
     loop_config = {
         "train": asdict(config),
         "data_dir": str(data_dir) if data_dir is not None else None,
@@ -134,12 +201,13 @@ def run_ray_training(
         "threads": threads,
         "report_every": report_every,
         "command": command,
+        "resume_from": (fs, resume_from) if resume_from else None,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(name="uae_embedding", storage_path=str(storage.resolve())),
+        run_config=RunConfig(name=RUN_NAME, storage_path=root, storage_filesystem=fs),
     )
     if not ray.is_initialized():
         logger.info("starting a local Ray instance")
@@ -164,7 +232,8 @@ def main(argv: list[str] | None = None) -> Any:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--storage", default=None)
+    p.add_argument("--storage", default=None, help="folder or s3:// URI for checkpoints and metrics")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --storage")
     p.add_argument("--report-every", type=int, default=50)
     defaults = {"steps": 200}
     add_config_arguments(p, defaults)
@@ -172,7 +241,8 @@ def main(argv: list[str] | None = None) -> Any:
     cfg = config_from_args(args, defaults)
     command = "python -m uae_ray.train.ray_trainer " + " ".join(argv if argv is not None else sys.argv[1:])
     return run_ray_training(
-        args.data, cfg, args.out, args.workers, args.use_gpu, args.storage, args.threads, args.report_every, command=command
+        args.data, cfg, args.out, args.workers, args.use_gpu, args.storage, args.threads, args.report_every,
+        command=command, resume=args.resume,
     )
 
 
