@@ -55,7 +55,8 @@ def _summary_rows(detections, scan_names: dict[str, str]) -> list[dict]:
     rows = []
     for r in detections.to_pylist():
         rows.append({"scan": scan_names.get(r["scan_id"], r["scan_id"]), "point": r["name"],
-                     "x": r["x"], "y": r["y"], "z": r["z"], "score": r["score"]})
+                     "x": r["x"], "y": r["y"], "z": r["z"], "score": r["score"],
+                     "found": "yes" if r["found"] else "no (abstained)"})
     return rows
 
 
@@ -104,7 +105,7 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
         _step(6, "summary and HTML report")
         scans = {s.scan_id: s.uri.split(f"{archive}/", 1)[-1] for s in discover_scans(archive)}
         table = read_table(lm["detections_uri"])
-        print(format_table(_summary_rows(table, scans), ["scan", "point", "x", "y", "z", "score"]))
+        print(format_table(_summary_rows(table, scans), ["scan", "point", "x", "y", "z", "score", "found"]))
         template_image = read_image_uri(template_uri)
         views = []
         by_scan: dict[str, list[Detection]] = {}
