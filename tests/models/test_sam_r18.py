@@ -131,3 +131,20 @@ def test_own_checkpoint_of_sam_r18_and_old_configs(tmp_path: Path) -> None:
     old = EmbeddingConfig().to_dict()
     del old["arch"], old["semantic_dim"]  # a checkpoint written before these fields existed
     assert EmbeddingConfig.from_dict(old) == EmbeddingConfig()
+
+
+class _Opaque:
+    """A non-tensor object: loading it needs full unpickling."""
+
+
+def test_untrusted_pickle_needs_explicit_trust(tmp_path, monkeypatch):
+    from uae_ray.models.official import read_raw_checkpoint
+
+    path = tmp_path / "odd.pth"
+    torch.save({"meta": {"obj": _Opaque()}, "state_dict": {}}, path)
+    monkeypatch.delenv("UAE_TRUST_CHECKPOINTS", raising=False)
+    with pytest.raises(ValueError, match="UAE_TRUST_CHECKPOINTS=1") as e:
+        read_raw_checkpoint(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.setenv("UAE_TRUST_CHECKPOINTS", "1")
+    assert isinstance(read_raw_checkpoint(path)["meta"]["obj"], _Opaque)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import pickle
 from functools import lru_cache
 from pathlib import Path
@@ -66,11 +67,14 @@ def read_raw_checkpoint(path: str | Path) -> Any:
     """``torch.load`` a checkpoint on the CPU, as safely as its content allows.
 
     Tries ``weights_only=True``; then the same with the numpy types an mmcv ``meta`` may hold
-    allowed; only then (with a warning) full unpickling (``weights_only=False``), which can
-    run code from the file: load only checkpoints you trust.
+    allowed. Full unpickling (``weights_only=False``), which can run code from the file, is
+    done only when the environment says the user trusts their checkpoints
+    (``UAE_TRUST_CHECKPOINTS=1``).
 
     Raises:
         FileNotFoundError: If the file does not exist.
+        ValueError: If the file needs full unpickling and ``UAE_TRUST_CHECKPOINTS`` is not set
+            (one line naming the file and the types it needs).
     """
     path = Path(path)
     if not path.is_file():
@@ -89,9 +93,12 @@ def read_raw_checkpoint(path: str | Path) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError:
                 pass
-    logger.warning(
-        "%s: loading with weights_only=False (needs %s); only load checkpoints you trust", path, unsafe or "?"
-    )
+    if os.environ.get("UAE_TRUST_CHECKPOINTS", "") not in ("1", "true", "yes"):
+        raise ValueError(
+            f"{path}: the checkpoint needs full unpickling (it holds {unsafe or 'non-tensor objects'}), which can run "
+            "code from the file; set UAE_TRUST_CHECKPOINTS=1 if you trust it"
+        )
+    logger.warning("%s: loading with weights_only=False (UAE_TRUST_CHECKPOINTS is set)", path)
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
