@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.baselines import BASELINE_LABELS, BASELINES, transfer_by_registration
-from uae_ray.bench.common import error_stats, format_table, machine_info, write_json
+from uae_ray.bench.common import body_points, error_stats, format_table, machine_info, method_stats, write_json
 from uae_ray.bench.ct_mr import ct_mr
 from uae_ray.bench.dataset import MIN_SHARED, Case, load_cases
 from uae_ray.bench.synthetic import synthetic_warp
@@ -41,39 +41,10 @@ logger = logging.getLogger(__name__)
 
 
 
-def body_points(image: sitk.Image, n: int, rng: np.random.Generator, hu_min: float = -300.0) -> np.ndarray:
-    """Samples ``n`` world points at voxels inside the body (HU above ``hu_min``), away from the
-    image border (10 % margin per axis).
-
-    Returns:
-        (n, 3) world points (LPS mm), or fewer if the body is small.
-    """
-    arr = sitk.GetArrayViewFromImage(image)  # z, y, x
-    margin = [max(1, int(0.1 * s)) for s in arr.shape]
-    inner = arr[margin[0] : -margin[0], margin[1] : -margin[1], margin[2] : -margin[2]]
-    zyx = np.argwhere(inner > hu_min)
-    if len(zyx) == 0:
-        return np.zeros((0, 3))
-    pick = zyx[rng.choice(len(zyx), size=min(n, len(zyx)), replace=False)] + np.array(margin)
-    return Grid.from_image(image).index_to_world(pick[:, ::-1].astype(float))
-
-
 def _timed_embed(image: sitk.Image, embedder: Embedder, modality: str) -> tuple[EmbeddingMaps, float]:
     t0 = time.perf_counter()
     maps = embed_image(image, embedder, modality)
     return maps, time.perf_counter() - t0
-
-
-def _method_stats(err: np.ndarray, result: MatchResult) -> dict[str, Any]:
-    """Error statistics of one method over in-field-of-view points: all points (abstentions
-    count with their best estimate) and the found ones, plus the found rate."""
-    found = np.asarray(result.found, dtype=bool)
-    return {
-        **error_stats(err),
-        "found_pct": float(100.0 * found.mean()) if len(found) else float("nan"),
-        "found": error_stats(err[found]),
-        "mean_score": float(np.mean(result.scores)) if len(result) else float("nan"),
-    }
 
 
 def synthetic_warps(
@@ -116,7 +87,7 @@ def synthetic_warps(
             err = np.linalg.norm(result.points - truth, axis=1)[inside]
             sub = MatchResult(result.points[inside], result.scores[inside], result.found[inside], result.consistency[inside])
             row[method] = {
-                **_method_stats(err, sub),
+                **method_stats(err, sub),
                 "outside_found_pct": float(100.0 * result.found[~inside].mean()) if (~inside).any() else None,
                 "match_s_per_point": t_match / max(len(src), 1),
             }
@@ -175,7 +146,7 @@ def cross_patient(
             pooled.setdefault(method, []).extend(err.tolist())
             found_all[method].extend(result.found.tolist())
             row[method] = {
-                **_method_stats(err, result),
+                **method_stats(err, result),
                 "per_name_mm": dict(zip(shared, err.round(2).tolist())),
                 "s_per_target_stored": t_match,
                 "s_per_target_from_scratch": t_match + maps[b.case_id][1],

@@ -9,9 +9,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    from uae_ray.matching import MatchResult
 
 
 def error_stats(errors_mm: Sequence[float], thresholds: Sequence[float] = (5.0, 10.0)) -> dict[str, float]:
@@ -28,6 +32,40 @@ def error_stats(errors_mm: Sequence[float], thresholds: Sequence[float] = (5.0, 
     for t in thresholds:
         out[f"within_{t:g}mm_pct"] = float(100.0 * (e <= t).mean())
     return out
+
+
+def method_stats(err: np.ndarray, result: "MatchResult") -> dict[str, Any]:
+    """Error statistics of one matching method: over all points (abstentions count with their
+    best estimate) and over the found ones, plus the found rate and the mean score."""
+    found = np.asarray(result.found, dtype=bool)
+    return {
+        **error_stats(err),
+        "found_pct": float(100.0 * found.mean()) if len(found) else float("nan"),
+        "found": error_stats(err[found]),
+        "mean_score": float(np.mean(result.scores)) if len(result) else float("nan"),
+    }
+
+
+def body_points(
+    image: sitk.Image, n: int, rng: np.random.Generator, level: float = -300.0, margin_frac: float = 0.1
+) -> np.ndarray:
+    """Samples ``n`` world points at voxels brighter than ``level`` (CT: HU; inside the body),
+    at least ``margin_frac`` of each axis (and one voxel) from the image border when
+    ``margin_frac > 0``.
+
+    Returns:
+        (n, 3) world points (LPS mm), or fewer if the body is small.
+    """
+    from uae_ray.volume import Grid
+
+    arr = sitk.GetArrayViewFromImage(image)  # z, y, x
+    margin = [max(1, int(margin_frac * s)) if margin_frac > 0 else 0 for s in arr.shape]
+    inner = arr[tuple(slice(m, s - m) for m, s in zip(margin, arr.shape))]
+    zyx = np.argwhere(inner > level)
+    if len(zyx) == 0:
+        return np.zeros((0, 3))
+    pick = zyx[rng.choice(len(zyx), size=min(n, len(zyx)), replace=False)] + np.array(margin)
+    return Grid.from_image(image).index_to_world(pick[:, ::-1].astype(float))
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:

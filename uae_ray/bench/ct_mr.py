@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.baselines import BASELINE_LABELS, transfer_by_registration
-from uae_ray.bench.common import error_stats
+from uae_ray.bench.common import body_points, error_stats, method_stats
 from uae_ray.bench.dataset import MIN_SHARED, Case
 from uae_ray.bench.synthetic import synthetic_warp
 from uae_ray.matching import METHODS, Embedder, embed_image, find_points
@@ -36,18 +36,6 @@ from uae_ray.volume import Grid
 
 logger = logging.getLogger(__name__)
 
-
-
-def _inside_body_points(image: sitk.Image, modality: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Random world points of ``image`` inside the body (CT: above -300 HU; MR: above the 60th
-    percentile of the intensities, i.e. tissue rather than background)."""
-    arr = sitk.GetArrayViewFromImage(image)
-    level = -300.0 if modality == "CT" else float(np.percentile(arr, 60))
-    zyx = np.argwhere(arr > level)
-    if len(zyx) == 0:
-        return np.zeros((0, 3))
-    pick = zyx[rng.choice(len(zyx), size=min(n, len(zyx)), replace=False)]
-    return Grid.from_image(image).index_to_world(pick[:, ::-1].astype(float))
 
 
 def _pair_run(
@@ -71,9 +59,7 @@ def _pair_run(
         r = find_points(a, src, b, method)
         err = np.linalg.norm(r.points - truth, axis=1)
         row[method] = {
-            **error_stats(err),
-            "found_pct": float(100.0 * r.found.mean()),
-            "found": error_stats(err[r.found]),
+            **method_stats(err, r),
             "s_per_point": (time.perf_counter() - t0) / max(len(src), 1),
             "errors_mm": err.round(2).tolist(),
         }
@@ -102,7 +88,9 @@ def same_patient(
                 g_img, seed=rng, max_rotation_deg=10.0, max_scale=0.0, max_translation_mm=20.0,
                 elastic_mm=0.0, max_fov_crop=0.0, intensity=False,
             )
-            points = [_inside_body_points(t_img, template.modality, 4 * n_points, rng)]
+            # CT: above -300 HU; MR: above the 60th intensity percentile (tissue, not background).
+            level = -300.0 if template.modality == "CT" else float(np.percentile(sitk.GetArrayViewFromImage(t_img), 60))
+            points = [body_points(t_img, 4 * n_points, rng, level=level, margin_frac=0.0)]
             if template.landmarks is not None:
                 points.append(template.landmarks.xyz)
             src = np.concatenate(points)

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.common import format_table, machine_info, median_time, write_json
-from uae_ray.bench.accuracy import body_points
+from uae_ray.bench.common import body_points
 from uae_ray.bench.dataset import load_cases
 from uae_ray.matching import METHODS, Embedder, embed_image, find_points
 from uae_ray.volume import prepare_volume
