@@ -237,7 +237,7 @@ def test_two_step_cross_modal_training(sts_volumes) -> None:
 def test_cli_run_records_pairs_and_config(tmp_path: Path, monkeypatch, sts_volumes) -> None:
     import uae_ray.train.loop as loop
 
-    monkeypatch.setattr(loop, "load_volumes", lambda data_dir, modalities: sts_volumes)
+    monkeypatch.setattr(loop, "load_volumes", lambda data_dir, modalities, **kw: sts_volumes)
     f = tmp_path / "c.yaml"
     f.write_text("crop: [32, 32, 32]\nlocal_points: 16\nglobal_points: 4\nk_hard: 4\nk_random: 4\nmax_offset_vox: 2\n")
     out = tmp_path / "m.pt"

@@ -47,7 +47,7 @@ def test_parse_args() -> None:
 def test_train_entry_point_writes_checkpoint(tmp_path: Path, monkeypatch, phantom_volumes) -> None:
     import uae_ray.train.loop as loop
 
-    monkeypatch.setattr(loop, "load_volumes", lambda data_dir, modalities: phantom_volumes)
+    monkeypatch.setattr(loop, "load_volumes", lambda data_dir, modalities, **kw: phantom_volumes)
     out = tmp_path / "m.pt"
     state = loop.main(["--data", "unused", "--steps", "2", "--out", str(out), "--log-every", "1"])
     assert state.step == 2 and out.is_file()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -26,14 +26,16 @@ class Embedder(Protocol):
             volume: (Z, Y, X) float32 normalised volume on the model grid.
 
         Returns:
-            ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}`` float32, L2-normalised on C.
+            ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}`` float32, L2-normalised on C,
+            plus ``"semantic"`` (Cs, z, y, x) on the local grid when the model has a semantic
+            head (``config.semantic_dim > 0``).
         """
         ...
 
 
 @dataclass
 class EmbeddingMaps:
-    """Local and global embedding maps of one image, with their world geometry.
+    """Local, global and (optionally) semantic embedding maps of one image, with their world geometry.
 
     Attributes:
         local: (Cl, z, y, x) float32/float16 local embeddings (L2-normalised over C).
@@ -44,6 +46,8 @@ class EmbeddingMaps:
         valid: (z, y, x) bool on the local grid: True where the map voxel lies inside the
             image's field of view.
         model_version: Version string of the model that made the maps.
+        semantic: (Cs, z, y, x) float32/float16 UAE semantic embeddings on the local grid
+            (L2-normalised over C), or ``None`` for a model without a semantic head.
     """
 
     local: np.ndarray
@@ -52,6 +56,7 @@ class EmbeddingMaps:
     global_grid: Grid
     valid: np.ndarray
     model_version: str
+    semantic: np.ndarray | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.local.shape[1:] != self.local_grid.shape_zyx:
@@ -60,6 +65,13 @@ class EmbeddingMaps:
             raise ValueError(f"global map shape {self.global_.shape} does not match its grid {self.global_grid.size}")
         if self.valid.shape != self.local.shape[1:]:
             raise ValueError(f"valid mask shape {self.valid.shape} != local map shape {self.local.shape[1:]}")
+        if self.semantic is not None and (self.semantic.ndim != 4 or self.semantic.shape[1:] != self.local.shape[1:]):
+            raise ValueError(f"semantic map shape {self.semantic.shape} does not match the local map {self.local.shape}")
+
+    @property
+    def has_semantic(self) -> bool:
+        """Whether the maps carry a semantic level."""
+        return self.semantic is not None
 
 
 def map_grid(model: Grid, stride: int | tuple[int, int, int], shape_zyx: tuple[int, ...]) -> Grid:
@@ -85,7 +97,8 @@ def maps_from_outputs(
     """Wrap raw network outputs for a prepared volume as :class:`EmbeddingMaps`.
 
     Args:
-        outputs: ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}``.
+        outputs: ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}`` and optionally
+            ``"semantic"`` (Cs, z, y, x) on the local grid.
         prepared: The prepared volume that was embedded (gives the model grid and validity).
         config: Embedding config (strides).
         model_version: Version string of the model.
@@ -100,6 +113,7 @@ def maps_from_outputs(
         global_grid=map_grid(prepared.grid, config.stride_zyx("global"), glob.shape[1:]),
         valid=valid,
         model_version=model_version,
+        semantic=outputs.get("semantic"),
     )
 
 

@@ -1,7 +1,9 @@
 """Nearest-neighbour matching of points between embedding maps (SAM-style).
 
 Similarity of a query to every target voxel = mean of the local cosine map and the global
-cosine map (the latter trilinearly upsampled to the local grid). The argmax over the target's
+cosine map (the latter trilinearly upsampled to the local grid), and, when both the query's and
+the target's maps carry UAE semantic embeddings, the semantic cosine map (local grid): the
+mean of the three. The argmax over the target's
 valid voxels is refined to sub-voxel precision by a coarse-to-fine search of the local cosine similarity of
 trilinearly interpolated target embeddings within +-1 voxel of the peak (1/16 voxel steps). World points are (N, 3) x, y, z (LPS, mm).
 """
@@ -44,20 +46,28 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
 
 
-def sample_embeddings(maps: EmbeddingMaps, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sample_embeddings(maps: EmbeddingMaps, points_world: np.ndarray, with_semantic: bool = False) -> tuple:
     """Embeddings at world points (trilinear interpolation, re-normalised to unit length).
 
     Args:
         maps: Embedding maps of an image.
         points_world: (N, 3) world points (x, y, z, mm).
+        with_semantic: Also return the semantic embeddings (``None`` when the maps have none).
 
     Returns:
-        ``(local (N, Cl), global (N, Cg))`` float32 arrays.
+        ``(local (N, Cl), global (N, Cg))`` float32 arrays; with ``with_semantic``
+        ``(local, global, semantic (N, Cs) or None)``.
     """
     pts = np.asarray(points_world, dtype=np.float64).reshape(-1, 3)
-    loc = _interp(_as_tensor(maps.local, np.float32), torch.from_numpy(maps.local_grid.world_to_index(pts)))
+    idx_local = torch.from_numpy(maps.local_grid.world_to_index(pts))
+    loc = _interp(_as_tensor(maps.local, np.float32), idx_local)
     glo = _interp(_as_tensor(maps.global_, np.float32), torch.from_numpy(maps.global_grid.world_to_index(pts)))
-    return _normalise(loc).numpy(), _normalise(glo).numpy()
+    if not with_semantic:
+        return _normalise(loc).numpy(), _normalise(glo).numpy()
+    sem = None
+    if maps.semantic is not None:
+        sem = _normalise(_interp(_as_tensor(maps.semantic, np.float32), idx_local)).numpy()
+    return _normalise(loc).numpy(), _normalise(glo).numpy(), sem
 
 
 class Matcher:
@@ -78,6 +88,10 @@ class Matcher:
         self._local = _as_tensor(target.local, np.float32).reshape(target.local.shape[0], -1)
         self._global = _as_tensor(target.global_, np.float32).reshape(target.global_.shape[0], -1)
         self._valid = _as_tensor(target.valid, bool).reshape(-1)
+        self._semantic = (
+            None if target.semantic is None
+            else _as_tensor(target.semantic, np.float32).reshape(target.semantic.shape[0], -1)
+        )
         if not bool(self._valid.any()):
             raise ValueError("target embedding maps have no valid voxel")
         ratios = [g / l for g, l in zip(target.global_grid.spacing, target.local_grid.spacing)]  # x, y, z
@@ -93,30 +107,52 @@ class Matcher:
             raise RuntimeError("Matcher has no target: call set_target(maps) before predict()")
         return self._target
 
-    def similarity(self, query_local: torch.Tensor, query_global: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def uses_semantic(self) -> bool:
+        """Whether the target has a semantic map (queries with semantic embeddings then use it)."""
+        return self._target is not None and self._semantic is not None
+
+    def similarity(
+        self, query_local: torch.Tensor, query_global: torch.Tensor, query_semantic: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Similarity maps of queries over the target's local grid.
 
         Args:
             query_local: (n, Cl) unit vectors.
             query_global: (n, Cg) unit vectors.
+            query_semantic: (n, Cs) unit vectors, or ``None``; used only when the target has a
+                semantic map too.
 
         Returns:
             ``(combined, local)``, each (n, z, y, x) float32: the local cosine map and the
-            average of it with the global cosine map upsampled to the local grid.
+            average of it with the global cosine map upsampled to the local grid (and with the
+            semantic cosine map when both sides have one).
         """
         t = self.target
         lz, ly, lx = t.local.shape[1:]
         sim_l = (query_local @ self._local).reshape(-1, lz, ly, lx)
         sim_g = (query_global @ self._global).reshape(-1, 1, *t.global_.shape[1:])
         sim_g = upsample_aligned(sim_g, self._factor, (lz, ly, lx))[:, 0]
+        if query_semantic is not None and self._semantic is not None:
+            if query_semantic.shape[1] != self._semantic.shape[0]:
+                raise ValueError(
+                    f"query semantic embeddings have {query_semantic.shape[1]} channels, the target's "
+                    f"{self._semantic.shape[0]}"
+                )
+            sim_s = (query_semantic @ self._semantic).reshape(-1, lz, ly, lx)
+            return (sim_l + sim_g + sim_s) / 3.0, sim_l
         return 0.5 * (sim_l + sim_g), sim_l
 
-    def predict_features(self, query_local: np.ndarray, query_global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_features(
+        self, query_local: np.ndarray, query_global: np.ndarray, query_semantic: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Best match in the target for each query embedding.
 
         Args:
             query_local: (N, Cl) unit local embeddings.
             query_global: (N, Cg) unit global embeddings.
+            query_semantic: (N, Cs) unit semantic embeddings, or ``None``; they join the
+                similarity when the target has a semantic map.
 
         Returns:
             ``(points (N, 3) world x, y, z mm, scores (N,))``; score = averaged cosine
@@ -125,13 +161,16 @@ class Matcher:
         t = self.target
         ql = _as_tensor(query_local, np.float32)
         qg = _as_tensor(query_global, np.float32)
+        qs = None if query_semantic is None or self._semantic is None else _as_tensor(query_semantic, np.float32)
         shape = t.local.shape[1:]
         idx_out = np.zeros((len(ql), 3), dtype=np.float64)
         scores = np.zeros(len(ql), dtype=np.float32)
         invalid = ~self._valid
         with torch.no_grad():
             for s in range(0, len(ql), self.chunk):
-                sim, sim_l = self.similarity(ql[s : s + self.chunk], qg[s : s + self.chunk])
+                sim, sim_l = self.similarity(
+                    ql[s : s + self.chunk], qg[s : s + self.chunk], None if qs is None else qs[s : s + self.chunk]
+                )
                 flat = sim.reshape(sim.shape[0], -1).masked_fill(invalid[None], float("-inf"))
                 best, arg = flat.max(dim=1)
                 zyx = torch.stack(torch.unravel_index(arg, shape), dim=1)  # (n, 3) z, y, x
@@ -174,6 +213,20 @@ class Matcher:
             centre = pos[torch.arange(len(zyx)), cos.argmax(dim=1)]
         return centre - zyx.double()
 
+    def query_features(
+        self, source: EmbeddingMaps, points_world: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Query embeddings of world points of ``source`` for :meth:`predict_features`.
+
+        Returns:
+            ``(local (N, Cl), global (N, Cg), semantic (N, Cs) or None)``; the semantic part is
+            sampled only when both ``source`` and the target have semantic maps.
+        """
+        if self.uses_semantic and source.semantic is not None:
+            return sample_embeddings(source, points_world, with_semantic=True)
+        ql, qg = sample_embeddings(source, points_world)
+        return ql, qg, None
+
     def predict(self, template: EmbeddingMaps, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match world points of ``template`` into the target.
 
@@ -184,8 +237,7 @@ class Matcher:
         Returns:
             ``(points (N, 3) world in the target, scores (N,))``.
         """
-        ql, qg = sample_embeddings(template, points_world)
-        return self.predict_features(ql, qg)
+        return self.predict_features(*self.query_features(template, points_world))
 
 
 def match_points(

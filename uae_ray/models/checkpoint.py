@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,59 @@ def load_checkpoint_into(model: EmbeddingNet, path: str | Path) -> EmbeddingNet:
     model.version = f"{meta.get('version', cfg.name + '-v0')}+{file_sha256(path)[:8]}"
     model.meta = meta  # type: ignore[attr-defined]
     return model
+
+
+#: Parameter-name prefix of the optional UAE semantic head (both architectures).
+SEMANTIC_PREFIX = "semantic_head."
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Initialise a model for training from a checkpoint that may lack its semantic head.
+
+    The checkpoint's config must equal ``model.config``, or differ only in ``semantic_dim``
+    being 0 in the file (a model trained without the semantic head, e.g. ``uae_tiny_v1b.pt``):
+    every other weight is then loaded and the ``semantic_head.*`` parameters keep their random
+    initialisation. Any other missing or unexpected key is an error (no silent partial loads).
+    Official SAM / UAE mmcv files are read as :func:`~uae_ray.models.official.load_official_checkpoint`
+    reads them.
+
+    Args:
+        model: An :class:`EmbeddingNet` or ``SamR18`` (with or without the semantic head).
+        path: Checkpoint file.
+
+    Returns:
+        The names of the parameters / buffers left at their initialisation (empty when the file
+        has every key).
+
+    Raises:
+        ValueError: The configs differ in more than the semantic head, or keys other than
+            ``semantic_head.*`` are missing or unexpected.
+    """
+    from uae_ray.models.official import is_official_checkpoint, load_official_checkpoint, read_raw_checkpoint
+
+    raw = read_raw_checkpoint(path)
+    if is_official_checkpoint(raw):
+        source = load_official_checkpoint(path, data=raw)
+        cfg, state, meta = source.config, source.state_dict(), {"version": source.version.split("+")[0]}
+    else:
+        data = read_checkpoint(path)
+        cfg, state, meta = EmbeddingConfig.from_dict(data["config"]), data["state_dict"], data.get("meta", {})
+    target = model.config  # type: ignore[attr-defined]
+    if cfg != target and not (cfg.semantic_dim == 0 and replace(cfg, semantic_dim=target.semantic_dim) == target):
+        raise ValueError(
+            f"{path}: checkpoint config {cfg} cannot initialise model config {target} "
+            f"(only an added semantic head may differ)"
+        )
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    bad_missing = [k for k in result.missing_keys if not k.startswith(SEMANTIC_PREFIX)]
+    if bad_missing or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: keys do not fit the model: missing {bad_missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}"
+        )
+    model.version = f"{meta.get('version', cfg.name + '-v0')}+{file_sha256(path)[:8]}"  # type: ignore[attr-defined]
+    model.meta = meta  # type: ignore[attr-defined]
+    if result.missing_keys:
+        logger.info("%s: initialised from %s; %d new semantic-head tensors left random", type(model).__name__, path,
+                    len(result.missing_keys))
+    return list(result.missing_keys)

@@ -17,7 +17,8 @@ def embed_array(model: EmbeddingNet, array: np.ndarray) -> dict[str, np.ndarray]
 
     Returns:
         ``{"local": (Cl, ceil(Z/2), ceil(Y/2), ceil(X/2)), "global": (Cg, ~Z/8, ~Y/8, ~X/8)}``
-        float32 numpy arrays, L2-normalised over the channel axis.
+        plus ``"semantic"`` (Cs, same grid as local) for a model with a semantic head; float32
+        numpy arrays, L2-normalised over the channel axis.
     """
     if array.ndim != 3:
         raise ValueError(f"embed_array expects a (Z, Y, X) volume; got shape {array.shape}")

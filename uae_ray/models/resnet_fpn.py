@@ -1,4 +1,5 @@
-"""3D ResNet-FPN that maps a 2 mm volume to local (4 mm) and global (16 mm) embeddings."""
+"""3D ResNet-FPN that maps a 2 mm volume to local (4 mm) and global (16 mm) embeddings, plus an
+optional UAE semantic embedding (4 mm) when ``config.semantic_dim > 0``."""
 
 from __future__ import annotations
 
@@ -35,8 +36,42 @@ class BasicBlock3d(nn.Module):
         return F.relu(self.conv2(y) + self.shortcut(x), inplace=True)
 
 
+class SemanticNeck(nn.Module):
+    """Light UAE semantic head: a second FPN neck on the backbone stages of the tiny network.
+
+    The published UAE semantic head is a second copy of the local FPN neck on the same backbone
+    stages (``sam_r18.SamR18.semantic_head``). For the tiny CPU network the second neck is kept
+    cheap: its own 1x1x1 laterals of the three stages, one 3x3x3 convolution at the 8 mm level
+    (organ-scale context, 8x cheaper than at 4 mm), nearest-aligned upsampling to the 4 mm level
+    and a 1x1x1 projection to ``out_dim`` channels. It shares no weights with the local neck,
+    so the semantic loss reaches the backbone but not the local embedding's own layers.
+
+    Args:
+        widths: Channel widths of the three backbone stages (4, 8, 16 mm).
+        dim: Width of the neck.
+        out_dim: Channels of the semantic embedding.
+    """
+
+    def __init__(self, widths: tuple[int, int, int], dim: int, out_dim: int) -> None:
+        super().__init__()
+        w1, w2, w3 = widths
+        self.lat1 = nn.Conv3d(w1, dim, 1)
+        self.lat2 = nn.Conv3d(w2, dim, 1)
+        self.lat3 = nn.Conv3d(w3, dim, 1)
+        self.mid = nn.Conv3d(dim, dim, 3, padding=1)
+        self.out = nn.Conv3d(dim, out_dim, 1)
+
+    def forward(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor) -> torch.Tensor:
+        """Semantic features (B, out_dim, *c1 spatial), not normalised."""
+        s2 = self.lat2(c2) + upsample_aligned(self.lat3(c3), 2, tuple(c2.shape[2:]))
+        s2 = F.relu(self.mid(s2), inplace=True)
+        s1 = self.lat1(c1) + upsample_aligned(s2, 2, tuple(c1.shape[2:]))
+        return self.out(F.relu(s1, inplace=True))
+
+
 class EmbeddingNet(nn.Module):
-    """3D ResNet-FPN anatomical embedding network (SAM-style local + global heads).
+    """3D ResNet-FPN anatomical embedding network (SAM-style local + global heads, and UAE's
+    semantic head when ``config.semantic_dim > 0``, see :class:`SemanticNeck`).
 
     Input is a normalised volume on the model grid (``uae_ray.volume.prepare_volume``: 2 mm
     isotropic, identity direction, air = -1). Inside, the intensity is shifted so that air is 0
@@ -87,6 +122,12 @@ class EmbeddingNet(nn.Module):
         self.global_head = nn.Sequential(
             nn.Conv3d(w3, w3, 3, padding=1), nn.ReLU(inplace=True), nn.Conv3d(w3, config.global_dim, 1)
         )
+        self.semantic_head = SemanticNeck((w1, w2, w3), f, config.semantic_dim) if config.semantic_dim > 0 else None
+
+    @property
+    def has_semantic(self) -> bool:
+        """Whether the UAE semantic head is present (``config.semantic_dim > 0``)."""
+        return self.semantic_head is not None
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Shift air to 0 and append the window channels.
@@ -110,7 +151,9 @@ class EmbeddingNet(nn.Module):
 
         Returns:
             ``{"local": (B, local_dim, ceil(Z/2), ceil(Y/2), ceil(X/2)),
-            "global": (B, global_dim, ~Z/8, ~Y/8, ~X/8)}``, both L2-normalised over channels.
+            "global": (B, global_dim, ~Z/8, ~Y/8, ~X/8)}``, plus ``"semantic"`` (B, semantic_dim,
+            same grid as ``"local"``) when the model has a semantic head; all L2-normalised over
+            channels.
         """
         if x.ndim != 5 or x.shape[1] != 1:
             raise ValueError(f"EmbeddingNet expects (B, 1, Z, Y, X); got {tuple(x.shape)}")
@@ -122,4 +165,7 @@ class EmbeddingNet(nn.Module):
         p1 = self.lat1(c1) + upsample_aligned(p2, 2, tuple(c1.shape[2:]))
         local = F.normalize(self.local_head(p1), dim=1)
         glob = F.normalize(self.global_head(c3), dim=1)
-        return {"local": local, "global": glob}
+        out = {"local": local, "global": glob}
+        if self.semantic_head is not None:
+            out["semantic"] = F.normalize(self.semantic_head(c1, c2, c3), dim=1)
+        return out

@@ -58,6 +58,7 @@ class LocalEmbedder:
             volume: (Z, Y, X) float32 on the model grid (2 mm, normalised intensities).
 
         Returns:
-            ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}`` float32, L2-normalised on C.
+            ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}`` float32, L2-normalised on C,
+            plus ``"semantic"`` (Cs, z, y, x) when the model has a semantic head.
         """
         return embed_array(self.model, check_volume(volume))

@@ -5,6 +5,10 @@ Tensors (``max_batch_size: 0``, so the leading 1 is part of the shape):
 - input ``VOLUME``: FP32 ``[1, Z, Y, X]``, a prepared volume on the model grid (2 mm, z, y, x).
 - output ``LOCAL``: FP32 ``[Cl, z, y, x]`` local embedding map (stride 2), L2-normalised on C.
 - output ``GLOBAL``: FP32 ``[Cg, z, y, x]`` global embedding map (stride 8), L2-normalised on C.
+- output ``SEMANTIC`` (optional): FP32 ``[Cs, z, y, x]`` UAE semantic embedding map on the local
+  grid, L2-normalised on C. Only a model with a semantic head (``CONFIG`` ``semantic_dim > 0``)
+  produces it, and a client requests it only then (Triton answers a request for an output the
+  model did not produce with an error, so it must not be requested blindly).
 - output ``VERSION``: BYTES ``[1]``, the version of the model that computed the response.
 - output ``CONFIG``: BYTES ``[1]``, JSON of that model's ``EmbeddingConfig.to_dict()``.
 
@@ -28,6 +32,7 @@ MODEL_NAME = "uae_embedder"
 INPUT_VOLUME = "VOLUME"
 OUTPUT_LOCAL = "LOCAL"
 OUTPUT_GLOBAL = "GLOBAL"
+OUTPUT_SEMANTIC = "SEMANTIC"
 OUTPUT_VERSION = "VERSION"
 OUTPUT_CONFIG = "CONFIG"
 

@@ -273,7 +273,8 @@ class TritonEmbedder:
             volume: (Z, Y, X) float32 on the model grid (2 mm, normalised intensities).
 
         Returns:
-            ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}`` float32, L2-normalised on C.
+            ``{"local": (Cl, z, y, x), "global": (Cg, z, y, x)}`` float32, L2-normalised on C,
+            plus ``"semantic"`` (Cs, z, y, x) when the served model has a semantic head.
 
         Raises:
             ValueError: Not a 3D volume.
@@ -283,8 +284,9 @@ class TritonEmbedder:
         """
         array = check_volume(volume)
         version = self.version
-        result = self._infer(f"inference of a {array.shape} volume", array,
-                             (P.OUTPUT_LOCAL, P.OUTPUT_GLOBAL, P.OUTPUT_VERSION))
+        semantic = self.config.semantic_dim > 0
+        outputs = (P.OUTPUT_LOCAL, P.OUTPUT_GLOBAL, P.OUTPUT_VERSION) + ((P.OUTPUT_SEMANTIC,) if semantic else ())
+        result = self._infer(f"inference of a {array.shape} volume", array, outputs)
         served_version = self._text(result, P.OUTPUT_VERSION)
         if served_version != version:
             self._meta = None
@@ -292,7 +294,13 @@ class TritonEmbedder:
                 f"Triton at {self.url}: the served model changed from {version} to {served_version}; "
                 f"results would mix versions"
             )
-        return {
+        out = {
             "local": np.ascontiguousarray(result.as_numpy(P.OUTPUT_LOCAL), dtype=np.float32),
             "global": np.ascontiguousarray(result.as_numpy(P.OUTPUT_GLOBAL), dtype=np.float32),
         }
+        if semantic:
+            sem = result.as_numpy(P.OUTPUT_SEMANTIC)
+            if sem is None:
+                raise TritonEmbedderError(f"Triton at {self.url}: the model returned no {P.OUTPUT_SEMANTIC} output")
+            out["semantic"] = np.ascontiguousarray(sem, dtype=np.float32)
+        return out

@@ -5,6 +5,11 @@ Generic on purpose (storage does not import the model code): a map set is a dict
 way back) and ``grid`` a JSON-able dict (``origin``, ``spacing``, ``direction``, ``size``, all in
 x, y, z order, e.g. ``dataclasses.asdict(uae_ray.volume.Grid)``).
 
+Levels written by the cohort jobs (:mod:`uae_ray.cohort.maps_io`): ``local``, ``global``,
+``valid`` and, for models with a UAE semantic head, ``semantic`` (on the local grid). Readers
+must treat ``semantic`` as optional: files of models without the head, and files written before
+it existed, do not have it (the format version is unchanged, as the level list was always open).
+
 Storage dtypes: floating arrays are stored as float16 (exact for float16 input; float32 input
 is rounded to float16 once, and values beyond the float16 range are refused); bool arrays (the
 valid mask, by convention level ``"valid"``) as packed bits. Reading returns float16 / bool

@@ -7,6 +7,11 @@ order. A view voxel ``u`` maps to the volume voxel ``p = centre + M @ (u - c_vie
 are millimetres, so the correspondence between two views of the same volume is known
 analytically: ``u_b = view_b.from_volume(view_a.to_volume(u_a))``.
 
+Every geometric augmentation (crop position and offset between the views, per-axis scale,
+rotation; there are no flips) is part of the view's :class:`ViewGeometry`, so a label map
+follows the image exactly through :func:`extract_labels`; the intensity transforms below change
+no geometry.
+
 Modality augmentation (UAE): :class:`RandomModalityShift` inverts and/or monotonically remaps the
 body intensities of a view so that CT views look MR-like; air and padding stay at -1.
 
@@ -177,6 +182,34 @@ def extract_view(volume: torch.Tensor, view: ViewGeometry, pad_value: float = -1
     """
     pts = view.to_volume_torch(voxel_grid(view.size, torch.float32))
     return sample_at(volume, pts, pad_value=pad_value)
+
+
+def extract_labels(labels: torch.Tensor, view: ViewGeometry, stride: tuple[int, int, int] = (1, 1, 1)) -> torch.Tensor:
+    """Resample a label map with a view's geometry (nearest neighbour), optionally strided.
+
+    The same spatial transform as :func:`extract_view` (every geometric augmentation of a view
+    lives in its :class:`ViewGeometry`: crop centre and offset, per-axis scale, rotation), so
+    view voxel ``u`` gets the label of the volume voxel nearest to ``view.to_volume(u)``.
+
+    Args:
+        labels: (Z, Y, X) integer label map on the volume's grid.
+        view: The view geometry.
+        stride: (z, y, x) subsampling: output voxel ``i`` is view voxel ``stride * i`` (e.g.
+            the local map's stride, so the labels sit on the map's grid).
+
+    Returns:
+        (ceil(D/sz), ceil(H/sy), ceil(W/sx)) tensor of ``labels.dtype``; 0 outside the volume.
+    """
+    shape = tuple(-(-n // s) for n, s in zip(view.size, stride))
+    step = torch.tensor(stride[::-1], dtype=torch.float64)
+    pts = view.to_volume_torch(step * voxel_grid(shape, torch.float64))  # type: ignore[arg-type]
+    idx = torch.round(pts).long()  # (..., 3) x, y, z
+    size = torch.tensor(labels.shape[::-1])
+    inside = ((idx >= 0) & (idx < size)).all(dim=-1)
+    out = torch.zeros(shape, dtype=labels.dtype)
+    sel = idx[inside]
+    out[inside] = labels[sel[:, 2], sel[:, 1], sel[:, 0]]
+    return out
 
 
 class RandomIntensity(Randomizable):

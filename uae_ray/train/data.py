@@ -4,21 +4,28 @@ Every volume is prepared exactly as inference prepares it (:func:`uae_ray.volume
 with its modality: CT HU clip + linear scale, MR 0.2/99.8 body percentiles), kept with its
 modality, its patient id from the manifest and its 2 mm model grid (identity direction), so
 volumes of one patient (e.g. a CT and a co-registered MR) can be related in world space.
+
+Where a case has an organ label map (``labels.nii.gz`` beside the image, names from the
+``labels`` map of its ``meta.json``), it is resampled with nearest neighbour onto the same
+training grid and kept with the volume (UAE semantic head training, see
+:func:`uae_ray.train.losses.prototype_loss`).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from uae_ray.models.config import hu_to_normalised
-from uae_ray.volume import Grid, parse_modality, prepare_volume, read_image
+from uae_ray.volume import Grid, parse_modality, prepare_volume, read_image, read_labels, resample_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,16 @@ class CaseInfo:
     patient: str
     image_path: Path
 
+    @property
+    def labels_path(self) -> Path:
+        """``labels.nii.gz`` beside the image (may not exist)."""
+        return self.image_path.with_name("labels.nii.gz")
+
+    @property
+    def meta_path(self) -> Path:
+        """``meta.json`` beside the image (may not exist)."""
+        return self.image_path.with_name("meta.json")
+
 
 @dataclass
 class TrainVolume:
@@ -73,6 +90,10 @@ class TrainVolume:
         grid: The prepared volume's model grid (identity direction, isotropic spacing; voxel
             ``(x, y, z)`` of ``data`` lies at ``grid.index_to_world``); ``None`` for synthetic
             volumes without a world frame.
+        labels: (Z, Y, X) int16 organ label map on the same grid as ``data`` (nearest-neighbour
+            resampled; 0 = unlabelled, also outside the field of view), or ``None`` when the
+            case has none.
+        label_names: Label id -> organ name (from ``meta.json``; ``"label_<id>"`` when unnamed).
     """
 
     case_id: str
@@ -81,6 +102,13 @@ class TrainVolume:
     modality: str = "CT"
     patient: str = ""
     grid: Grid | None = None
+    labels: torch.Tensor | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the volume has an organ label map with at least one labelled voxel."""
+        return self.labels is not None and bool(self.label_names)
 
     @property
     def patient_key(self) -> str:
@@ -106,10 +134,10 @@ def fetch_data(data: str | Path, cache_dir: str | Path | None = None) -> Path:
     listed case's ``image.nii.gz`` are downloaded once into ``cache_dir`` (default
     ``~/.cache/uae-ray/train-data/<hash of the URI>``; a file already there with the same size
     is not fetched again), so every Ray Train worker reads the training scans from object
-    storage.
+    storage. A case's ``labels.nii.gz`` and ``meta.json`` are fetched too where they exist.
     """
     from uae_ray.storage import is_s3, join, uri_hash
-    from uae_ray.storage.objects import download, size
+    from uae_ray.storage.objects import download, exists, size
 
     text = str(data)
     if not is_s3(text):
@@ -119,9 +147,12 @@ def fetch_data(data: str | Path, cache_dir: str | Path | None = None) -> Path:
     with open(cache / "manifest.csv", newline="") as fh:
         paths = [r["path"] for r in csv.DictReader(fh)]
     for rel in paths:
-        src, dest = join(text, rel, "image.nii.gz"), cache / rel / "image.nii.gz"
-        if not (dest.is_file() and dest.stat().st_size == size(src)):
-            download(src, dest)
+        for name in ("image.nii.gz", "labels.nii.gz", "meta.json"):
+            src, dest = join(text, rel, name), cache / rel / name
+            if name != "image.nii.gz" and not exists(src):
+                continue  # labels and meta.json are optional
+            if not (dest.is_file() and dest.stat().st_size == size(src)):
+                download(src, dest)
     logger.info("training data %s: %d cases cached in %s", text, len(paths), cache)
     return cache
 
@@ -163,6 +194,33 @@ def list_cases(data_dir: str | Path, modality: str = "CT") -> list[tuple[str, Pa
     return [(c.case_id, c.image_path) for c in read_manifest(data_dir, (modality,))]
 
 
+def read_label_names(meta_path: str | Path) -> dict[int, str]:
+    """Label id -> name from the ``labels`` map of a case's ``meta.json`` (``{}`` when absent)."""
+    path = Path(meta_path)
+    if not path.is_file():
+        return {}
+    labels = json.loads(path.read_text()).get("labels") or {}
+    return {int(k): str(v) for k, v in labels.items()}
+
+
+def prepare_labels(labels_path: str | Path, grid: Grid, valid: np.ndarray) -> np.ndarray:
+    """A label map resampled (nearest neighbour, world space) onto a prepared volume's grid.
+
+    Args:
+        labels_path: Label image (any integer pixel type, any geometry overlapping the grid).
+        grid: The training grid (``PreparedVolume.grid``).
+        valid: (Z, Y, X) bool validity of the prepared volume; labels outside it are set to 0.
+
+    Returns:
+        (Z, Y, X) int16 array.
+    """
+    image = read_labels(labels_path)  # integer, >= 0; VolumeError otherwise
+    arr = sitk.GetArrayFromImage(resample_to_grid(image, grid, sitk.sitkNearestNeighbor, default_value=0))
+    if arr.max(initial=0) > np.iinfo(np.int16).max:
+        raise ValueError(f"{labels_path}: label ids must be at most 32767")
+    return np.where(valid, arr, 0).astype(np.int16)
+
+
 def prepare_train_volume(
     case_id: str,
     path: Path,
@@ -171,11 +229,15 @@ def prepare_train_volume(
     seed: int = 0,
     modality: str = "CT",
     patient: str = "",
+    labels_path: Path | None = None,
+    label_names: dict[int, str] | None = None,
 ) -> TrainVolume:
     """Read, prepare (2 mm, normalised as at inference) and index one volume for view sampling.
 
     View centres are (at most ``max_centres`` random) body voxels: valid voxels brighter than
-    :func:`body_level` of the modality (all valid voxels when none is).
+    :func:`body_level` of the modality (all valid voxels when none is). With ``labels_path``
+    (an existing file) the label map is prepared on the same grid (:func:`prepare_labels`);
+    only ids that occur in it are kept in ``label_names``.
     """
     mod = parse_modality(modality, "prepare_train_volume")
     pv = prepare_volume(read_image(path), mod, spacing_mm=spacing_mm, pad_multiple=1)
@@ -189,8 +251,15 @@ def prepare_train_volume(
     if len(zyx) > max_centres:
         zyx = zyx[rng.choice(len(zyx), max_centres, replace=False)]
     data = torch.from_numpy(np.stack([arr + 1.0, valid.astype(np.float32)]))
-    logger.info("prepared %s (%s): grid %s, %d body voxels", case_id, mod, pv.grid.size, int(body.sum()))
-    return TrainVolume(case_id, data, zyx[:, ::-1].astype(np.float64).copy(), mod, patient, pv.grid)
+    labels, names = None, {}
+    if labels_path is not None and Path(labels_path).is_file():
+        lab = prepare_labels(labels_path, pv.grid, valid)
+        present = [int(i) for i in np.unique(lab) if i > 0]
+        names = {i: (label_names or {}).get(i, f"label_{i}") for i in present}
+        labels = torch.from_numpy(lab)
+    logger.info("prepared %s (%s): grid %s, %d body voxels, %d labels", case_id, mod, pv.grid.size, int(body.sum()),
+                len(names))
+    return TrainVolume(case_id, data, zyx[:, ::-1].astype(np.float64).copy(), mod, patient, pv.grid, labels, names)
 
 
 def load_volumes(
@@ -198,6 +267,7 @@ def load_volumes(
     modalities: Sequence[str] = ("CT", "MR"),
     spacing_mm: float = 2.0,
     case_ids: Iterable[str] | None = None,
+    labels: bool = True,
 ) -> list[TrainVolume]:
     """Prepare every case of the given modalities of a data folder (sorted by case id).
 
@@ -207,6 +277,7 @@ def load_volumes(
         modalities: Modalities to load (``"CT"``, ``"MR"``).
         spacing_mm: Model grid spacing.
         case_ids: Optional subset of case ids to load (others are skipped).
+        labels: Also prepare each case's ``labels.nii.gz`` (where present) on the training grid.
 
     Raises:
         ValueError: no case matches.
@@ -216,7 +287,13 @@ def load_volumes(
     cases = [c for c in read_manifest(data_dir, modalities) if wanted is None or c.case_id in wanted]
     if not cases:
         raise ValueError(f"{data_dir}: no {'/'.join(modalities)} case in manifest.csv")
-    return [prepare_train_volume(c.case_id, c.image_path, spacing_mm, modality=c.modality, patient=c.patient) for c in cases]
+    return [
+        prepare_train_volume(
+            c.case_id, c.image_path, spacing_mm, modality=c.modality, patient=c.patient,
+            labels_path=c.labels_path if labels else None, label_names=read_label_names(c.meta_path) if labels else None,
+        )
+        for c in cases
+    ]
 
 
 def load_ct_volumes(data_dir: str | Path, spacing_mm: float = 2.0) -> list[TrainVolume]:

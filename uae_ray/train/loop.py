@@ -18,6 +18,13 @@ probability ``pair_prob``, an aligned CT-MR pair of one patient (UAE cross-modal
 A from the CT, view B from the MR at the same world location (:mod:`uae_ray.train.pairs`).
 With probability ``modality_shift_prob`` a view's intensities are inverted / histogram-shifted
 (:class:`~uae_ray.train.augment.RandomModalityShift`) so that CT views look MR-like.
+
+UAE semantic head (``semantic_weight > 0``): the model gets a semantic head
+(``EmbeddingConfig.semantic_dim``, :func:`build_train_model`), and for every item whose scan has
+an organ label map the prototype contrastive loss (:func:`~uae_ray.train.losses.prototype_loss`,
+temperature ``semantic_temperature``) is added: organ prototypes of one view, voxels of the
+other, both directions. The label maps follow each view's spatial transform exactly
+(:func:`~uae_ray.train.augment.extract_labels`); items without labels add nothing.
 Hyper-parameters come from :class:`TrainConfig`, a YAML file (``--config``) and CLI flags (which
 win over the file).
 """
@@ -30,7 +37,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,14 +45,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uae_ray.models.checkpoint import save_checkpoint
+from uae_ray.models.checkpoint import init_from_checkpoint, save_checkpoint
 from uae_ray.models.ops import upsample_aligned
-from uae_ray.models.registry import build_model
+from uae_ray.models.registry import ARCHITECTURES, build_model
 from uae_ray.models.resnet_fpn import EmbeddingNet
-from uae_ray.train.augment import RandomAffineView, RandomIntensity, RandomModalityShift, ViewGeometry, extract_view, sample_at
+from uae_ray.train.augment import (
+    RandomAffineView,
+    RandomIntensity,
+    RandomModalityShift,
+    ViewGeometry,
+    extract_labels,
+    extract_view,
+    sample_at,
+)
 from uae_ray.train.config_io import config_from_mapping, load_yaml_config
 from uae_ray.train.data import TrainVolume, load_volumes
-from uae_ray.train.losses import info_nce
+from uae_ray.train.losses import BACKGROUND, IGNORE, class_prototypes, info_nce, prototype_loss
 from uae_ray.train.pairs import CrossModalPair, build_pairs
 from uae_ray.volume import parse_modality
 from uae_ray.train.sampling import find_correspondences, map_volume_positions, mine_negatives, stride_xyz
@@ -98,6 +113,14 @@ class TrainConfig:
             views of one volume. Pairs are found among the loaded volumes (same manifest
             ``patient``, one CT and one MR), so ``modalities`` must include MR; without pairs
             every item is a single volume.
+        semantic_weight: Weight of the UAE prototype (semantic) loss; 0 (default) leaves the
+            recipe as it was: no semantic head is added and the term is not computed.
+        semantic_dim: Channels of the semantic head added when ``semantic_weight > 0`` and the
+            model (or the ``--init`` checkpoint) has none; 0: the architecture's default
+            (:data:`DEFAULT_SEMANTIC_DIM`).
+        semantic_temperature: Temperature of the prototype loss (UAE: 0.1).
+        semantic_points: Anchor voxels per view pair and direction (balanced over organs).
+        semantic_min_voxels: Minimum voxels (local map) of an organ in a view for a prototype.
     """
 
     steps: int = 3000
@@ -127,6 +150,11 @@ class TrainConfig:
     modality_invert_prob: float = 0.5
     modality_shift_strength: float = 0.6
     pair_prob: float = 0.0
+    semantic_weight: float = 0.0
+    semantic_dim: int = 0
+    semantic_temperature: float = 0.1
+    semantic_points: int = 256
+    semantic_min_voxels: int = 4
 
     def __post_init__(self) -> None:
         self.crop = tuple(int(c) for c in self.crop)  # type: ignore[assignment]
@@ -139,6 +167,37 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1]; got {getattr(self, name)}")
         if not 0.0 <= self.modality_shift_strength < 1.0:
             raise ValueError(f"TrainConfig.modality_shift_strength must be in [0, 1); got {self.modality_shift_strength}")
+        if self.semantic_weight < 0 or self.semantic_dim < 0:
+            raise ValueError(f"TrainConfig.semantic_weight and semantic_dim must be >= 0; got {self.semantic_weight}, {self.semantic_dim}")
+
+
+#: Semantic head width added for ``semantic_weight > 0`` when ``semantic_dim`` is 0, per architecture.
+DEFAULT_SEMANTIC_DIM = {"resnet_fpn": 32, "sam-r18": 128}
+
+
+def build_train_model(config: TrainConfig, init: str | Path | None = None) -> torch.nn.Module:
+    """The network to train: architecture ``config.model``, optionally initialised from ``init``.
+
+    With ``semantic_weight == 0`` this is ``build_model(config.model, checkpoint=init)``
+    (unchanged). With ``semantic_weight > 0`` the model gets a semantic head of
+    ``semantic_dim`` channels (default :data:`DEFAULT_SEMANTIC_DIM`; ``sam-r18``: the published
+    128-d UAE head) and ``init`` may be a checkpoint with or without one: without, every other
+    weight is loaded and the head starts random (:func:`~uae_ray.models.checkpoint.
+    init_from_checkpoint`, the only keys allowed to be missing are ``semantic_head.*``).
+
+    Raises:
+        ValueError: ``init`` does not fit (other architecture, or a semantic head of another width).
+    """
+    if config.semantic_weight <= 0:
+        return build_model(config.model, checkpoint=init)
+    base = build_model(config.model).config
+    dim = config.semantic_dim or DEFAULT_SEMANTIC_DIM.get(base.arch, 32)
+    if base.semantic_dim and base.semantic_dim != dim:
+        raise ValueError(f"model {config.model!r} has a {base.semantic_dim}-d semantic head; semantic_dim={dim} asked")
+    model = ARCHITECTURES[base.arch](replace(base, semantic_dim=dim))
+    if init is not None:
+        init_from_checkpoint(model, init)
+    return model
 
 
 @dataclass
@@ -153,6 +212,11 @@ class ViewPair:
         inputs: Per view (1, D, H, W): augmented intensity (the network input).
         body_levels: Per view, the body threshold of its source modality (anchor masks).
         case_ids: Per view, the source case.
+        labels: Per view, the organ label map on the semantic (local) map grid, both in view
+            A's volume's label ids (view B of a CT-MR pair is mapped by organ name; labels with
+            no counterpart are :data:`~uae_ray.train.losses.IGNORE`); ``None`` when the item
+            has no labels or the semantic loss is off.
+        label_names: Label id -> organ name for ``labels``.
     """
 
     views: tuple[ViewGeometry, ViewGeometry]
@@ -160,6 +224,30 @@ class ViewPair:
     inputs: tuple[torch.Tensor, torch.Tensor]
     body_levels: tuple[float, float]
     case_ids: tuple[str, str]
+    labels: tuple[torch.Tensor, torch.Tensor] | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+
+
+def remap_labels(labels: torch.Tensor, src_names: dict[int, str], dst_names: dict[int, str]) -> torch.Tensor:
+    """Label ids of one scan mapped to another scan's ids by organ name.
+
+    Args:
+        labels: Integer label tensor in the ``src_names`` id space.
+        src_names: Its id -> name map.
+        dst_names: The target id -> name map.
+
+    Returns:
+        Long tensor: 0 stays 0, a named organ gets the target's id, anything else
+        :data:`~uae_ray.train.losses.IGNORE`.
+    """
+    by_name = {n: i for i, n in dst_names.items()}
+    size = max([int(labels.max()) if labels.numel() else 0, *src_names]) + 1
+    lookup = torch.full((size,), IGNORE, dtype=torch.long)
+    lookup[BACKGROUND] = BACKGROUND
+    for i, n in src_names.items():
+        if n in by_name:
+            lookup[i] = by_name[n]
+    return lookup[labels.long()]
 
 
 def patient_groups(volumes: Sequence[TrainVolume]) -> list[list[TrainVolume]]:
@@ -224,6 +312,14 @@ class Trainer:
             logger.warning("pair_prob=%g but no aligned CT-MR pair among the volumes (modalities %s)", config.pair_prob, config.modalities)
         self.state = TrainState()
         self._air_shift = torch.tensor([1.0, 0.0]).reshape(2, 1, 1, 1)
+        self.semantic = config.semantic_weight > 0
+        if self.semantic and model.config.semantic_dim <= 0:
+            raise ValueError(
+                "semantic_weight > 0 needs a model with a semantic head (EmbeddingConfig.semantic_dim > 0); "
+                "build it with build_train_model"
+            )
+        if self.semantic and not any(v.has_labels for v in volumes):
+            logger.warning("semantic_weight=%g but no training volume has organ labels", config.semantic_weight)
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -252,7 +348,14 @@ class Trainer:
         raw = tuple(extract_view(v.data, g, pad_value=0.0) - self._air_shift for v, g in zip(vols, sampled))
         levels = (vols[0].body_level, vols[1].body_level)
         inputs = tuple(self._augment(r, lv) for r, lv in zip(raw, levels))
-        return ViewPair(views, raw, inputs, levels, (vols[0].case_id, vols[1].case_id))  # type: ignore[arg-type]
+        labels, names = None, {}
+        if self.semantic and vols[0].has_labels and vols[1].has_labels:
+            stride = self.model.config.stride_zyx("semantic")
+            la = extract_labels(vols[0].labels, sampled[0], stride).long()  # type: ignore[arg-type]
+            lb = extract_labels(vols[1].labels, sampled[1], stride)  # type: ignore[arg-type]
+            lb = lb.long() if vols[1] is vols[0] else remap_labels(lb, vols[1].label_names, vols[0].label_names)
+            labels, names = (la, lb), dict(vols[0].label_names)
+        return ViewPair(views, raw, inputs, levels, (vols[0].case_id, vols[1].case_id), labels, names)  # type: ignore[arg-type]
 
     def single_item(self, vol: TrainVolume) -> ViewPair:
         """Two random views of one volume."""
@@ -371,7 +474,85 @@ class Trainer:
         loss_l = torch.stack(local_terms).mean()
         loss_g = torch.stack(global_terms).mean()
         total = loss_l + self.cfg.global_weight * loss_g
-        return total, {"loss": total.item(), "local": loss_l.item(), "global": loss_g.item()}
+        parts = {"local": loss_l.item(), "global": loss_g.item()}
+        if self.semantic:
+            sem_terms = self._semantic_terms(batch, per_view)
+            if sem_terms:
+                loss_s = torch.stack(sem_terms).mean()
+                total = total + self.cfg.semantic_weight * loss_s
+                parts["semantic"] = loss_s.item()
+            else:  # no labelled item: no term (the head gets no gradient, AdamW skips it)
+                parts["semantic"] = 0.0
+                if self.forward_module is not self.model:  # DDP needs every parameter in the graph
+                    total = total + 0.0 * out["semantic"].sum()
+            parts["semantic_terms"] = float(len(sem_terms))
+        return total, {"loss": total.item(), **parts}
+
+    def _semantic_labels(self, pair: ViewPair, v: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """(N,) long labels of view ``v`` on the semantic map grid: organ id, background (0:
+        unlabelled body voxel) or IGNORE (outside the field of view or the body)."""
+        stride = self.model.config.stride_zyx("semantic")
+        lab = pair.labels[v].clone()  # type: ignore[index]
+        if tuple(lab.shape) != tuple(shape):
+            raise ValueError(f"label map {tuple(lab.shape)} does not match the semantic map {tuple(shape)}")
+        raw = pair.raw[v]
+        valid = raw[1, :: stride[0], :: stride[1], :: stride[2]] > 0.99
+        body = self._body_mask(raw, stride, pair.body_levels[v])
+        lab[~valid] = IGNORE
+        lab[(lab == BACKGROUND) & ~body] = IGNORE
+        return lab.reshape(-1)
+
+    def _semantic_terms(self, batch: list[ViewPair], per_view: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """Prototype-loss terms (both directions) of every labelled item of a batch.
+
+        Negatives: the other organs (and the background) of the same item, plus the organ
+        prototypes of the other items of the batch whose organ name differs from the anchor's
+        (aligned by name: a liver of another scan is never a negative for a liver voxel).
+        """
+        cfg = self.cfg
+        items = []
+        for k, pair in enumerate(batch):
+            if pair.labels is None:
+                continue
+            embs, labs = [], []
+            for v in (0, 1):
+                e = per_view[2 * k + v]["semantic"]
+                embs.append(e.reshape(e.shape[0], -1).T)
+                labs.append(self._semantic_labels(pair, v, tuple(e.shape[1:])).to(e.device))
+            items.append((embs, labs, pair.label_names))
+        if not items:
+            return []
+        codes: dict[str, int] = {}
+
+        def code(names: dict[int, str], i: int) -> int:
+            return codes.setdefault(names.get(i, f"label_{i}"), len(codes))
+
+        protos = []  # per item: organ prototypes of view A and their name codes (cross-scan negatives)
+        for embs, labs, names in items:
+            ids, counts = torch.unique(labs[0][labs[0] > BACKGROUND], return_counts=True)
+            ids = ids[counts >= cfg.semantic_min_voxels]
+            vec = class_prototypes(embs[0], labs[0], ids)
+            protos.append((vec, torch.tensor([code(names, i) for i in ids.tolist()], dtype=torch.long, device=vec.device)))
+        terms = []
+        for j, (embs, labs, names) in enumerate(items):
+            others = [protos[i] for i in range(len(items)) if i != j and len(protos[i][1])]
+            extra, extra_ok = None, None
+            if others:
+                extra = torch.cat([o[0] for o in others])
+                extra_codes = torch.cat([o[1] for o in others])
+                top = max(int(max(lab.max() for lab in labs)), 0)
+                lookup = torch.tensor([code(names, i) if i > 0 else -1 for i in range(top + 1)], dtype=torch.long,
+                                      device=extra.device)
+
+                def extra_ok(ids: torch.Tensor, lookup=lookup, extra_codes=extra_codes) -> torch.Tensor:
+                    return extra_codes[None, :] != lookup[ids][:, None]
+
+            for a, b in ((0, 1), (1, 0)):
+                t = prototype_loss(embs[a], labs[a], embs[b], labs[b], cfg.semantic_temperature, cfg.semantic_points,
+                                   cfg.semantic_min_voxels, True, extra, extra_ok, self.torch_gen)
+                if t is not None:
+                    terms.append(t)
+        return terms
 
     # -- optimisation ---------------------------------------------------------------------------
 
@@ -406,26 +587,37 @@ class Trainer:
         t_log, s_log = time.perf_counter(), self.state.step
         run = {"loss": 0.0, "local": 0.0, "global": 0.0}
         n_run = 0
+        # Semantic loss: averaged over the steps that had a labelled item (a window without one
+        # repeats the last value, so every record has the key and the curves stay aligned).
+        sem_sum, sem_n, sem_last = 0.0, 0, 0.0
         while self.state.step < cfg.steps and (cfg.seconds is None or self.state.elapsed_s < cfg.seconds):
             parts = self.step()
             self.state.elapsed_s = time.perf_counter() - t0
             for k in run:
                 run[k] += parts[k]
             n_run += 1
+            if parts.get("semantic_terms"):
+                sem_sum, sem_n = sem_sum + parts["semantic"], sem_n + 1
             if self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps:
                 now = time.perf_counter()
                 rec = {k: v / n_run for k, v in run.items()}
+                if self.semantic:
+                    sem_last = sem_sum / sem_n if sem_n else sem_last
+                    rec.update(semantic=sem_last, semantic_steps=float(sem_n))
                 rec.update(step=self.state.step, steps_per_s=(self.state.step - s_log) / max(now - t_log, 1e-9),
                            elapsed_s=self.state.elapsed_s, lr=self.optimizer.param_groups[0]["lr"])
                 self.state.history.append(rec)
+                sem_text = f" semantic {rec['semantic']:.4f} ({sem_n}/{n_run} steps)" if self.semantic else ""
                 logger.info(
-                    "step %d loss %.4f (local %.4f global %.4f) %.2f steps/s lr %.2e elapsed %.0fs",
-                    rec["step"], rec["loss"], rec["local"], rec["global"], rec["steps_per_s"], rec["lr"], rec["elapsed_s"],
+                    "step %d loss %.4f (local %.4f global %.4f%s) %.2f steps/s lr %.2e elapsed %.0fs",
+                    rec["step"], rec["loss"], rec["local"], rec["global"], sem_text, rec["steps_per_s"], rec["lr"],
+                    rec["elapsed_s"],
                 )
                 if on_log is not None:
                     on_log(rec)
                 t_log, s_log, n_run = now, self.state.step, 0
                 run = dict.fromkeys(run, 0.0)
+                sem_sum, sem_n = 0.0, 0
         return self.state
 
 
@@ -457,9 +649,11 @@ def train(
         torch.set_num_threads(int(threads))
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
-    volumes = load_volumes(data_dir, config.modalities)
+    volumes = load_volumes(data_dir, config.modalities, labels=config.semantic_weight > 0)
     logger.info("prepared %d %s volumes in %.1fs", len(volumes), "/".join(config.modalities), time.perf_counter() - t0)
-    model = build_model(config.model, checkpoint=init)
+    if config.semantic_weight > 0:
+        logger.info("semantic loss on: %d of %d volumes have organ labels", sum(v.has_labels for v in volumes), len(volumes))
+    model = build_train_model(config, init)
     if init is not None:
         logger.info("starting from %s (%s)", init, model.version)
         model.train()
@@ -502,6 +696,8 @@ _CONFIG_FLAGS: dict[str, dict[str, Any]] = {
     "modalities": {"nargs": "+", "metavar": "MOD", "help": "manifest modalities to train on, e.g. CT MR"},
     "modality_shift_prob": {"type": float, "metavar": "P", "help": "per-view probability of the inversion / histogram-shift augmentation"},
     "pair_prob": {"type": float, "metavar": "P", "help": "per-item probability of an aligned CT-MR pair"},
+    "semantic_weight": {"type": float, "metavar": "W", "help": "weight of the UAE semantic (prototype) loss; 0 = off"},
+    "semantic_dim": {"type": int, "metavar": "C", "help": "channels of the semantic head (0: architecture default)"},
 }
 
 

@@ -34,9 +34,8 @@ from typing import Any
 import torch
 
 from uae_ray.models.checkpoint import load_checkpoint_into, save_checkpoint
-from uae_ray.models.registry import build_model
 from uae_ray.train.data import TrainVolume, load_volumes
-from uae_ray.train.loop import TrainConfig, Trainer, add_config_arguments, config_from_args
+from uae_ray.train.loop import TrainConfig, Trainer, add_config_arguments, build_train_model, config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +103,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(int(config["threads"]))
     cfg = TrainConfig(**config["train"])
     cfg.seed += rank
-    volumes: list[TrainVolume] = config.get("volumes") or load_volumes(config["data_dir"], cfg.modalities)
-    model = build_model(cfg.model)
+    volumes: list[TrainVolume] = config.get("volumes") or load_volumes(
+        config["data_dir"], cfg.modalities, labels=cfg.semantic_weight > 0
+    )
+    model = build_train_model(cfg)
     forward = ray.train.torch.prepare_model(model)
     trainer = Trainer(model, volumes, cfg, forward_module=forward)
     resume = ray.train.get_checkpoint()

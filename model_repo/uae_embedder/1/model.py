@@ -1,7 +1,9 @@
 """Triton python-backend model ``uae_embedder``: a thin wrapper around ``uae_ray.models``.
 
 Loads the embedding network with ``uae_ray.models.load_model`` and answers each request with
-``uae_ray.models.embed_array``. Tensor and parameter names are the constants of
+``uae_ray.models.embed_array``. The ``SEMANTIC`` output is added only for a model with a UAE
+semantic head (clients request it only when ``CONFIG`` says ``semantic_dim > 0``). Tensor and
+parameter names are the constants of
 ``uae_ray.serving.protocol``. The stub must run with the venv's Python so that ``uae_ray``
 imports (the local stack starts Triton that way, see ``uae_ray/stack/triton.py``).
 """
@@ -92,12 +94,15 @@ class TritonPythonModel:
         if min(volume.shape[1:]) < 1:
             raise ValueError(f"{P.INPUT_VOLUME} is empty: shape {list(volume.shape)}")
         out = self._embed(volume[0])
-        return pb_utils.InferenceResponse(output_tensors=[
+        tensors = [
             pb_utils.Tensor(P.OUTPUT_LOCAL, np.ascontiguousarray(out["local"], dtype=np.float32)),
             pb_utils.Tensor(P.OUTPUT_GLOBAL, np.ascontiguousarray(out["global"], dtype=np.float32)),
             pb_utils.Tensor(P.OUTPUT_VERSION, np.array([self.version.encode()], dtype=np.object_)),
             pb_utils.Tensor(P.OUTPUT_CONFIG, np.array([self.config_json.encode()], dtype=np.object_)),
-        ])
+        ]
+        if "semantic" in out:  # optional output: only models with a semantic head have it
+            tensors.append(pb_utils.Tensor(P.OUTPUT_SEMANTIC, np.ascontiguousarray(out["semantic"], dtype=np.float32)))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests: list) -> list:
         """One response per request, in order; a failed request gets its own TritonError."""
