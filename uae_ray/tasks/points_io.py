@@ -3,6 +3,10 @@
 points:     ``name,x,y,z``
 detections: ``target,name,x,y,z,score`` plus the extra column ``found`` (``true``/``false``:
             false where the matcher abstained; the point is then its best estimate)
+lesions:    ``name,x,y,z[,radius_mm]`` (an empty ``radius_mm`` cell: no extent given)
+tracks:     ``name,x,y,z,score,found`` plus the extra columns ``baseline_x, baseline_y,
+            baseline_z, radius_mm, consistency, votes, error`` (a lesion that could not be
+            tracked has ``nan`` coordinates and score, ``found=false`` and its ``error``)
 
 Coordinates are ITK/SimpleITK physical points (LPS, mm). Extra columns are allowed after the
 contract columns and are ignored on reading.
@@ -132,6 +136,187 @@ def read_detections_csv(path: str | Path) -> list[Detection]:
             Detection(
                 r["target"], r["name"], float(r["x"]), float(r["y"]), float(r["z"]), float(r["score"]),
                 (r.get("found") or "true").strip().lower() != "false",
+            )
+            for r in csv.DictReader(f)
+        ]
+
+
+# --------------------------------------------------------------------------- lesions and tracks
+
+LESION_COLUMNS = ("name", "x", "y", "z")
+LESION_OPTIONAL_COLUMNS = ("radius_mm",)
+TRACK_COLUMNS = ("name", "x", "y", "z", "score", "found")
+TRACK_EXTRA_COLUMNS = ("baseline_x", "baseline_y", "baseline_z", "radius_mm", "consistency", "votes", "error")
+
+
+@dataclass(frozen=True)
+class LesionPoints:
+    """Named lesions on a baseline scan.
+
+    Attributes:
+        names: one name per lesion.
+        xyz: (N, 3) float64 world centres, x, y, z order (LPS, mm).
+        radius_mm: (N,) float64 radius of each lesion in mm; NaN where none was given.
+        extent: optional per-lesion (K_i, 3) world points inside the lesion (from a mask),
+            ``None`` for lesions given by centre (and radius) only.
+    """
+
+    names: tuple[str, ...]
+    xyz: np.ndarray
+    radius_mm: np.ndarray
+    extent: tuple[np.ndarray | None, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def extent_of(self, i: int) -> np.ndarray | None:
+        """The mask points of lesion ``i`` (or None)."""
+        return None if self.extent is None else self.extent[i]
+
+    def concat(self, other: LesionPoints, source: str = "lesions") -> LesionPoints:
+        """Both sets in one (``other`` after ``self``).
+
+        Raises:
+            PointsFileError: a name appears in both sets.
+        """
+        clash = sorted(set(self.names) & set(other.names))
+        if clash:
+            raise PointsFileError(f"{source}: lesion name(s) {', '.join(clash)} given twice")
+        ext = tuple(self.extent_of(i) for i in range(len(self))) + tuple(other.extent_of(i) for i in range(len(other)))
+        return LesionPoints(
+            self.names + other.names,
+            np.concatenate([self.xyz.reshape(-1, 3), other.xyz.reshape(-1, 3)]),
+            np.concatenate([self.radius_mm, other.radius_mm]),
+            ext if any(e is not None for e in ext) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Track:
+    """One lesion tracked from the baseline into the follow-up.
+
+    ``found=False``: the matcher abstained (x, y, z are its best estimate) or, with ``error``
+    set, the lesion could not be tracked at all (x, y, z and score are NaN).
+    """
+
+    name: str
+    x: float
+    y: float
+    z: float
+    score: float
+    found: bool
+    baseline_x: float
+    baseline_y: float
+    baseline_z: float
+    radius_mm: float = float("nan")
+    consistency: float = float("nan")
+    votes: int = 0
+    error: str | None = None
+
+    @property
+    def xyz(self) -> np.ndarray:
+        return np.array([self.x, self.y, self.z])
+
+    @property
+    def baseline_xyz(self) -> np.ndarray:
+        return np.array([self.baseline_x, self.baseline_y, self.baseline_z])
+
+
+def parse_lesions_csv(text: str, source: str) -> LesionPoints:
+    """Parses the text of a ``name,x,y,z[,radius_mm]`` CSV (see :func:`read_lesions_csv`)."""
+    reader = csv.DictReader(io.StringIO(text))
+    fields = reader.fieldnames or []
+    missing = [c for c in LESION_COLUMNS if c not in fields]
+    if missing:
+        raise PointsFileError(
+            f"{source}: missing column(s) {', '.join(missing)}; expected header name,x,y,z[,radius_mm]"
+        )
+    has_radius = "radius_mm" in fields
+    names: list[str] = []
+    coords: list[tuple[float, float, float]] = []
+    radii: list[float] = []
+    for row_no, row in enumerate(reader, start=2):
+        name = (row["name"] or "").strip()
+        if not name:
+            raise PointsFileError(f"{source}: row {row_no} has an empty name")
+        if name in names:
+            raise PointsFileError(f"{source}: row {row_no} repeats the name {name!r}")
+        try:
+            xyz = tuple(float(row[c]) for c in ("x", "y", "z"))
+        except (TypeError, ValueError) as e:
+            raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-numeric coordinate") from e
+        if not all(np.isfinite(xyz)):
+            raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-finite coordinate")
+        radius = float("nan")
+        cell = (row.get("radius_mm") or "").strip() if has_radius else ""
+        if cell:
+            try:
+                radius = float(cell)
+            except ValueError as e:
+                raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-numeric radius_mm {cell!r}") from e
+            if not np.isfinite(radius):
+                raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-finite radius_mm")
+            if radius < 0:
+                raise PointsFileError(f"{source}: row {row_no} ({name}) has a negative radius_mm ({cell})")
+        names.append(name)
+        coords.append(xyz)  # type: ignore[arg-type]
+        radii.append(radius)
+    if not names:
+        raise PointsFileError(f"{source}: no lesions (header only)")
+    return LesionPoints(tuple(names), np.asarray(coords, dtype=np.float64), np.asarray(radii, dtype=np.float64))
+
+
+def read_lesions_csv(path: str | Path) -> LesionPoints:
+    """Reads a ``name,x,y,z[,radius_mm]`` CSV (world LPS mm; radius in mm, optional per row).
+
+    Raises:
+        PointsFileError: missing file or column, a non-numeric or non-finite coordinate or
+            radius, a negative radius, duplicate or empty names, or no rows; one line that
+            names the file and the row.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise PointsFileError(f"{path}: cannot read lesions file ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise PointsFileError(f"{path}: lesions file is not text (UTF-8)") from e
+    return parse_lesions_csv(text, str(path))
+
+
+def _fmt(v: float, digits: int) -> str:
+    return "nan" if not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def write_tracks_csv(path: str | Path, tracks: list[Track]) -> None:
+    """Writes a ``name,x,y,z,score,found`` CSV (plus :data:`TRACK_EXTRA_COLUMNS`) atomically."""
+    rows = [
+        (
+            t.name, _fmt(t.x, 4), _fmt(t.y, 4), _fmt(t.z, 4), _fmt(t.score, 5), str(bool(t.found)).lower(),
+            _fmt(t.baseline_x, 4), _fmt(t.baseline_y, 4), _fmt(t.baseline_z, 4),
+            "" if not np.isfinite(t.radius_mm) else f"{t.radius_mm:.3f}",
+            "" if not np.isfinite(t.consistency) else f"{t.consistency:.3f}",
+            str(int(t.votes)), t.error or "",
+        )
+        for t in tracks
+    ]
+    write_csv_atomic(path, TRACK_COLUMNS + TRACK_EXTRA_COLUMNS, rows)
+
+
+def read_tracks_csv(path: str | Path) -> list[Track]:
+    """Reads a tracks CSV written by :func:`write_tracks_csv` (extra columns optional)."""
+
+    def num(r: dict, key: str) -> float:
+        cell = (r.get(key) or "").strip()
+        return float(cell) if cell else float("nan")
+
+    with open(path, newline="") as f:
+        return [
+            Track(
+                r["name"], float(r["x"]), float(r["y"]), float(r["z"]), float(r["score"]),
+                (r.get("found") or "true").strip().lower() != "false",
+                num(r, "baseline_x"), num(r, "baseline_y"), num(r, "baseline_z"), num(r, "radius_mm"),
+                num(r, "consistency"), int(r.get("votes") or 0), (r.get("error") or None),
             )
             for r in csv.DictReader(f)
         ]

@@ -1,0 +1,89 @@
+"""``uae-ray track``: a baseline's lesions found in a follow-up scan of the same patient."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from uae_ray.volume import detect_modality
+from uae_ray.volume.errors import one_line
+
+logger = logging.getLogger(__name__)
+
+
+def read_lesions(lesions: str | None, lesion_mask: str | None):
+    """The lesions of ``--lesions`` and/or ``--lesion-mask`` (names must not repeat).
+
+    Raises:
+        ValueError: neither given, or an unusable file (one line naming it).
+    """
+    from uae_ray.storage import exists, read_bytes
+    from uae_ray.storage.images import read_labels_uri
+    from uae_ray.tasks.points_io import read_lesions_csv
+    from uae_ray.tasks.track import label_names_candidates, lesions_from_mask, parse_label_names
+
+    if not lesions and not lesion_mask:
+        raise ValueError("uae-ray track: give --lesions LESIONS.csv and/or --lesion-mask MASK")
+    found = read_lesions_csv(lesions) if lesions else None
+    if lesion_mask:
+        names: dict[int, str] = {}
+        for candidate in label_names_candidates(lesion_mask):
+            if exists(candidate):
+                names = parse_label_names(read_bytes(candidate).decode("utf-8"), candidate)
+                break
+        from_mask = lesions_from_mask(read_labels_uri(lesion_mask), names, source=lesion_mask)
+        found = from_mask if found is None else found.concat(from_mask, f"{lesions} + {lesion_mask}")
+    return found
+
+
+def run(
+    baseline: str,
+    followup: str,
+    lesions: str | None,
+    out: str,
+    lesion_mask: str | None = None,
+    triton_url: str | None = None,
+    checkpoint: str | None = None,
+    modality: str | None = None,
+    report: str | None = None,
+    method: str = "fixed-point",
+    extent: bool = True,
+) -> int:
+    """Runs the verb. Returns the exit code: 0; 1 when a lesion could not be tracked (e.g. it
+    lies outside the baseline: its row carries the error, the others are tracked); 2 when an
+    input is unusable (nothing is written)."""
+    from uae_ray.serving import get_embedder
+    from uae_ray.storage.images import read_image_uri
+    from uae_ray.tasks.points_io import write_tracks_csv
+    from uae_ray.tasks.track import LesionTracker, TrackConfig
+
+    t0 = time.perf_counter()
+    try:
+        named = read_lesions(lesions, lesion_mask)
+        base_image = read_image_uri(baseline)
+        base_modality = detect_modality(base_image, baseline, modality)
+        follow_image = read_image_uri(followup)
+        follow_modality = detect_modality(follow_image, followup, modality)
+    except Exception as e:  # an unusable input: nothing to do
+        logger.error("%s", one_line(e))
+        return 2
+    embedder = get_embedder(triton_url, checkpoint=checkpoint)
+    tracker = LesionTracker(embedder, base_image, named, base_modality, method, TrackConfig(extent=extent))
+    tracks = tracker.track(follow_image, follow_modality)
+    write_tracks_csv(out, tracks)
+    failed = [t for t in tracks if t.error]
+    for t in failed:
+        logger.error("%s: %s", baseline, t.error)
+    n_found = sum(t.found for t in tracks)
+    logger.info(
+        "wrote %d tracks to %s: %d found, %d abstained, %d not tracked (%.1f s, model %s)",
+        len(tracks), out, n_found, len(tracks) - n_found - len(failed), len(failed), time.perf_counter() - t0,
+        tracker.model_version,
+    )
+    if report:
+        from uae_ray.report.tracks import track_report
+
+        track_report(report, base_image, base_modality, follow_image, follow_modality, tracks,
+                     title=f"uae-ray lesion tracking QC ({method}{'+extent' if extent else ''})")
+        logger.info("wrote report %s", report)
+    return 1 if failed else 0
