@@ -12,6 +12,7 @@ from uae_ray.models.official import is_official_checkpoint, load_official_checkp
 from uae_ray.models.resnet_fpn import EmbeddingNet
 from uae_ray.models.sam_r18 import ARCH as SAM_ARCH
 from uae_ray.models.sam_r18 import SamR18, sam_r18_config
+from uae_ray.models.medlam import build_medlam
 
 #: Any embedding network of this package (same ``forward`` contract, ``config``, ``version``).
 EmbeddingModel = EmbeddingNet | SamR18
@@ -82,6 +83,22 @@ MODEL_REGISTRY: dict[str, Callable[..., EmbeddingModel]] = {
     SAM_ARCH: build_sam_r18,
     "uae-r18": build_uae_r18,
 }
+
+#: MedLAM (few-shot organ localization, :mod:`uae_ray.models.medlam`): not an embedding network
+#: (its forward gives a projection and similarity maps), so it is registered under its own key.
+MODEL_REGISTRY["medlam-tiny"] = build_medlam  # type: ignore[assignment]
+
+
+def _build_sam_vit_tiny(checkpoint: str | Path | None = None):
+    """The small 2D segment-anything model (:mod:`uae_ray.models.sam2d`; imported on use)."""
+    from uae_ray.models.sam2d import build_sam_vit_tiny
+
+    return build_sam_vit_tiny(checkpoint)
+
+
+#: segment-anything (2D, box prompts; MedLSAM's segmenter): also not an embedding network.
+#: Official ViT-B/L/H and MedSAM checkpoints load by path with ``sam2d.load_sam2d``.
+MODEL_REGISTRY["sam-vit-tiny"] = _build_sam_vit_tiny  # type: ignore[assignment]
 
 
 def build_model(name: str = "default", checkpoint: str | Path | None = None) -> EmbeddingModel:

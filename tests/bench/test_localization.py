@@ -1,0 +1,46 @@
+"""`uae-ray bench localization`: summaries (unit) and a smoke run on two real cases."""
+
+import json
+
+import pytest
+
+from uae_ray.bench.localization import per_organ, summarize
+
+
+def _rec(method, k, target, organ, iou, ml=100.0, seconds=1.0):
+    return {"method": method, "k": k, "target": target, "organ": organ, "iou": iou, "wall_mm": 10 * (1 - iou),
+            "found": iou > 0.3, "seconds": seconds, "volume_ml": ml}
+
+
+def test_summary_rows_per_method_and_k():
+    recs = [
+        _rec("m", 1, "a", "liver", 0.2), _rec("m", 1, "a", "liver", 0.4),  # two subsets of k = 1
+        _rec("m", 2, "a", "liver", 0.5),
+        _rec("m", 1, "b", "liver", 0.6),
+        _rec("m", 1, "b", "adrenal", 0.1, ml=5.0),
+    ]
+    rows = {(r["method"], r["k"]): r for r in summarize(recs, min_ml=20.0)}
+    assert rows[("m", "1")]["n_organs"] == 3 and rows[("m", "1")]["n_organs_min_ml"] == 2
+    assert rows[("m", "1")]["iou_min_ml"] == pytest.approx((0.3 + 0.6) / 2)
+    assert rows[("m", "2")]["iou_min_ml"] == pytest.approx(0.5)
+    assert rows[("m", "all")]["iou_min_ml"] == pytest.approx((0.5 + 0.6) / 2)  # each organ with all its supports
+    assert per_organ(recs)["m"]["liver"]["iou"] == pytest.approx(0.55)
+
+
+def test_bench_smoke_on_two_cases(shared_data, tmp_path, capsys):
+    from uae_ray.cli import main
+
+    out = tmp_path / "loc.json"
+    code = main(["bench", "localization", "--data", str(shared_data), "--out", str(out),
+                 "--cases", "ts_example_ct,ts_upper_abdomen", "--organs", "liver",
+                 "--embedding-mode", "transfer"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["cases"] == ["ts_example_ct", "ts_upper_abdomen"]
+    methods = {r["method"] for r in result["summary"]}
+    assert {"embedding/transfer", "embedding/transfer/cut-keep"} <= methods
+    recs = [r for r in result["records"] if r["method"] == "embedding/transfer"]
+    assert sorted((r["target"], r["organ"]) for r in recs) == [("ts_example_ct", "liver"), ("ts_upper_abdomen", "liver")]
+    assert all(0.0 <= r["iou"] <= 1.0 and r["wall_mm"] >= 0 and r["k"] == 1 for r in recs)
+    text = capsys.readouterr().out
+    assert "iou_min_ml" in text and "per organ" in text
