@@ -13,6 +13,17 @@ from typing import Callable
 
 # Kept here so the CLI starts without importing torch; tests check it equals matching.METHODS.
 MATCHING_METHODS = ("nn", "fixed-point")
+# Likewise for tasks.localize (LOCALIZE_METHODS, EMBEDDING_MODES and their defaults).
+LOCALIZE_METHODS = ("embedding", "medlam")
+LOCALIZE_DEFAULT_METHOD = "embedding"
+EMBEDDING_MODES = ("extremes", "transfer")
+# Likewise for tasks.segment (BOX_MODES, DEFAULT_BOX_MODE) and models.sam2d (OFFICIAL_KINDS).
+SEGMENT_BOX_MODES = ("wpl", "spl")
+SEGMENT_DEFAULT_BOX_MODE = "spl"
+SAM_KINDS = ("vit_b", "vit_l", "vit_h", "medsam")
+SEGMENT_BENCH_MODES = ("wpl", "spl", "gt-wpl", "gt-spl", "gt-slice")  # bench.segmentation.MODES
+# Kept here for the same reason; tests check it equals bench.tracking.TRACK_METHODS.
+TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent")
 
 logger = logging.getLogger("uae_ray")
 
@@ -42,6 +53,90 @@ def _cmd_landmarks(args: argparse.Namespace) -> int:
         report=args.report,
         method=args.method,
     )
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    from uae_ray.commands import track
+
+    return track.run(
+        baseline=args.baseline,
+        followup=args.followup,
+        lesions=args.lesions,
+        out=args.out,
+        lesion_mask=args.lesion_mask,
+        triton_url=args.triton,
+        checkpoint=args.checkpoint,
+        modality=args.modality,
+        report=args.report,
+        method=args.method,
+        extent=not args.no_extent,
+    )
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from uae_ray.commands import register
+
+    return register.run(
+        fixed=args.fixed,
+        moving=args.moving,
+        out=args.out,
+        transform=args.transform,
+        resampled=args.resampled,
+        refine=args.refine,
+        report=args.report,
+        triton_url=args.triton,
+        checkpoint=args.checkpoint,
+        fixed_modality=args.fixed_modality,
+        moving_modality=args.moving_modality,
+    )
+
+
+def _cmd_localize(args: argparse.Namespace) -> int:
+    from uae_ray.commands import localize
+
+    return localize.run(
+        supports=args.support,
+        target=args.target,
+        organs=args.organs,
+        out=args.out,
+        label_names=args.label_names,
+        method=args.method,
+        embedding_mode=args.embedding_mode,
+        triton_url=args.triton,
+        checkpoint=args.checkpoint,
+        medlam_checkpoint=args.medlam_checkpoint,
+        modality=args.modality,
+        report=args.report,
+        truth=args.truth,
+    )
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from uae_ray.commands import segment
+
+    return segment.run(
+        supports=args.support,
+        target=args.target,
+        organs=args.organs,
+        out=args.out,
+        label_names=args.label_names,
+        boxes=args.boxes,
+        method=args.method,
+        embedding_mode=args.embedding_mode,
+        triton_url=args.triton,
+        checkpoint=args.checkpoint,
+        medlam_checkpoint=args.medlam_checkpoint,
+        sam_checkpoint=args.sam_checkpoint,
+        sam_kind=args.sam_kind,
+        modality=args.modality,
+    )
+
+
+def _add_sam_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sam-checkpoint", metavar="PATH", help="segment-anything weights: a shipped name, an official "
+                   "SAM ViT-B/L/H .pth or MedSAM's medsam_vit_b.pth (default: the shipped sam-vit-tiny-v0)")
+    p.add_argument("--sam-kind", choices=SAM_KINDS, help="kind of an official --sam-checkpoint (default: from its "
+                   "encoder width; medsam when the file name says so)")
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
@@ -85,6 +180,77 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_landmarks)
 
+    p = sub.add_parser("track", help="lesion tracking: baseline lesions found in a follow-up scan")
+    p.add_argument("--baseline", required=True, metavar="IMAGE")
+    p.add_argument("--followup", required=True, metavar="IMAGE")
+    p.add_argument("--lesions", metavar="LESIONS.csv", help="name,x,y,z[,radius_mm] on the baseline (LPS mm)")
+    p.add_argument("--lesion-mask", metavar="MASK", help="label map on the baseline: one lesion per label value "
+                   "(centre = centroid); instead of or besides --lesions")
+    p.add_argument("--out", required=True, metavar="TRACKS.csv")
+    p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of both images")
+    p.add_argument("--report", metavar="REPORT.html", help="also write an HTML QC report")
+    p.add_argument("--no-extent", action="store_true", help="match the lesion centre only, even where a radius "
+                   "or mask gives its extent")
+    _add_method_arg(p)
+    _add_embedder_args(p)
+    p.set_defaults(func=_cmd_track)
+
+    p = sub.add_parser("register", help="rigid/affine registration from anatomical embeddings (CT-CT, CT-MR)")
+    p.add_argument("--fixed", required=True, metavar="IMAGE")
+    p.add_argument("--moving", required=True, metavar="IMAGE")
+    p.add_argument("--transform", choices=["rigid", "affine"], default="rigid", help="(default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="T.tfm", help="ITK transform file mapping fixed-space points "
+                   "to moving-space points (sitk.ReadTransform)")
+    p.add_argument("--resampled", metavar="OUT.nii.gz", help="also write the moving image resampled onto the fixed grid")
+    p.add_argument("--refine", action="store_true", help="refine with a short Mattes-MI registration (SimpleITK)")
+    p.add_argument("--report", metavar="REPORT.html", help="also write an HTML QC report (checkerboard and overlay)")
+    p.add_argument("--fixed-modality", choices=["CT", "MR"], help="modality of --fixed (checked against the image)")
+    p.add_argument("--moving-modality", choices=["CT", "MR"], help="modality of --moving (checked against the image)")
+    _add_embedder_args(p)
+    p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("localize", help="few-shot organ boxes from k annotated support scans")
+    p.add_argument("--support", required=True, action="append", metavar="IMAGE:LABELS",
+                   help="an annotated support scan and its label map (repeatable; s3:// URIs allowed)")
+    p.add_argument("--target", required=True, metavar="IMAGE")
+    p.add_argument("--organs", required=True, metavar="a,b", help="comma-separated organ names")
+    p.add_argument("--out", required=True, metavar="BOXES.csv")
+    p.add_argument("--label-names", metavar="FILE", help='JSON {"1": "liver", ...} for every support\'s labels '
+                   "(default: <LABELS>.json or meta.json beside each label file)")
+    p.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
+                   help="embedding: anatomical-embedding matching; medlam: MedLAM (default: %(default)s)")
+    p.add_argument("--embedding-mode", choices=EMBEDDING_MODES,
+                   help="embedding method: transfer (organ points, median displacement) or extremes (fixed-point "
+                   "match of the six extreme points); default: the measured better one")
+    p.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
+    p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
+    p.add_argument("--report", metavar="REPORT.html", help="also write an HTML QC report")
+    p.add_argument("--truth", metavar="BOXES.csv", help="ground-truth boxes to draw in the report")
+    _add_embedder_args(p)
+    p.set_defaults(func=_cmd_localize)
+
+    p = sub.add_parser("segment", help="organ label map from k annotated support scans (MedLSAM: boxes -> "
+                       "segment-anything)")
+    p.add_argument("--support", required=True, action="append", metavar="IMAGE:LABELS",
+                   help="an annotated support scan and its label map (repeatable; s3:// URIs allowed)")
+    p.add_argument("--target", required=True, metavar="IMAGE")
+    p.add_argument("--organs", required=True, metavar="a,b", help="comma-separated organ names (label k = the k-th)")
+    p.add_argument("--out", required=True, metavar="LABELS.nii.gz", help="label map on the target's grid; the "
+                   "sidecar <OUT minus .nii.gz>.json names the labels")
+    p.add_argument("--label-names", metavar="FILE", help='JSON {"1": "liver", ...} for every support\'s labels '
+                   "(default: <LABELS>.json or meta.json beside each label file)")
+    p.add_argument("--boxes", choices=SEGMENT_BOX_MODES, default=SEGMENT_DEFAULT_BOX_MODE,
+                   help="wpl: one box on every slice of the organ's 3D box; spl: the organ in up to 6 parts along z, "
+                   "each localized (default: %(default)s)")
+    p.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
+                   help="localizer of the boxes (see localize; default: %(default)s)")
+    p.add_argument("--embedding-mode", choices=EMBEDDING_MODES, help="embedding localizer mode (see localize)")
+    p.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
+    p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
+    _add_sam_args(p)
+    _add_embedder_args(p)
+    p.set_defaults(func=_cmd_segment)
+
     p = sub.add_parser("stack", help="the local stack: Ray head, Triton server, S3 server")
     p.add_argument("action", choices=["up", "down", "status"])
     p.set_defaults(func=_cmd_stack)
@@ -106,6 +272,41 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--points", required=True, metavar="POINTS.csv")
             c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
             _add_method_arg(c)
+    c = csub.add_parser("track", help="track baseline lesions into follow-up scans, one task per pair")
+    c.add_argument("--pairs", metavar="PAIRS.csv", help="CSV with baseline,followup and lesions and/or lesion_mask "
+                   "columns (default: consecutive scans of each patient of --archive, lesions.csv beside each baseline)")
+    c.add_argument("--archive", metavar="URI", help="archive root: relative entries of --pairs resolve against it, "
+                   "and scan ids (shared with cohort embed) are relative to it")
+    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix")
+    c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
+    c.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's")
+    c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
+    c.add_argument("--force", action="store_true", help="redo pairs that are already done")
+    c.add_argument("--limit", type=int, help="process at most this many pairs (smoke runs)")
+    c.add_argument("--strict", action="store_true", help="exit 1 when any pair failed (default: failures are "
+                   "recorded in the manifest, exit 0)")
+    c.add_argument("--no-extent", action="store_true", help="match the lesion centre only, even where a radius "
+                   "or mask gives its extent")
+    _add_method_arg(c)
+    c = csub.add_parser("register", help="rigid/affine transform (fixed -> moving) for every pair, one task per pair")
+    c.add_argument("--pairs", metavar="PAIRS.csv", help="CSV with fixed,moving columns (optional fixed_modality, "
+                   "moving_modality; default: consecutive scans of each patient of --archive)")
+    c.add_argument("--archive", metavar="URI", help="archive root: relative entries of --pairs resolve against it, "
+                   "and scan ids (shared with cohort embed) are relative to it")
+    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix")
+    c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
+    c.add_argument("--transform", choices=["rigid", "affine"], default="rigid", help="(default: %(default)s)")
+    c.add_argument("--refine", action="store_true", help="refine each transform with a short Mattes-MI registration")
+    c.add_argument("--fixed-modality", choices=["CT", "MR"], help="modality of every fixed scan (checked per pair)")
+    c.add_argument("--moving-modality", choices=["CT", "MR"], help="modality of every moving scan (checked per pair)")
+    c.add_argument("--same-patient", action="store_true", help="fail pairs whose scans are of different patients "
+                   "(DICOM PatientID or meta.json 'patient')")
+    c.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's")
+    c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
+    c.add_argument("--force", action="store_true", help="redo pairs that are already done")
+    c.add_argument("--limit", type=int, help="process at most this many pairs (smoke runs)")
+    c.add_argument("--strict", action="store_true", help="exit 1 when any pair failed (default: failures are "
+                   "recorded in the manifest, exit 0)")
     p.set_defaults(func=_cmd_cohort)
 
     p = sub.add_parser("bench", help="benchmarks writing JSON and a table")
@@ -120,6 +321,60 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-baseline", action="store_true", help="skip every registration baseline")
     b.add_argument("--method", action="append", choices=MATCHING_METHODS, dest="methods",
                    help="matching method to measure (repeatable; default: all)")
+    _add_embedder_args(b)
+    b = bsub.add_parser("tracking", help="lesion tracking on synthetic longitudinal pairs of the shared CTs")
+    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
+    b.add_argument("--out", default="bench-results/tracking.json", metavar="JSON")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--points-per-case", type=int, default=8, help="organ / body pseudo-lesions per case")
+    b.add_argument("--method", action="append", choices=TRACKING_BENCH_METHODS, dest="methods",
+                   help="tracking method to measure (repeatable; default: all)")
+    b.add_argument("--case", action="append", dest="cases", metavar="CASE_ID", help="only these cases (repeatable)")
+    _add_embedder_args(b)
+    b = bsub.add_parser("registration", help="rigid/affine registration against known transforms (CT-CT, CT-MR)")
+    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
+    b.add_argument("--out", default="bench-results/registration.json", metavar="JSON")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--points", type=int, default=100, help="TRE points per pair (in the overlap)")
+    b.add_argument("--case", action="append", dest="cases", metavar="CASE_ID", help="only these cases (repeatable)")
+    b.add_argument("--trials", type=int, help="at most this many known transforms per pair (smoke runs)")
+    b.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK MI baselines")
+    b.add_argument("--no-refine", action="store_true", help="skip ours + MI refinement")
+    b.add_argument("--no-ct-mr", action="store_true", help="skip the CT-MR pairs")
+    b.add_argument("--ctmr-checkpoint", default="tiny-ctmr-v1", metavar="PATH",
+                   help="model for the CT-MR pairs (default: %(default)s, the shipped cross-modality model)")
+    b.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s; SimpleITK runs on 1)")
+    _add_embedder_args(b)
+    b = bsub.add_parser("localization", help="few-shot organ boxes, leave-one-out over ../shared/data")
+    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
+    b.add_argument("--out", default="bench-results/localization.json", metavar="JSON")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--max-k", type=int, default=5, help="largest number of support scans")
+    b.add_argument("--method", action="append", choices=LOCALIZE_METHODS, dest="methods",
+                   help="localizer to measure (repeatable; default: all)")
+    b.add_argument("--embedding-mode", action="append", choices=EMBEDDING_MODES, dest="embedding_modes",
+                   help="embedding-localizer mode to measure (repeatable; default: all)")
+    b.add_argument("--modality", choices=["CT", "MR"], default="CT", help="targets and supports (default: CT)")
+    b.add_argument("--min-ml", type=float, default=20.0, help="organs at least this large make the headline mean")
+    b.add_argument("--cases", metavar="a,b", help="restrict to these case ids (smoke runs)")
+    b.add_argument("--organs", metavar="a,b", help="restrict to these organs (smoke runs)")
+    b.add_argument("--medlam-checkpoint", metavar="PATH")
+    _add_embedder_args(b)
+    b = bsub.add_parser("segmentation", help="MedLSAM segmentation (WPL, SPL, ground-truth boxes): Dice, HD95, "
+                        "time per organ, leave-one-out over ../shared/data")
+    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
+    b.add_argument("--out", default="bench-results/segmentation.json", metavar="JSON")
+    b.add_argument("--mode", action="append", choices=SEGMENT_BENCH_MODES, dest="modes",
+                   help="prompt mode to measure (repeatable; default: all)")
+    b.add_argument("--min-ml", type=float, default=20.0, help="organs at least this large make the headline mean")
+    b.add_argument("--cases", metavar="a,b", help="restrict the targets to these case ids (smoke runs)")
+    b.add_argument("--organs", metavar="a,b", help="restrict to these organs (smoke runs)")
+    b.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
+                   help="localizer of the wpl/spl boxes (default: %(default)s)")
+    b.add_argument("--embedding-mode", choices=EMBEDDING_MODES, help="embedding localizer mode (see localize)")
+    b.add_argument("--medlam-checkpoint", metavar="PATH")
+    b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    _add_sam_args(b)
     _add_embedder_args(b)
     b = bsub.add_parser("speed", help="seconds per scan (in-process and Triton) and per landmark")
     b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")

@@ -7,36 +7,22 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from uae_ray.tasks.mi import mi_stage, prepare_for_mi
+
 
 def _prepare(image: sitk.Image, modality: str, spacing_mm: float) -> sitk.Image:
-    """Float copy, CT clamped to [-1000, 1500] HU, smoothed and resampled to ``spacing_mm``."""
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    if modality == "CT":
-        image = sitk.Clamp(image, sitk.sitkFloat32, -1000.0, 1500.0)
-    spacing = image.GetSpacing()
-    size = [max(1, round(n * s / spacing_mm)) for n, s in zip(image.GetSize(), spacing)]
-    sigma = [max(0.0, (spacing_mm - s) / 2) for s in spacing]
-    # Discrete Gaussian: a zero variance leaves an axis unsmoothed (the recursive one rejects it).
-    smooth = sitk.DiscreteGaussian(image, [v * v for v in sigma], 32, 0.01, True) if any(sigma) else image
-    return sitk.Resample(smooth, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
-                         (spacing_mm,) * 3, image.GetDirection(), -1000.0 if modality == "CT" else 0.0)
+    """See :func:`uae_ray.tasks.mi.prepare_for_mi`."""
+    return prepare_for_mi(image, modality, spacing_mm)
 
 
-def _run_stage(f: sitk.Image, m: sitk.Image, transform: sitk.Transform, seed: int, iterations: int) -> None:
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.05, seed)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
-    )
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([2, 1])
-    reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    reg.SetInitialTransform(transform, inPlace=True)
-    reg.Execute(f, m)
+def _run_stage(f: sitk.Image, m: sitk.Image, transform: sitk.Transform, seed: int, iterations: int,
+               threads: int | None = None) -> None:
+    mi_stage(f, m, transform, seed, iterations, threads=threads)
+
+
+#: Initialisations of the SimpleITK baseline: ``geometry`` aligns the image centres
+#: (CenteredTransformInitializer GEOMETRY), ``identity`` starts from the identity.
+MI_INITS = ("geometry", "identity")
 
 
 def rigid_affine_registration(
@@ -47,32 +33,48 @@ def rigid_affine_registration(
     iterations: int = 200,
     spacing_mm: float = 3.0,
     moving_modality: str | None = None,
+    init: str = "geometry",
+    threads: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, sitk.Transform]:
     """Multi-resolution Mattes-MI registration (SimpleITK), as a user would run it.
 
     Both images are resampled to ``spacing_mm`` (after anti-alias smoothing), the centres are
-    aligned (geometry), then a rigid stage runs, then an affine stage started from it; each
+    aligned (``init="geometry"``) or the identity is the start, then a rigid stage runs, then an affine stage started from it; each
     stage over two levels.
 
     Args:
         modality: Modality of ``fixed`` (and of ``moving`` unless ``moving_modality`` is given);
             Mattes MI is a multi-modal metric, so CT <-> MR works the same way.
+        init: ``"geometry"`` (align the image centres) or ``"identity"`` (see :data:`MI_INITS`).
+        threads: Registration threads (``None``: SimpleITK's default; only 1 repeats exactly).
+        timings: If given, receives ``rigid_s`` (preparation + rigid stage) and ``affine_s``
+            (the affine stage alone; the affine result costs both).
 
     Returns:
         ``{"rigid": ..., "affine": ...}``: transforms mapping fixed-space points to moving-space
         points (ITK convention).
     """
+    t0 = time.perf_counter()
     f = _prepare(fixed, modality, spacing_mm)
     m = _prepare(moving, moving_modality or modality, spacing_mm)
-    rigid = sitk.Euler3DTransform(
-        sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    )
-    _run_stage(f, m, rigid, seed, iterations)
+    if init not in MI_INITS:
+        raise ValueError(f"unknown initialisation {init!r}; expected one of {', '.join(MI_INITS)}")
+    if init == "geometry":
+        rigid = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
+            f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY))
+    else:
+        rigid = sitk.Euler3DTransform()
+        rigid.SetCenter(f.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in f.GetSize()]))
+    _run_stage(f, m, rigid, seed, iterations, threads)
+    t1 = time.perf_counter()
     affine = sitk.AffineTransform(3)
     affine.SetCenter(rigid.GetCenter())
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
-    _run_stage(f, m, affine, seed, iterations)
+    _run_stage(f, m, affine, seed, iterations, threads)
+    if timings is not None:
+        timings.update(rigid_s=t1 - t0, affine_s=time.perf_counter() - t1)
     return {"rigid": rigid, "affine": affine}
 
 

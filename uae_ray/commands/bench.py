@@ -1,4 +1,4 @@
-"""``uae-ray bench accuracy|speed``: run a benchmark, write JSON, print a table."""
+"""``uae-ray bench accuracy|tracking|registration|localization|segmentation|speed``: run a benchmark, write JSON, print a table."""
 
 from __future__ import annotations
 
@@ -32,6 +32,62 @@ def run(args: argparse.Namespace) -> int:
         baselines = () if args.no_baseline else tuple(args.baselines or BASELINES)
         result = run_accuracy(data, embedder, args.out, args.seed, args.points_per_case, baselines, methods)
         print(accuracy_table(result))
+    elif args.bench == "tracking":
+        from uae_ray.bench.tracking import TRACK_METHODS, run_tracking, tracking_table
+
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
+        methods = tuple(args.methods or TRACK_METHODS)
+        result = run_tracking(data, embedder, args.out, args.seed, args.points_per_case, methods,
+                              tuple(args.cases) if args.cases else None)
+        print(tracking_table(result))
+    elif args.bench == "registration":
+        from uae_ray.bench.registration import registration_table, run_registration
+
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
+        # CT-MR needs the cross-modality model, in-process (a Triton server serves one model).
+        ctmr = None if args.no_ct_mr else get_embedder(None, checkpoint=args.ctmr_checkpoint)
+        result = run_registration(
+            data, embedder, args.out, args.seed, args.points, baselines=not args.no_baseline,
+            refine=not args.no_refine, ctmr_embedder=ctmr, cases=tuple(args.cases) if args.cases else None,
+            max_trials=args.trials, threads=args.threads,
+        )
+        print(registration_table(result))
+    elif args.bench == "localization":
+        from uae_ray.bench.localization import BENCH_METHODS, EMBEDDING_VARIANTS, localization_table, per_organ_table
+        from uae_ray.bench.localization import run_localization
+
+        methods = tuple(args.methods or BENCH_METHODS)
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint) if "embedding" in methods else None
+        split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
+        result = run_localization(
+            data, embedder, args.out, seed=args.seed, max_k=args.max_k, methods=methods, modality=args.modality,
+            min_ml=args.min_ml, cases=split(args.cases), organs=split(args.organs),
+            medlam_checkpoint=args.medlam_checkpoint, variants=tuple(args.embedding_modes or EMBEDDING_VARIANTS),
+        )
+        print(localization_table(result))
+        for method in sorted(result["per_organ"]):
+            if "/cut-" not in method:
+                print(f"\nper organ, {method}, all available supports:")
+                print(per_organ_table(result, method))
+    elif args.bench == "segmentation":
+        from uae_ray.bench.segmentation import MODES, per_organ_table, run_segmentation, segmentation_table
+        from uae_ray.commands.segment import make_localizer_factory, make_segmenter
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
+        segmenter = make_segmenter(args.triton, args.sam_checkpoint, args.sam_kind)
+        factory = make_localizer_factory(args.method, args.triton, args.checkpoint, args.medlam_checkpoint,
+                                         args.embedding_mode)
+        name = args.method if args.method == "medlam" else f"embedding/{args.embedding_mode or 'default'}"
+        result = run_segmentation(data, segmenter, factory, args.out, modes=tuple(args.modes or MODES),
+                                  min_ml=args.min_ml, cases=split(args.cases), organs=split(args.organs),
+                                  localizer_name=name)
+        print(segmentation_table(result))
+        print("\nper organ (Dice), organs of at least %.0f ml:" % args.min_ml)
+        print(per_organ_table(result))
     else:
         from uae_ray.bench.speed import run_speed, speed_table
 

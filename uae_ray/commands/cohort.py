@@ -1,4 +1,4 @@
-"""``uae-ray cohort embed|landmarks``: Ray jobs over an archive."""
+"""``uae-ray cohort embed|landmarks|track|register``: Ray jobs over an archive."""
 
 from __future__ import annotations
 
@@ -35,6 +35,35 @@ def run(args: argparse.Namespace) -> int:
         from uae_ray.cohort.embed import run_cohort_embed
 
         summary = run_cohort_embed(args.archive, args.out, triton, ray_address, force=args.force, limit=args.limit)
+    elif args.job == "track":
+        from uae_ray.cohort.pairs import PairsError
+        from uae_ray.cohort.track import run_cohort_track
+
+        try:
+            summary = run_cohort_track(
+                args.pairs, args.out, triton, args.archive, args.embeddings, ray_address,
+                force=args.force, limit=args.limit, method=args.method, extent=not args.no_extent,
+            )
+        except PairsError as e:  # no usable pairs: nothing to do
+            logger.error("%s", e)
+            return 2
+    elif args.job == "register":
+        from uae_ray.cohort.pairs import PairsError
+        from uae_ray.cohort.register import run_cohort_register
+
+        if not args.pairs and not args.archive:
+            logger.error("cohort register: give --pairs and/or --archive")
+            return 2
+        try:
+            summary = run_cohort_register(
+                args.pairs, args.out, triton, args.archive, args.embeddings, ray_address,
+                force=args.force, limit=args.limit, kind=args.transform, refine=args.refine,
+                fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
+                same_patient=args.same_patient,
+            )
+        except PairsError as e:  # no usable pairs: nothing to do
+            logger.error("%s", e)
+            return 2
     else:
         from uae_ray.cohort.landmarks import run_cohort_landmarks
 
@@ -44,5 +73,6 @@ def run(args: argparse.Namespace) -> int:
         )
     print(json.dumps(summary, indent=2))
     if summary.get("failed"):
-        logger.warning("%d scan(s) failed; see the manifest under %s", summary["failed"], args.out)
+        what = "pair" if args.job in ("track", "register") else "scan"
+        logger.warning("%d %s(s) failed; see the manifest under %s", summary["failed"], what, args.out)
     return 1 if args.strict and summary.get("failed") else 0

@@ -21,6 +21,16 @@ DETECTIONS (landmark / lesion detections, one file per job shard or per scan)
     scan_id, name, x, y, z (world LPS mm), score, found (False: the matcher abstained),
     method, model_version.
 
+TRACKS (lesion tracks of ``cohort track``, one part per pair plus one table)
+    pair_id, baseline_id, followup_id (hashed ids only), name, baseline_x/y/z, radius_mm,
+    x, y, z (world LPS mm), score, found, consistency, error, method, model_version.
+
+TRANSFORMS (rigid / affine transforms of ``cohort register``, one part per pair plus one table)
+    pair_id, fixed_id, moving_id (hashed ids only), type (rigid/affine), parameters and
+    fixed_parameters (ITK's, as in the .tfm file), n_correspondences, n_inliers,
+    inlier_fraction, residual_mm, overlap_fraction, refined, tfm_uri, model_version, seconds.
+    The transform maps fixed-space points to moving-space points (ITK convention).
+
 MANIFEST (``<out>/manifest.parquet``, see :mod:`uae_ray.storage.manifest`)
     One row per scan: scan_id, uri, status, error, model_version, output_uri, n_bytes, seconds,
     updated_at.
@@ -92,7 +102,53 @@ MANIFEST = _schema(
     ],
 )
 
-ALL_SCHEMAS = {"embeddings": EMBEDDINGS, "detections": DETECTIONS, "manifest": MANIFEST}
+TRACKS = _schema(
+    "tracks/1",
+    [
+        _f("pair_id", pa.string(), "16-hex pair id (hash of the two scan ids)"),
+        _f("baseline_id", pa.string(), "16-hex scan id of the baseline"),
+        _f("followup_id", pa.string(), "16-hex scan id of the follow-up"),
+        _f("name", pa.string(), "lesion name (from the lesions CSV or mask)"),
+        _f("baseline_x", pa.float64(), "lesion centre on the baseline, world x (LPS, mm)"),
+        _f("baseline_y", pa.float64(), "lesion centre on the baseline, world y (LPS, mm)"),
+        _f("baseline_z", pa.float64(), "lesion centre on the baseline, world z (LPS, mm)"),
+        _f("radius_mm", pa.float64(), "lesion radius given with it (mm)", nullable=True),
+        _f("x", pa.float64(), "tracked centre in the follow-up, world x (LPS, mm); NaN on error"),
+        _f("y", pa.float64(), "tracked centre, world y (LPS, mm)"),
+        _f("z", pa.float64(), "tracked centre, world z (LPS, mm)"),
+        _f("score", pa.float32(), "matching similarity (higher is better); NaN on error"),
+        _f("found", pa.bool_(), "False where the matcher abstained (x, y, z: its best estimate) or on error"),
+        _f("consistency", pa.float32(), "share of consistent fixed-point cube points / agreeing votes",
+           nullable=True),
+        _f("error", pa.string(), "why the lesion could not be tracked (e.g. outside the baseline)", nullable=True),
+        _f("method", pa.string(), "matching method: nn or fixed-point (+extent when the lesion's extent voted)"),
+        _f("model_version", pa.string(), "embedding model version that produced the track"),
+    ],
+)
+
+TRANSFORMS = _schema(
+    "transforms/1",
+    [
+        _f("pair_id", pa.string(), "16-hex pair id (hash of the two scan ids)"),
+        _f("fixed_id", pa.string(), "16-hex scan id of the fixed scan"),
+        _f("moving_id", pa.string(), "16-hex scan id of the moving scan"),
+        _f("type", pa.string(), "rigid (ITK Euler3DTransform) or affine (ITK AffineTransform)"),
+        _f("parameters", pa.list_(pa.float64()), "ITK transform parameters (GetParameters())"),
+        _f("fixed_parameters", pa.list_(pa.float64()), "ITK fixed parameters: the centre (GetFixedParameters())"),
+        _f("n_correspondences", pa.int32(), "round-trip consistent matches of the fixed body grid"),
+        _f("n_inliers", pa.int32(), "correspondences that agree with the fitted transform"),
+        _f("inlier_fraction", pa.float64(), "n_inliers / n_correspondences"),
+        _f("residual_mm", pa.float64(), "median residual of the inliers (mm)"),
+        _f("overlap_fraction", pa.float64(), "share of the fixed body grid mapped into the moving field of view"),
+        _f("refined", pa.bool_(), "True when the MI refinement ran (the transform is its result)"),
+        _f("tfm_uri", pa.string(), "URI of the ITK .tfm file (fixed -> moving, sitk.ReadTransform)"),
+        _f("model_version", pa.string(), "embedding model version of the correspondences"),
+        _f("seconds", pa.float64(), "wall time of the pair (s)"),
+    ],
+)
+
+ALL_SCHEMAS = {"embeddings": EMBEDDINGS, "detections": DETECTIONS, "manifest": MANIFEST, "tracks": TRACKS,
+               "transforms": TRANSFORMS}
 
 
 def field_docs(schema: pa.Schema) -> dict[str, str]:
