@@ -29,6 +29,7 @@ DEFAULT_CHECKPOINT_NAME = "uae_tiny_v0.pt"
 SHIPPED_WEIGHTS = {
     "tiny-v0": "uae_tiny_v0.pt",  # the default: CT, best CT-CT accuracy
     "tiny-ctmr-v1": "uae_tiny_ctmr_v1.pt",  # tiny-v0 + UAE's CT-MR stage: CT<->MR matching
+    "tiny-uae-v2": "uae_tiny_uae_v2.pt",  # + UAE semantic head: best CT<->MR (c), not yet the default
 }
 
 
