@@ -1,0 +1,132 @@
+"""``uae-ray segment``: organ label map of a target from k annotated support scans (MedLSAM).
+
+The organs are localized in the target (``uae-ray localize``'s localizers, :mod:`uae_ray.tasks.localize`),
+their 3D boxes become per-slice 2D boxes (SPL by default, or WPL) and segment-anything segments
+every slice (:mod:`uae_ray.tasks.segment`). Output (DESIGN.md contract): a NIfTI label map on the
+target's grid, label k = the k-th organ of ``--organs``, and the sidecar
+``<OUT minus .nii.gz>.json`` ``{"1": "liver", ...}``. An organ that cannot be localized stays
+empty in the map (a warning names it) and the others are still segmented.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from uae_ray.volume.errors import one_line
+
+logger = logging.getLogger(__name__)
+
+
+def make_segmenter(triton_url: str | None = None, sam_checkpoint: str | None = None, sam_kind: str | None = None):
+    """The :class:`~uae_ray.tasks.segment.SliceSegmenter`: Triton's ``sam_image_encoder`` +
+    ``sam_mask_decoder`` with ``triton_url``, else the model in-process."""
+    if triton_url:
+        from uae_ray.serving.sam_triton import TritonSliceSegmenter
+
+        if sam_checkpoint is not None:
+            logger.warning("--sam-checkpoint %s ignored: Triton at %s serves its own model", sam_checkpoint, triton_url)
+        return TritonSliceSegmenter(triton_url)
+    from uae_ray.tasks.segment import LocalSliceSegmenter
+
+    return LocalSliceSegmenter(checkpoint=sam_checkpoint, kind=sam_kind)
+
+
+def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str | None,
+                           medlam_checkpoint: str | None, embedding_mode: str | None):
+    """``supports -> localizer`` for :func:`~uae_ray.tasks.segment.localize_prompts`."""
+    if method == "medlam":
+        from uae_ray.models.medlam import load_medlam
+        from uae_ray.tasks.localize import MedLAMLocalizer
+
+        model = load_medlam(medlam_checkpoint)
+        return lambda supports: MedLAMLocalizer(model, supports)
+    from uae_ray.serving import get_embedder
+    from uae_ray.tasks.localize import DEFAULT_EMBEDDING_MODE, EmbeddingLocalizer, EmbeddingLocalizerConfig
+
+    embedder = get_embedder(triton_url, checkpoint=checkpoint)
+    config = EmbeddingLocalizerConfig(mode=embedding_mode or DEFAULT_EMBEDDING_MODE)
+    cache: dict[tuple[str, ...], list] = {}
+
+    def factory(supports):
+        # SPL's derived supports share the images of the originals: reuse their embeddings
+        key = tuple(s.spec.image for s in supports)
+        loc = EmbeddingLocalizer(embedder, supports, config, support_maps=cache.get(key))
+        cache.setdefault(key, loc.support_maps)
+        return loc
+
+    return factory
+
+
+def run(
+    supports: list[str],
+    target: str,
+    organs: str,
+    out: str,
+    label_names: str | None = None,
+    boxes: str = "spl",
+    method: str = "embedding",
+    embedding_mode: str | None = None,
+    triton_url: str | None = None,
+    checkpoint: str | None = None,
+    medlam_checkpoint: str | None = None,
+    sam_checkpoint: str | None = None,
+    sam_kind: str | None = None,
+    modality: str | None = None,
+) -> int:
+    """Runs the verb.
+
+    Returns:
+        0 when the label map was written (organs that could not be localized are empty), 1 when
+        it was written but a support could not be used, 2 when nothing could be done
+        (unreadable target, no usable support, no organ named, model not loadable).
+    """
+    from uae_ray.commands.localize import parse_organs
+    from uae_ray.storage.images import read_image_uri
+    from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts, write_label_map
+    from uae_ray.tasks.support import load_support, parse_support
+    from uae_ray.volume import detect_modality
+
+    names = parse_organs(organs)
+    if not names:
+        logger.error("--organs: no organ named")
+        return 2
+    loaded, failed = [], 0
+    for text in supports:
+        try:
+            loaded.append(load_support(parse_support(text), label_names, modality))
+        except Exception as e:  # one bad support is reported; the others still run
+            logger.error("%s", one_line(e))
+            failed += 1
+    if not loaded:
+        logger.error("no usable support scan (%d given)", len(supports))
+        return 2
+    try:
+        image = read_image_uri(target)
+        target_modality = detect_modality(image, target, modality)
+    except Exception as e:
+        message = one_line(e)
+        logger.error("%s", message if target in message else f"{target}: {message}")
+        return 2
+    try:
+        segmenter = make_segmenter(triton_url, sam_checkpoint, sam_kind)
+        factory = make_localizer_factory(method, triton_url, checkpoint, medlam_checkpoint, embedding_mode)
+        config = segmenter.config
+    except (OSError, ValueError, RuntimeError) as e:
+        logger.error("%s", one_line(e))
+        return 2
+    t0 = time.perf_counter()
+    prepared = TargetSlices(image, target_modality, config)
+    prompts = localize_prompts(factory, loaded, image, prepared, names, boxes, target_modality)
+    t1 = time.perf_counter()
+    result = segment_prompts(segmenter, prepared, prompts)
+    label_path, sidecar = write_label_map(result, out)
+    for o in result.organs:
+        if o.status != "ok":
+            logger.warning("%s [%s]", o.message or o.name, o.status)
+        else:
+            logger.info("label %d %s: %d slices, %.1f ml", o.label, o.name, o.n_slices, o.volume_ml)
+    logger.info("wrote %s and %s (%d organ(s), %s boxes, %s localizer, model %s): localization %.1f s, "
+                "segmentation %.1f s (%d slices encoded)", label_path, sidecar, len(names), boxes.upper(), method,
+                result.model_version, t1 - t0, result.seconds, result.n_slices_encoded)
+    return 1 if failed else 0
