@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from uae_ray.cohort.embed import EMBED_MANIFEST, EmbedSettings, add_record, embed_scan, persist_record
+from uae_ray.cohort.embed import add_record, persist_record
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps
+from uae_ray.cohort.pair_embeddings import embed_missing
 from uae_ray.cohort.pairs import PairsError, ScanPair, load_pairs
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
@@ -198,14 +199,6 @@ def register_pair(pair: ScanPair, settings: RegisterSettings) -> dict[str, Any]:
     return persist_record(settings.manifest, record)
 
 
-def _scan_refs(pairs: list[ScanPair]) -> list[ScanRef]:
-    refs: dict[str, ScanRef] = {}
-    for p in pairs:
-        for uri, sid in ((p.first, p.first_id), (p.second, p.second_id)):
-            refs.setdefault(sid, ScanRef(uri, sid, "file" if is_image_name(basename(uri)) else "dicom"))
-    return list(refs.values())
-
-
 def _done(manifest: Manifest, pair: ScanPair, settings: RegisterSettings) -> bool:
     rec = manifest.get(pair.pair_id)
     if rec is None or rec.status != STATUS_OK:
@@ -256,31 +249,12 @@ def run_cohort_register(
     logger.info("cohort register: %d pairs, %s, model %s", len(pairs), settings.label, model_version)
     summary: dict[str, Any] = {"pairs": len(pairs), "transform": settings.label, "model_version": model_version}
 
-    scans = _scan_refs(pairs)
-    embed_manifest = Manifest(join(embeddings, EMBED_MANIFEST))
-    embedded = embed_manifest.done_ids(model_version)
-    to_embed = [s for s in scans if s.scan_id not in embedded]
-    summary["scans_embedded"] = len(to_embed)
-    if to_embed:
-        init_ray(ray_address)
-        logger.info("embedding %d of %d scans without stored embeddings first", len(to_embed), len(scans))
-        embed_settings = EmbedSettings(embeddings, embed_manifest.uri, triton_url, checkpoint, worker_env())
-        fan_out(embed_scan, to_embed, (embed_settings,), add_record(embed_manifest), "cohort embed")
-        embed_manifest.save()
-        embedded = embed_manifest.done_ids(model_version)
-
+    ready, failed, n_embedded = embed_missing(pairs, embeddings, model_version, triton_url, checkpoint,
+                                              ray_address, ("fixed", "moving"))
+    summary["scans_embedded"] = n_embedded
     manifest = Manifest(settings.manifest)
-    ready: list[ScanPair] = []
-    for p in pairs:
-        missing = [(role, sid) for role, sid in (("fixed", p.first_id), ("moving", p.second_id)) if sid not in embedded]
-        if not missing:
-            ready.append(p)
-            continue
-        role, sid = missing[0]
-        previous = embed_manifest.get(sid)
-        error = previous.error if previous and previous.error else "no embeddings"
-        manifest.record(p.pair_id, p.uri, "error", f"{role} embedding failed: {error}",
-                        f"{model_version}|{settings.label}")
+    for p, error in failed:
+        manifest.record(p.pair_id, p.uri, "error", error, f"{model_version}|{settings.label}")
     todo = [p for p in ready if force or not _done(manifest, p, settings)]
     summary["skipped"] = len(ready) - len(todo)
     if todo:

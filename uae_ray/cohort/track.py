@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from uae_ray.cohort.embed import EMBED_MANIFEST, EmbedSettings, add_record, embed_scan, persist_record
+from uae_ray.cohort.embed import add_record, persist_record
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps
+from uae_ray.cohort.pair_embeddings import embed_missing
 from uae_ray.cohort.pairs import ScanPair, load_pairs
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
 from uae_ray.storage import (
     Manifest,
-    ScanRef,
     basename,
     exists,
     join,
@@ -204,14 +204,6 @@ def track_pair(pair: ScanPair, settings: TrackSettings) -> dict[str, Any]:
     return persist_record(settings.manifest, record)
 
 
-def _scan_refs(pairs: list[ScanPair]) -> list[ScanRef]:
-    refs: dict[str, ScanRef] = {}
-    for p in pairs:
-        for uri, sid in ((p.first, p.first_id), (p.second, p.second_id)):
-            refs.setdefault(sid, ScanRef(uri, sid, "file" if is_image_name(basename(uri)) else "dicom"))
-    return list(refs.values())
-
-
 def run_cohort_track(
     pairs_csv: str | None,
     out: str,
@@ -234,30 +226,12 @@ def run_cohort_track(
     logger.info("cohort track: %d pairs, method %s, model %s", len(pairs), settings.method_label, model_version)
     summary: dict[str, Any] = {"pairs": len(pairs), "method": settings.method_label, "model_version": model_version}
 
-    scans = _scan_refs(pairs)
-    embed_manifest = Manifest(join(embeddings, EMBED_MANIFEST))
-    embedded = embed_manifest.done_ids(model_version)
-    to_embed = [s for s in scans if s.scan_id not in embedded]
-    summary["scans_embedded"] = len(to_embed)
-    if to_embed:
-        init_ray(ray_address)
-        logger.info("embedding %d of %d scans without stored embeddings first", len(to_embed), len(scans))
-        embed_settings = EmbedSettings(embeddings, embed_manifest.uri, triton_url, checkpoint, worker_env())
-        fan_out(embed_scan, to_embed, (embed_settings,), add_record(embed_manifest), "cohort embed")
-        embed_manifest.save()
-        embedded = embed_manifest.done_ids(model_version)
-
+    ready, failed, n_embedded = embed_missing(pairs, embeddings, model_version, triton_url, checkpoint,
+                                              ray_address, ("baseline", "follow-up"))
+    summary["scans_embedded"] = n_embedded
     manifest = Manifest(settings.manifest)
-    ready: list[ScanPair] = []
-    for p in pairs:
-        missing = [(role, sid) for role, sid in (("baseline", p.first_id), ("follow-up", p.second_id)) if sid not in embedded]
-        if not missing:
-            ready.append(p)
-            continue
-        role, sid = missing[0]
-        previous = embed_manifest.get(sid)
-        error = previous.error if previous and previous.error else "no embeddings"
-        manifest.record(p.pair_id, p.uri, "error", f"{role} embedding failed: {error}", pair_version(settings, p))
+    for p, error in failed:
+        manifest.record(p.pair_id, p.uri, "error", error, pair_version(settings, p))
     todo = [p for p in ready if force or not _done(manifest, p, settings)]
     summary["skipped"] = len(ready) - len(todo)
     if todo:

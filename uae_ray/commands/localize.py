@@ -58,6 +58,42 @@ def parse_organs(text: str) -> list[str]:
     return seen
 
 
+def load_inputs(supports: list[str], target: str, organs: str, label_names: str | None, modality: str | None):
+    """Organ names, the usable supports, the target image and its modality, for localize/segment.
+
+    Returns:
+        ``(names, supports, n_failed, image, target_modality)``, or ``None`` (after one error
+        line) when there is nothing to do: no organ named, no usable support, unreadable target.
+        A support that cannot be used is logged and counted in ``n_failed``; the others go on.
+    """
+    from uae_ray.storage.images import read_image_uri
+    from uae_ray.tasks.support import load_support, parse_support
+    from uae_ray.volume import detect_modality
+
+    names = parse_organs(organs)
+    if not names:
+        logger.error("--organs: no organ named")
+        return None
+    loaded, failed = [], 0
+    for text in supports:
+        try:
+            loaded.append(load_support(parse_support(text), label_names, modality))
+        except Exception as e:  # one bad support is reported; the others still run
+            logger.error("%s", one_line(e))
+            failed += 1
+    if not loaded:
+        logger.error("no usable support scan (%d given)", len(supports))
+        return None
+    try:
+        image = read_image_uri(target)
+        target_modality = detect_modality(image, target, modality)
+    except Exception as e:
+        message = one_line(e)
+        logger.error("%s", message if target in message else f"{target}: {message}")
+        return None
+    return names, loaded, failed, image, target_modality
+
+
 def run(
     supports: list[str],
     target: str,
@@ -80,31 +116,10 @@ def run(
         could not be used, 2 when nothing could be done (unreadable target, no usable support,
         no organ named); nothing is written then.
     """
-    from uae_ray.storage.images import read_image_uri
-    from uae_ray.tasks.support import load_support, parse_support
-    from uae_ray.volume import detect_modality
-
-    names = parse_organs(organs)
-    if not names:
-        logger.error("--organs: no organ named")
+    inputs = load_inputs(supports, target, organs, label_names, modality)
+    if inputs is None:
         return 2
-    loaded, failed = [], 0
-    for text in supports:
-        try:
-            loaded.append(load_support(parse_support(text), label_names, modality))
-        except Exception as e:  # one bad support is reported; the others still run
-            logger.error("%s", one_line(e))
-            failed += 1
-    if not loaded:
-        logger.error("no usable support scan (%d given)", len(supports))
-        return 2
-    try:
-        image = read_image_uri(target)
-        target_modality = detect_modality(image, target, modality)
-    except Exception as e:
-        message = one_line(e)
-        logger.error("%s", message if target in message else f"{target}: {message}")
-        return 2
+    names, loaded, failed, image, target_modality = inputs
     t0 = time.perf_counter()
     if method == "medlam":
         from uae_ray.models.medlam import load_medlam

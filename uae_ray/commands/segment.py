@@ -81,33 +81,13 @@ def run(
         it was written but a support could not be used, 2 when nothing could be done
         (unreadable target, no usable support, no organ named, model not loadable).
     """
-    from uae_ray.commands.localize import parse_organs
-    from uae_ray.storage.images import read_image_uri
+    from uae_ray.commands.localize import load_inputs
     from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts, write_label_map
-    from uae_ray.tasks.support import load_support, parse_support
-    from uae_ray.volume import detect_modality
 
-    names = parse_organs(organs)
-    if not names:
-        logger.error("--organs: no organ named")
+    inputs = load_inputs(supports, target, organs, label_names, modality)
+    if inputs is None:
         return 2
-    loaded, failed = [], 0
-    for text in supports:
-        try:
-            loaded.append(load_support(parse_support(text), label_names, modality))
-        except Exception as e:  # one bad support is reported; the others still run
-            logger.error("%s", one_line(e))
-            failed += 1
-    if not loaded:
-        logger.error("no usable support scan (%d given)", len(supports))
-        return 2
-    try:
-        image = read_image_uri(target)
-        target_modality = detect_modality(image, target, modality)
-    except Exception as e:
-        message = one_line(e)
-        logger.error("%s", message if target in message else f"{target}: {message}")
-        return 2
+    names, loaded, failed, image, target_modality = inputs
     try:
         segmenter = make_segmenter(triton_url, sam_checkpoint, sam_kind)
         factory = make_localizer_factory(method, triton_url, checkpoint, medlam_checkpoint, embedding_mode)
