@@ -154,3 +154,26 @@ def test_anisotropic_global_stride_exact() -> None:
     pts = _voxel_points(maps, 20, seed=4)
     out, _ = match_points(maps, pts, maps)
     np.testing.assert_allclose(out, pts, atol=1e-6)
+
+
+def test_matching_windowed_search_equals_the_full_search_when_the_peak_is_inside():
+    rng = np.random.default_rng(3)
+    local = rng.normal(size=(8, 12, 14, 16)).astype(np.float32)
+    local /= np.linalg.norm(local, axis=0, keepdims=True)
+    glob = rng.normal(size=(8, 6, 7, 8)).astype(np.float32)
+    glob /= np.linalg.norm(glob, axis=0, keepdims=True)
+    lg = Grid((0.0, 0.0, 0.0), (4.0, 4.0, 4.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (16, 14, 12))
+    gg = Grid((0.0, 0.0, 0.0), (8.0, 8.0, 8.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (8, 7, 6))
+    maps = EmbeddingMaps(local=local, global_=glob, local_grid=lg, global_grid=gg,
+                         valid=np.ones((12, 14, 16), dtype=bool), model_version="t")
+    pts = lg.index_to_world(rng.uniform(1, 10, (20, 3)))
+    matcher = Matcher().set_target(maps)
+    full, s_full = matcher.predict(maps, pts)
+    win, s_win = matcher.predict(maps, pts, centres=full + rng.uniform(-6, 6, full.shape), radius_mm=12.0)
+    np.testing.assert_allclose(win, full, atol=1e-6)
+    np.testing.assert_allclose(s_win, s_full, atol=1e-5)
+    # a window far from the peak finds something else, never the peak outside it
+    corner = lg.index_to_world(np.array([[2.0, 2.0, 2.0]]))
+    away, _ = matcher.predict(maps, pts, centres=np.repeat(corner, len(pts), axis=0), radius_mm=8.0)
+    assert np.abs(away - corner).max() <= 8.0 + 5.0 + 1e-6  # window + sub-voxel refinement (<= 1.25 voxel)
+    assert np.abs(full - corner).max() > 12.0  # while some full-search peaks lie outside it

@@ -16,6 +16,7 @@ from uae_ray.tasks.register import (
     RegistrationError,
     check_modality,
     fit_correspondences,
+    fit_or_fall_back,
     grid_points,
     ransac_fit,
 )
@@ -101,6 +102,11 @@ def test_an_affine_fit_of_a_flat_overlap_is_refused_but_rigid_works():
     assert inliers.all()
     with pytest.raises(RegistrationError, match="span 3D.*use a rigid transform"):
         fit_correspondences(corr, "affine")
+    # what register/register_many do with it: a rigid fit, and a note saying so
+    (a2, t2, _), fitted, note = fit_or_fall_back(corr, "affine")
+    assert fitted == "rigid" and "thin slab" in note
+    np.testing.assert_allclose(src @ a2.T + t2, dst, atol=1e-6)
+    assert fit_or_fall_back(corr, "rigid")[1:] == ("rigid", "")
 
 
 def test_check_modality_rejects_a_contradicting_flag():
@@ -195,8 +201,14 @@ def test_partial_overlap_affine(registrar, fixed_ct):
     result = registrar.register(moving, "affine", "CT", moving_name="cropped.nii.gz")
     tre = _tre(result.transform, truth, fixed_ct, moving)
     assert np.median(tre) < 2.5 and tre.max() < 6.0, tre
-    assert isinstance(result.transform, sitk.AffineTransform)
     assert 0.2 < result.overlap_fraction < 0.85, result.overlap_fraction
+    # the truth is rigid: the extra affine parameters are not supported, so a rigid fit comes back
+    assert result.kind == "rigid" and "BIC" in result.note and isinstance(result.transform, sitk.Euler3DTransform)
+    forced = Registrar(registrar.embedder, fixed_ct, "CT", RegistrationConfig(select_affine=False),
+                       fixed_name="fixed.nii.gz", fixed_maps=registrar.fixed_maps)
+    affine = forced.register(moving, "affine", "CT", moving_name="cropped.nii.gz")
+    assert affine.kind == "affine" and isinstance(affine.transform, sitk.AffineTransform) and not affine.note
+    assert np.median(_tre(affine.transform, truth, fixed_ct, moving)) < 2.5
 
 
 @pytest.mark.data
@@ -208,3 +220,4 @@ def test_too_few_correspondences_names_both_images(registrar, fixed_ct):
         strict.register(moving, "rigid", "CT", moving_name="moving.nii.gz")
     msg = str(err.value)
     assert msg.startswith("fixed.nii.gz -> moving.nii.gz: too few correspondences") and "\n" not in msg
+

@@ -88,10 +88,12 @@ def run(
     quality = result.quality()
     logger.info(
         "%s -> %s: %s transform from %d correspondences (%d inliers, %.0f %%), residual %.2f mm, overlap %.0f %%%s, "
-        "%.1f s; wrote %s", fixed, moving, transform, result.n_correspondences, result.n_inliers,
+        "%.1f s; wrote %s", fixed, moving, result.kind, result.n_correspondences, result.n_inliers,
         100 * result.inlier_fraction, result.residual_mm, 100 * result.overlap_fraction,
         ", MI-refined" if result.refined else "", time.perf_counter() - t0, out,
     )
+    if result.note:
+        logger.warning("%s -> %s: %s", fixed, moving, result.note)
     if resampled or report:
         moved = resample_moving(fixed_image, moving_image, result.transform, moving_mod)
         if resampled:

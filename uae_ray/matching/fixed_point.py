@@ -62,8 +62,9 @@ class FixedPointConfig:
         return grid[np.argsort(np.linalg.norm(grid, axis=1), kind="stable")]
 
 
-def _nn(matcher: Matcher, source: EmbeddingMaps, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return matcher.predict_features(*matcher.query_features(source, points))
+def _nn(matcher: Matcher, source: EmbeddingMaps, points: np.ndarray, centres: np.ndarray | None = None,
+        radius_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    return matcher.predict(source, points, centres, radius_mm)
 
 
 def _inside(maps: EmbeddingMaps, points: np.ndarray) -> np.ndarray:
@@ -92,18 +93,29 @@ class FixedPointMatcher:
         self._to_b = Matcher(chunk=self.config.chunk).set_target(target)
         self._to_a = Matcher(chunk=self.config.chunk).set_target(template)
 
-    def predict(self, points_world: np.ndarray) -> MatchResult:
-        """Match (N, 3) template world points into the target."""
+    def predict(self, points_world: np.ndarray, guess: np.ndarray | None = None,
+                window_mm: float | None = None) -> MatchResult:
+        """Match (N, 3) template world points into the target.
+
+        Args:
+            points_world: (N, 3) template world points.
+            guess: (N, 3) predicted target positions: every search is then windowed
+                (``window_mm``, a cube): A->B around the guess (plus the cube offsets), B->A
+                around the template points. ``None``: whole-image searches.
+            window_mm: Half-size of the search windows (with ``guess``).
+        """
         cfg = self.config
         q = np.asarray(points_world, dtype=np.float64).reshape(-1, 3)
         cube = cfg.cube()
         n, k = len(q), len(cube)
         p0 = (q[:, None, :] + cube[None]).reshape(-1, 3)
-        b1, s1 = _nn(self._to_b, self.template, p0)
-        a1, _ = _nn(self._to_a, self.target, b1)
+        g0 = None if guess is None else (np.asarray(guess, np.float64).reshape(-1, 3)[:, None, :] + cube[None]).reshape(-1, 3)
+        back = None if guess is None else p0
+        b1, s1 = _nn(self._to_b, self.template, p0, g0, window_mm)
+        a1, _ = _nn(self._to_a, self.target, b1, back, window_mm)
         if cfg.round_trips >= 2:
-            b2, s2 = _nn(self._to_b, self.template, a1)
-            a2, _ = _nn(self._to_a, self.target, b2)
+            b2, s2 = _nn(self._to_b, self.template, a1, g0, window_mm)
+            a2, _ = _nn(self._to_a, self.target, b2, back, window_mm)
         else:
             b2, s2, a2 = b1, s1, a1
         tol = cfg.tolerance_mm

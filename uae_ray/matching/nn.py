@@ -6,6 +6,11 @@ the target's maps carry UAE semantic embeddings, the semantic cosine map (local 
 mean of the three. The argmax over the target's
 valid voxels is refined to sub-voxel precision by a coarse-to-fine search of the local cosine similarity of
 trilinearly interpolated target embeddings within +-1 voxel of the peak (1/16 voxel steps). World points are (N, 3) x, y, z (LPS, mm).
+
+A *windowed* search (``centres`` and ``radius_mm``) looks only within a cube around a predicted
+position per query, for callers that already know roughly where a match lies (e.g. registration
+after a first estimate): the same similarity (the global cosine interpolated exactly as the
+upsampled map is), at a cost independent of the target's size.
 """
 
 from __future__ import annotations
@@ -143,8 +148,52 @@ class Matcher:
             return (sim_l + sim_g + sim_s) / 3.0, sim_l
         return 0.5 * (sim_l + sim_g), sim_l
 
+    def _window_best(
+        self, ql: torch.Tensor, qg: torch.Tensor, qs: torch.Tensor | None, centres: torch.Tensor, half: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best voxel of the combined similarity within ``centres +- half`` (z, y, x voxels).
+
+        Returns:
+            ``(best (n,), zyx (n, 3) long)``; ``best`` is ``-inf`` where no window voxel is valid
+            (``zyx`` is then the centre).
+        """
+        t = self.target
+        shape = torch.tensor(t.local.shape[1:])
+        axes = [torch.arange(-int(h), int(h) + 1) for h in half]
+        offs = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (W, 3)
+        pos = centres[:, None, :] + offs[None]  # (n, W, 3) z, y, x
+        inside = ((pos >= 0) & (pos < shape)).all(dim=-1)
+        pos_c = torch.minimum(pos.clamp(min=0), shape - 1)
+        flat = (pos_c[..., 0] * shape[1] + pos_c[..., 1]) * shape[2] + pos_c[..., 2]  # (n, W)
+        sim = torch.einsum("cnw,nc->nw", self._local[:, flat], ql)
+        # The global cosine at local voxel j is the global cosine map's value at index
+        # j / factor, trilinearly interpolated (what upsample_aligned does).
+        gshape = t.global_.shape[1:]
+        sim_g = (qg @ self._global).reshape(len(qg), 1, *gshape)
+        gsize = torch.tensor(gshape, dtype=torch.float64)
+        gidx = torch.minimum(pos_c.double() / torch.tensor(self._factor, dtype=torch.float64), gsize - 1)
+        norm = (2.0 * gidx / (gsize - 1).clamp(min=1) - 1.0).flip(-1).float()  # (n, W, 3) x, y, z
+        sim = sim + torch.nn.functional.grid_sample(
+            sim_g, norm[:, None, None], mode="bilinear", padding_mode="border", align_corners=True
+        ).reshape(len(qg), -1)
+        parts = 2.0
+        if qs is not None:
+            sim = sim + torch.einsum("cnw,nc->nw", self._semantic[:, flat], qs)
+            parts = 3.0
+        sim = (sim / parts).masked_fill(~(inside & self._valid[flat]), float("-inf"))
+        best, arg = sim.max(dim=1)
+        zyx = pos_c[torch.arange(len(arg)), arg]
+        none = torch.isinf(best)
+        zyx[none] = torch.minimum(centres[none].clamp(min=0), shape - 1)
+        return best, zyx
+
     def predict_features(
-        self, query_local: np.ndarray, query_global: np.ndarray, query_semantic: np.ndarray | None = None
+        self,
+        query_local: np.ndarray,
+        query_global: np.ndarray,
+        query_semantic: np.ndarray | None = None,
+        centres: np.ndarray | None = None,
+        radius_mm: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best match in the target for each query embedding.
 
@@ -153,10 +202,14 @@ class Matcher:
             query_global: (N, Cg) unit global embeddings.
             query_semantic: (N, Cs) unit semantic embeddings, or ``None``; they join the
                 similarity when the target has a semantic map.
+            centres: (N, 3) world points: search only within ``radius_mm`` (a cube) of these
+                (windowed search); ``None`` searches the whole target.
+            radius_mm: Half-size of the search window (with ``centres``).
 
         Returns:
             ``(points (N, 3) world x, y, z mm, scores (N,))``; score = averaged cosine
-            similarity at the (integer) maximum.
+            similarity at the (integer) maximum (-1 where a window holds no valid voxel: the
+            point is then the window's centre).
         """
         t = self.target
         ql = _as_tensor(query_local, np.float32)
@@ -166,19 +219,30 @@ class Matcher:
         idx_out = np.zeros((len(ql), 3), dtype=np.float64)
         scores = np.zeros(len(ql), dtype=np.float32)
         invalid = ~self._valid
+        windowed = centres is not None
+        if windowed:
+            if radius_mm is None or radius_mm <= 0:
+                raise ValueError("a windowed search needs a positive radius_mm")
+            c_zyx = torch.from_numpy(np.rint(t.local_grid.world_to_index(np.asarray(centres, np.float64)))[:, ::-1].copy())
+            half = torch.tensor([int(np.ceil(radius_mm / sp)) for sp in t.local_grid.spacing[::-1]])
+        chunk = self.chunk * 8 if windowed else self.chunk
         with torch.no_grad():
-            for s in range(0, len(ql), self.chunk):
-                sim, sim_l = self.similarity(
-                    ql[s : s + self.chunk], qg[s : s + self.chunk], None if qs is None else qs[s : s + self.chunk]
-                )
-                flat = sim.reshape(sim.shape[0], -1).masked_fill(invalid[None], float("-inf"))
-                best, arg = flat.max(dim=1)
-                zyx = torch.stack(torch.unravel_index(arg, shape), dim=1)  # (n, 3) z, y, x
+            for s in range(0, len(ql), chunk):
+                q_s = None if qs is None else qs[s : s + chunk]
+                if windowed:
+                    best, zyx = self._window_best(ql[s : s + chunk], qg[s : s + chunk], q_s,
+                                                  c_zyx[s : s + chunk].long(), half)
+                    best = torch.where(torch.isinf(best), torch.full_like(best, -1.0), best)
+                else:
+                    sim, _ = self.similarity(ql[s : s + chunk], qg[s : s + chunk], q_s)
+                    flat = sim.reshape(sim.shape[0], -1).masked_fill(invalid[None], float("-inf"))
+                    best, arg = flat.max(dim=1)
+                    zyx = torch.stack(torch.unravel_index(arg, shape), dim=1)  # (n, 3) z, y, x
                 # Sub-voxel refinement on the local map only (the upsampled global map is
                 # piecewise linear at 16 mm and would bias the peak position).
-                offs = self._refine(ql[s : s + self.chunk], zyx)
-                idx_out[s : s + len(arg)] = (zyx.double() + offs).flip(1).numpy()  # -> x, y, z
-                scores[s : s + len(arg)] = best.numpy()
+                offs = self._refine(ql[s : s + chunk], zyx)
+                idx_out[s : s + len(zyx)] = (zyx.double() + offs).flip(1).numpy()  # -> x, y, z
+                scores[s : s + len(zyx)] = best.numpy()
         return t.local_grid.index_to_world(idx_out), scores
 
     def _refine(self, query_local: torch.Tensor, zyx: torch.Tensor) -> torch.Tensor:
@@ -213,6 +277,22 @@ class Matcher:
             centre = pos[torch.arange(len(zyx)), cos.argmax(dim=1)]
         return centre - zyx.double()
 
+    def predict_global(self, template: EmbeddingMaps, points_world: np.ndarray) -> np.ndarray:
+        """Coarse positions (N, 3 world) of template points in the target: the argmax of the
+        global cosine alone over the target's global grid (one voxel = the global spacing), a
+        cheap first guess for a windowed :meth:`predict`."""
+        t = self.target
+        _, qg = sample_embeddings(template, points_world)
+        f = self._factor
+        valid = self._valid.reshape(t.local.shape[1:])[:: f[0], :: f[1], :: f[2]]
+        gshape = t.global_.shape[1:]
+        valid = torch.nn.functional.pad(valid, [0, gshape[2] - valid.shape[2], 0, gshape[1] - valid.shape[1],
+                                               0, gshape[0] - valid.shape[0]])
+        with torch.no_grad():
+            sim = (_as_tensor(qg, np.float32) @ self._global).masked_fill(~valid.reshape(1, -1), float("-inf"))
+            zyx = torch.stack(torch.unravel_index(sim.argmax(dim=1), gshape), dim=1)
+        return t.global_grid.index_to_world(zyx.flip(1).double().numpy())
+
     def query_features(
         self, source: EmbeddingMaps, points_world: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -227,17 +307,21 @@ class Matcher:
         ql, qg = sample_embeddings(source, points_world)
         return ql, qg, None
 
-    def predict(self, template: EmbeddingMaps, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, template: EmbeddingMaps, points_world: np.ndarray, centres: np.ndarray | None = None,
+        radius_mm: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Match world points of ``template`` into the target.
 
         Args:
             template: Embedding maps of the image the points are given in.
             points_world: (N, 3) world points (x, y, z, mm) in the template.
+            centres, radius_mm: Optional windowed search (see :meth:`predict_features`).
 
         Returns:
             ``(points (N, 3) world in the target, scores (N,))``.
         """
-        return self.predict_features(*self.query_features(template, points_world))
+        return self.predict_features(*self.query_features(template, points_world), centres, radius_mm)
 
 
 def match_points(

@@ -32,6 +32,7 @@ import SimpleITK as sitk
 
 from uae_ray.matching import (
     EmbeddingMaps,
+    Matcher,
     Embedder,
     FixedPointConfig,
     embed_image,
@@ -50,6 +51,10 @@ MASK_SPACING_MM = 4.0
 
 class RegistrationError(ValueError):
     """Registration impossible for a pair (one line, naming both files)."""
+
+
+class FlatOverlapError(RegistrationError):
+    """An affine fit of correspondences that lie in a thin slab (12 parameters undetermined)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,12 @@ class RegistrationConfig:
             estimate, when that rotation is at least this (degrees); ``None``: one pass.
         coarse_every: The first pass matches every this-th grid point (the rest are matched
             only when no second pass follows).
+        select_affine: An affine request gets a rigid fit (with a note) when the inliers do not
+            support the 6 extra parameters (:func:`affine_supported`).
+        window_mm: Every search looks only within a cube of this half-size around a predicted
+            position: the first estimate's prediction; in the first pass the best voxel of the
+            global embeddings alone (a coarse to fine search; the window is then at least 1.5
+            global voxels). ``None``: whole-image searches, several times slower on a large scan.
         refine_iterations: Optimiser iterations of the optional MI refinement.
         refine_spacing_mm: Image spacing of the MI refinement.
         refine_threads: Threads of the MI refinement (``None``: SimpleITK's default; 1 repeats
@@ -89,6 +100,8 @@ class RegistrationConfig:
     seed: int = 0
     second_pass_deg: float | None = 1.5
     coarse_every: int = 3
+    window_mm: float | None = 16.0
+    select_affine: bool = True
     refine_iterations: int = 60
     refine_spacing_mm: float = 3.0
     refine_threads: int | None = None
@@ -124,6 +137,8 @@ class RegistrationResult:
             field of view.
         refined: Whether the MI refinement ran (``transform`` is then its result).
         model_version: The embedding model.
+        note: Why the result differs from what was asked (e.g. an affine request answered
+            with a rigid fit), else empty.
         seconds: Wall times: ``embed_fixed``, ``embed_moving``, ``match``, ``embed_second`` and
             ``match_second`` (second pass), ``fit``, ``refine``.
         fixed_points, moving_points: (n_correspondences, 3) the correspondences.
@@ -144,6 +159,7 @@ class RegistrationResult:
     fixed_points: np.ndarray
     moving_points: np.ndarray
     inliers: np.ndarray
+    note: str = ""
 
     def quality(self) -> dict[str, Any]:
         """The quality figures as a flat dict (for tables, reports and Parquet rows)."""
@@ -158,6 +174,7 @@ class RegistrationResult:
             "refined": self.refined,
             "model_version": self.model_version,
             "seconds": round(sum(self.seconds.values()), 3),
+            "note": self.note,
         }
 
     def map_points(self, points: np.ndarray) -> np.ndarray:
@@ -344,12 +361,19 @@ class Correspondences:
 
 
 _HINT = ("the fields of view may not overlap, or the model does not match these modalities "
-         "(CT-MR needs a cross-modality model, e.g. --checkpoint tiny-ctmr-v1)")
+         "(CT-MR needs a cross-modality model, e.g. --checkpoint tiny-uae-v2)")
 
 
 def _match(fixed_maps: EmbeddingMaps, moving_maps: EmbeddingMaps, points: np.ndarray,
-           cfg: RegistrationConfig) -> Correspondences:
-    match = find_points(fixed_maps, points, moving_maps, "fixed-point", cfg.matcher)
+           cfg: RegistrationConfig, guess: np.ndarray | None = None) -> Correspondences:
+    """Fixed-point matches of ``points``; with ``guess`` (predicted moving positions) and
+    ``cfg.window_mm``, windowed searches around them."""
+    window = cfg.window_mm
+    if window and guess is None:  # coarse to fine: from the best voxel of the global embeddings
+        guess = Matcher().set_target(moving_maps).predict_global(fixed_maps, points)
+        window = max(window, 1.5 * max(moving_maps.global_grid.spacing))
+    match = find_points(fixed_maps, points, moving_maps, "fixed-point", cfg.matcher,
+                        guess if window else None, window)
     found = np.asarray(match.found, dtype=bool)
     return Correspondences(len(points), points[found], np.asarray(match.points, dtype=np.float64)[found])
 
@@ -414,11 +438,49 @@ def fit_correspondences(
             f"one {kind} transform (need {need}); {_HINT}"
         )
     if kind == "affine" and not well_spread(corr.fixed[inliers], 5.0):
-        raise RegistrationError(
+        raise FlatOverlapError(
             f"{pair}: an affine fit needs correspondences that span 3D, but the {int(inliers.sum())} inliers lie "
             "in a thin slab (the overlap of the fields of view is too flat); use a rigid transform"
         )
     return matrix, offset, inliers
+
+
+def fit_or_fall_back(
+    corr: Correspondences, kind: str, config: RegistrationConfig | None = None, pair: str = "<fixed> -> <moving>"
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str, str]:
+    """:func:`fit_correspondences`, except that an affine request on correspondences in a thin
+    slab (its 12 parameters undetermined, the 6 of a rigid fit not) gets a rigid fit and a warning.
+
+    Returns:
+        ``(fit, fitted kind, note)``; the note says why the kind differs (empty otherwise).
+    """
+    cfg = config or RegistrationConfig()
+    try:
+        fit = fit_correspondences(corr, kind, cfg, pair)
+    except FlatOverlapError as e:
+        logger.warning("%s; fitting a rigid transform instead", e)
+        note = "affine undetermined (inliers in a thin slab): rigid fit instead"
+        return fit_correspondences(corr, "rigid", cfg, pair), "rigid", note
+    if kind == "affine" and cfg.select_affine and not affine_supported(corr.fixed[fit[2]], corr.moving[fit[2]]):
+        note = "the correspondences do not support an affine over a rigid map (BIC): rigid fit"
+        logger.info("%s: %s", pair, note)
+        return fit_correspondences(corr, "rigid", cfg, pair), "rigid", note
+    return fit, kind, ""
+
+
+def affine_supported(src: np.ndarray, dst: np.ndarray) -> bool:
+    """Whether an affine map explains ``dst ~ src`` better than a rigid one by the Bayesian
+    information criterion (least-squares fits of the given inliers; 12 against 6 parameters over
+    ``3 n`` coordinates). Noisy matches of a rigid motion (e.g. CT-MR) then keep the 6 parameters
+    they determine instead of fitting their noise with 6 more; a real scaling or shear of a few
+    per cent is far above the penalty."""
+    n = 3 * len(src)
+    rss = {}
+    for kind in ("rigid", "affine"):
+        pm = fit_points(src, dst, kind, scale_mm=1e9, iterations=1)  # plain least squares
+        rss[kind] = max(float(np.sum((src @ pm.matrix.T + pm.offset - dst) ** 2)), 1e-12)
+    bic = {k: n * np.log(rss[k] / n) + p * np.log(n) for k, p in (("rigid", 6), ("affine", 12))}
+    return bool(bic["affine"] < bic["rigid"])
 
 
 def _result(
@@ -483,9 +545,11 @@ def register_maps(
     t0 = time.perf_counter()
     corr = match_grid(fixed_maps, moving_maps, points, config, pair)
     t1 = time.perf_counter()
-    fit = fit_correspondences(corr, kind, config, pair)
+    fit, fitted, note = fit_or_fall_back(corr, kind, config, pair)
     seconds = {"match": t1 - t0, "fit": time.perf_counter() - t1}
-    return _result(corr, fit, kind, moving_maps, np.asarray(points, dtype=np.float64).reshape(-1, 3), seconds)
+    result = _result(corr, fit, fitted, moving_maps, np.asarray(points, dtype=np.float64).reshape(-1, 3), seconds)
+    result.note = note
+    return result
 
 
 def _rotation_deg(matrix: np.ndarray) -> float:
@@ -634,12 +698,13 @@ class Registrar:
         for kind in dict.fromkeys((*kinds, *refine_kinds)):
             t0 = time.perf_counter()
             try:
-                fit = fit_correspondences(corr, kind, cfg, pair)
+                fit, fitted, note = fit_or_fall_back(corr, kind, cfg, pair)
             except RegistrationError as e:
                 results[kind] = e
                 continue
-            results[kind] = _result(corr, fit, kind, moving_maps, points,
+            results[kind] = _result(corr, fit, fitted, moving_maps, points,
                                     {**seconds, "fit": time.perf_counter() - t0}, first)
+            results[kind].note = note
         for kind in refine_kinds:
             from uae_ray.tasks.mi import mi_register
 
@@ -649,7 +714,7 @@ class Registrar:
                 continue
             t0 = time.perf_counter()
             refined = mi_register(
-                self.fixed, moving, base.transform, kind, self.fixed_modality, mod or "CT", seed=cfg.seed,
+                self.fixed, moving, base.transform, base.kind, self.fixed_modality, mod or "CT", seed=cfg.seed,
                 iterations=cfg.refine_iterations, spacing_mm=cfg.refine_spacing_mm, threads=cfg.refine_threads,
             )
             results[f"{kind}+refine"] = RegistrationResult(
@@ -667,20 +732,23 @@ class Registrar:
     ) -> tuple[Correspondences, tuple[np.ndarray, np.ndarray] | None, dict[str, float]]:
         """The final correspondences, and the first-pass rigid map when a second pass ran.
 
-        The first pass matches every ``coarse_every``-th grid point (all of them when that gives
-        under ``2 * min_correspondences`` matches, e.g. a small overlap). With a large rotation
-        the moving image is then de-rotated and all points are matched into it (second pass);
-        otherwise (or without the images) the rest of the grid is matched in the moving image.
+        The first pass matches every ``coarse_every``-th grid point over the whole moving image
+        (all of them when that gives under ``2 * min_correspondences`` matches, e.g. a small
+        overlap), and a rigid fit of those predicts where the other points lie. With a large
+        rotation the moving image is then de-rotated and every point is matched into it (second
+        pass); otherwise (or without the images) the rest of the grid is matched in the moving
+        image. Both search only within ``window_mm`` of the prediction.
         """
         out: dict[str, float] = {"match": 0.0}
         need = max(cfg.min_correspondences, 4)
         second = moving is not None and self.embedder is not None and cfg.second_pass_deg is not None
-        step = cfg.coarse_every if second and len(pts) >= cfg.coarse_every * 2 * need else 1
+        step = cfg.coarse_every if len(pts) >= cfg.coarse_every * 2 * need else 1
         coarse_idx = np.arange(0, len(pts), step)
 
-        def match_into(maps: EmbeddingMaps, idx: np.ndarray, key: str) -> Correspondences:
+        def match_into(maps: EmbeddingMaps, idx: np.ndarray, key: str,
+                       guess: np.ndarray | None = None) -> Correspondences:
             t0 = time.perf_counter()
-            corr = _match(self.fixed_maps, maps, pts[idx], cfg)
+            corr = _match(self.fixed_maps, maps, pts[idx], cfg, guess)
             out[key] = out.get(key, 0.0) + time.perf_counter() - t0
             return corr
 
@@ -692,29 +760,45 @@ class Registrar:
         rest = np.setdiff1d(np.arange(len(pts)), coarse_idx)
         if len(rest) and len(corr.fixed) < 2 * need:  # too few for a first estimate: match the rest now
             corr, rest = merge(corr, match_into(moving_maps, rest, "match")), rest[:0]
-        if second and len(corr.fixed) >= need:
-            t0 = time.perf_counter()
+        first = None
+        if len(corr.fixed) >= need and (len(rest) or second):
             try:
-                a1, t1, _ = fit_correspondences(corr, "rigid", cfg, pair)
+                first = fit_correspondences(corr, "rigid", cfg, pair)[:2]
             except RegistrationError:
-                a1 = None
-            if a1 is not None and _rotation_deg(a1) >= cfg.second_pass_deg:
-                moved = _resample_nan(self.fixed, moving, make_transform(a1, t1, "rigid"))
-                moved_maps = embed_image(moved, self.embedder, mod)
-                out["embed_second"] = time.perf_counter() - t0
-                corr2 = match_into(moved_maps, np.arange(len(pts)), "match_second")
-                if len(corr2.fixed) >= need:
-                    return corr2, (a1, t1), out
-                logger.warning("%s: second pass found %d correspondences; keeping the first", pair, len(corr2.fixed))
+                first = None
+        if second and first is not None and _rotation_deg(first[0]) >= cfg.second_pass_deg:
+            t0 = time.perf_counter()
+            # the network's receptive field needs context beyond the searched box
+            margin = (cfg.window_mm or 0.0) + 32.0
+            moved = _resample_nan(self.fixed, moving, make_transform(*first, "rigid"),
+                                  self.embedder.config.input_spacing_mm, pts, margin)
+            moved_maps = embed_image(moved, self.embedder, mod)
+            out["embed_second"] = time.perf_counter() - t0
+            # The moved image lies on the fixed grid: each point is predicted where it is.
+            corr2 = match_into(moved_maps, np.arange(len(pts)), "match_second", pts)
+            if len(corr2.fixed) >= need:
+                return corr2, first, out
+            logger.warning("%s: second pass found %d correspondences; keeping the first", pair, len(corr2.fixed))
         if len(rest):
-            corr = merge(corr, match_into(moving_maps, rest, "match"))
+            guess = None if first is None else pts[rest] @ first[0].T + first[1]
+            corr = merge(corr, match_into(moving_maps, rest, "match", guess))
         return _check_count(corr, cfg, pair), None, out
 
 
-def _resample_nan(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> sitk.Image:
-    """``moving`` resampled onto the fixed grid (float32), NaN outside its field of view (so the
-    embedding's valid mask keeps the moving field of view)."""
-    return sitk.Resample(moving, fixed, transform, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+def _resample_nan(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, spacing_mm: float,
+                  points: np.ndarray, margin_mm: float) -> sitk.Image:
+    """``moving`` resampled through ``transform`` onto an isotropic ``spacing_mm`` grid over the
+    fixed image (the network's input spacing, so embedding it resamples almost nothing), cropped
+    to the box of ``points`` plus ``margin_mm`` (all that the second pass searches), float32, NaN
+    outside the moving field of view (so the embedding's valid mask keeps that field of view)."""
+    from uae_ray.volume import Grid, model_grid, resample_to_grid
+
+    full = model_grid(fixed, spacing_mm=spacing_mm, pad_multiple=1)
+    origin, size = np.asarray(full.origin), np.asarray(full.size)
+    lo = np.clip(np.floor((points.min(axis=0) - margin_mm - origin) / spacing_mm), 0, size - 1).astype(int)
+    hi = np.clip(np.ceil((points.max(axis=0) + margin_mm - origin) / spacing_mm), lo, size - 1).astype(int)
+    grid = Grid(tuple(origin + lo * spacing_mm), full.spacing, full.direction, tuple(int(v) for v in hi - lo + 1))
+    return resample_to_grid(moving, grid, sitk.sitkLinear, float("nan"), sitk.sitkFloat32, transform)
 
 
 def register_images(
@@ -765,6 +849,7 @@ def resample_moving(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Trans
 
 __all__ = [
     "Correspondences",
+    "FlatOverlapError",
     "RegistrationConfig",
     "RegistrationError",
     "RegistrationResult",
@@ -772,6 +857,7 @@ __all__ = [
     "body_mask",
     "check_modality",
     "fit_correspondences",
+    "fit_or_fall_back",
     "grid_points",
     "match_grid",
     "matrix_offset",

@@ -251,8 +251,9 @@ def resample_to_grid(
     interpolator: int = sitk.sitkLinear,
     default_value: float = 0.0,
     output_pixel_type: int | None = None,
+    transform: sitk.Transform | None = None,
 ) -> sitk.Image:
-    """Resample an image onto ``grid`` (identity transform: same world space).
+    """Resample an image onto ``grid`` (by default the identity transform: same world space).
 
     Args:
         image: 3D image.
@@ -264,6 +265,7 @@ def resample_to_grid(
         output_pixel_type: SimpleITK pixel id of the result. Default: the input's pixel type for
             nearest-neighbour / label interpolators, ``sitk.sitkFloat32`` otherwise (so linear
             interpolation of an int16 CT is not truncated).
+        transform: Maps ``grid`` points to ``image`` points (ITK's resampling convention).
 
     Returns:
         A new ``sitk.Image`` with ``grid``'s geometry.
@@ -277,7 +279,7 @@ def resample_to_grid(
     f.SetOutputOrigin(grid.origin)
     f.SetOutputSpacing(grid.spacing)
     f.SetOutputDirection(grid.direction)
-    f.SetTransform(sitk.Transform())
+    f.SetTransform(transform if transform is not None else sitk.Transform())
     f.SetInterpolator(interpolator)
     f.SetDefaultPixelValue(float(default_value))
     f.SetOutputPixelType(output_pixel_type)
