@@ -43,6 +43,21 @@ def test_ray_trainer_writes_checkpoint(ray_local, tmp_path: Path, phantom_volume
     assert "loss" in result.metrics
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_trainer_runs_two_ddp_workers(ray_local, tmp_path: Path, phantom_volumes) -> None:
+    """The same command with --workers 2: two DDP processes (gloo on CPU), one checkpoint."""
+    from uae_ray.train.ray_trainer import run_ray_training
+
+    out = tmp_path / "ddp.pt"
+    result = run_ray_training(None, _small_config(4), out=out, num_workers=2, storage_path=tmp_path / "ray",
+                              threads=1, report_every=2, volumes=phantom_volumes)
+    assert result.error is None
+    meta = load_model(out).meta
+    assert meta["workers"] == 2 and meta["steps"] == 4
+    assert result.metrics["loss"] == result.metrics["loss"]  # finite, not NaN
+
+
 def _small_config(steps: int) -> TrainConfig:
     return TrainConfig(steps=steps, crop=(32, 32, 32), local_points=32, global_points=8, k_hard=8, k_random=8, max_offset_vox=4)
 
