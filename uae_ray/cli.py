@@ -307,6 +307,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, help="process at most this many pairs (smoke runs)")
     c.add_argument("--strict", action="store_true", help="exit 1 when any pair failed (default: failures are "
                    "recorded in the manifest, exit 0)")
+    c = csub.add_parser("prelabel", help="localize and segment organs in every scan from k annotated supports "
+                        "(MedLSAM), one task per scan")
+    c.add_argument("--archive", required=True, metavar="URI", help="s3://bucket/prefix or a local folder")
+    c.add_argument("--support", required=True, action="append", metavar="IMAGE:LABELS",
+                   help="an annotated support scan and its label map (repeatable; s3:// URIs allowed)")
+    c.add_argument("--organs", required=True, metavar="a,b", help="comma-separated organ names (label k = the k-th)")
+    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix: labels/<scan_id>.nii.gz, "
+                   "prelabel/index.parquet, qc/prelabel.html, manifests/prelabel")
+    c.add_argument("--label-names", metavar="FILE", help='JSON {"1": "liver", ...} for every support\'s labels '
+                   "(default: <LABELS>.json or meta.json beside each label file)")
+    c.add_argument("--boxes", choices=SEGMENT_BOX_MODES, default=SEGMENT_DEFAULT_BOX_MODE,
+                   help="slice prompts, as segment (default: %(default)s)")
+    c.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
+                   help="localizer of the boxes, as segment (default: %(default)s)")
+    c.add_argument("--embedding-mode", choices=EMBEDDING_MODES, help="embedding localizer mode (see localize)")
+    c.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
+    c.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
+    _add_sam_args(c)
+    c.add_argument("--report", metavar="URI", help="QC report (HTML; local path or s3:// URI; default: "
+                   "<out>/qc/prelabel.html)")
+    c.add_argument("--no-report", action="store_true", help="write neither the QC images nor the report")
+    c.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's, else in-process")
+    c.add_argument("--checkpoint", metavar="PATH", help="embedding model checkpoint for in-process inference")
+    c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
+    c.add_argument("--force", action="store_true", help="redo scans that are already done")
+    c.add_argument("--limit", type=int, help="process at most this many scans (smoke runs)")
+    c.add_argument("--strict", action="store_true", help="exit 1 when any scan failed or a support could not be "
+                   "read (default: failures are recorded in the manifest, exit 0)")
     p.set_defaults(func=_cmd_cohort)
 
     p = sub.add_parser("bench", help="benchmarks writing JSON and a table")
@@ -341,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK MI baselines")
     b.add_argument("--no-refine", action="store_true", help="skip ours + MI refinement")
     b.add_argument("--no-ct-mr", action="store_true", help="skip the CT-MR pairs")
-    b.add_argument("--ctmr-checkpoint", default="tiny-ctmr-v1", metavar="PATH",
+    b.add_argument("--ctmr-checkpoint", default="tiny-uae-v2", metavar="PATH",
                    help="model for the CT-MR pairs (default: %(default)s, the shipped cross-modality model)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s; SimpleITK runs on 1)")
     _add_embedder_args(b)

@@ -68,7 +68,9 @@ def init_ray(address: str | None) -> None:
     if address and address.startswith("http"):
         address = None  # a dashboard URL is for `ray job submit`, not for drivers
     logger.info("connecting to Ray at %s", address or "a new local instance")
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    # "local": a new instance, even where a `ray start` cluster (or a stale record of one in
+    # /tmp/ray/ray_current_cluster, which makes a bare ray.init() hang) is on this machine
+    ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True)
 
 
 def fan_out(

@@ -1,4 +1,4 @@
-"""``uae-ray cohort embed|landmarks|track|register``: Ray jobs over an archive."""
+"""``uae-ray cohort embed|landmarks|track|register|prelabel``: Ray jobs over an archive."""
 
 from __future__ import annotations
 
@@ -64,6 +64,21 @@ def run(args: argparse.Namespace) -> int:
         except PairsError as e:  # no usable pairs: nothing to do
             logger.error("%s", e)
             return 2
+    elif args.job == "prelabel":
+        from uae_ray.cohort.prelabel import PrelabelError, run_cohort_prelabel
+
+        try:
+            summary = run_cohort_prelabel(
+                args.archive, args.support, args.organs, args.out, triton, ray_address,
+                label_names=args.label_names, boxes=args.boxes, method=args.method,
+                embedding_mode=args.embedding_mode, checkpoint=args.checkpoint,
+                medlam_checkpoint=args.medlam_checkpoint, sam_checkpoint=args.sam_checkpoint,
+                sam_kind=args.sam_kind, modality=args.modality, force=args.force, limit=args.limit,
+                report=args.report, qc=not args.no_report,
+            )
+        except PrelabelError as e:  # no organ, no usable support, no model: nothing to do
+            logger.error("%s", e)
+            return 2
     else:
         from uae_ray.cohort.landmarks import run_cohort_landmarks
 
@@ -75,4 +90,4 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("failed"):
         what = "pair" if args.job in ("track", "register") else "scan"
         logger.warning("%d %s(s) failed; see the manifest under %s", summary["failed"], what, args.out)
-    return 1 if args.strict and summary.get("failed") else 0
+    return 1 if args.strict and (summary.get("failed") or summary.get("supports_failed")) else 0

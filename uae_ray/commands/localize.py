@@ -58,6 +58,25 @@ def parse_organs(text: str) -> list[str]:
     return seen
 
 
+def load_supports(supports: list[str], label_names: str | None, modality: str | None) -> tuple[list, int]:
+    """Loads every ``IMAGE:LABELS`` support; one that cannot be used is logged (one line naming
+    the file) and counted, and the others go on.
+
+    Returns:
+        ``(loaded supports, number that failed)``.
+    """
+    from uae_ray.tasks.support import load_support, parse_support
+
+    loaded, failed = [], 0
+    for text in supports:
+        try:
+            loaded.append(load_support(parse_support(text), label_names, modality))
+        except Exception as e:  # one bad support is reported; the others still run
+            logger.error("%s", one_line(e))
+            failed += 1
+    return loaded, failed
+
+
 def load_inputs(supports: list[str], target: str, organs: str, label_names: str | None, modality: str | None):
     """Organ names, the usable supports, the target image and its modality, for localize/segment.
 
@@ -67,20 +86,13 @@ def load_inputs(supports: list[str], target: str, organs: str, label_names: str 
         A support that cannot be used is logged and counted in ``n_failed``; the others go on.
     """
     from uae_ray.storage.images import read_image_uri
-    from uae_ray.tasks.support import load_support, parse_support
     from uae_ray.volume import detect_modality
 
     names = parse_organs(organs)
     if not names:
         logger.error("--organs: no organ named")
         return None
-    loaded, failed = [], 0
-    for text in supports:
-        try:
-            loaded.append(load_support(parse_support(text), label_names, modality))
-        except Exception as e:  # one bad support is reported; the others still run
-            logger.error("%s", one_line(e))
-            failed += 1
+    loaded, failed = load_supports(supports, label_names, modality)
     if not loaded:
         logger.error("no usable support scan (%d given)", len(supports))
         return None

@@ -33,8 +33,15 @@ def make_segmenter(triton_url: str | None = None, sam_checkpoint: str | None = N
 
 
 def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str | None,
-                           medlam_checkpoint: str | None, embedding_mode: str | None):
-    """``supports -> localizer`` for :func:`~uae_ray.tasks.segment.localize_prompts`."""
+                           medlam_checkpoint: str | None, embedding_mode: str | None,
+                           support_maps: dict | None = None):
+    """``supports -> localizer`` for :func:`~uae_ray.tasks.segment.localize_prompts`.
+
+    Args:
+        support_maps: ``{support image URI: EmbeddingMaps}`` computed beforehand (embedding
+            localizer only; e.g. once on a cohort job's driver); supports not in it are embedded
+            on first use.
+    """
     if method == "medlam":
         from uae_ray.models.medlam import load_medlam
         from uae_ray.tasks.localize import MedLAMLocalizer
@@ -47,11 +54,15 @@ def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str 
     embedder = get_embedder(triton_url, checkpoint=checkpoint)
     config = EmbeddingLocalizerConfig(mode=embedding_mode or DEFAULT_EMBEDDING_MODE)
     cache: dict[tuple[str, ...], list] = {}
+    known = dict(support_maps or {})
 
     def factory(supports):
         # SPL's derived supports share the images of the originals: reuse their embeddings
         key = tuple(s.spec.image for s in supports)
-        loc = EmbeddingLocalizer(embedder, supports, config, support_maps=cache.get(key))
+        maps = cache.get(key)
+        if maps is None and key and all(k in known for k in key):
+            maps = [known[k] for k in key]
+        loc = EmbeddingLocalizer(embedder, supports, config, support_maps=maps)
         cache.setdefault(key, loc.support_maps)
         return loc
 

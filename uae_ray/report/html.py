@@ -25,9 +25,19 @@ h2{margin-top:1.5em}
 
 def png_data_uri(image: Image.Image) -> str:
     """Encodes a PIL image as a ``data:image/png;base64`` URI."""
+    return png_bytes_data_uri(png_bytes(image))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """A PIL image as PNG file bytes."""
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def png_bytes_data_uri(data: bytes) -> str:
+    """PNG file bytes as a ``data:image/png;base64`` URI."""
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def image_strip(images: list[Image.Image], titles: list[str] | None = None) -> str:

@@ -25,7 +25,8 @@ _AXES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] 
 
 
 def world_slice(
-    image: sitk.Image, center: np.ndarray, plane: Plane, fov_mm: float = 180.0, pixels: int = 160
+    image: sitk.Image, center: np.ndarray, plane: Plane, fov_mm: float = 180.0, pixels: int = 160,
+    interpolator: int = sitk.sitkLinear,
 ) -> np.ndarray:
     """Resamples a 2D slice through ``center``.
 
@@ -35,6 +36,7 @@ def world_slice(
         plane: which orthogonal plane.
         fov_mm: side of the square field of view in mm.
         pixels: side of the output in pixels.
+        interpolator: SimpleITK interpolator (``sitk.sitkNearestNeighbor`` for label maps).
 
     Returns:
         (pixels, pixels) float32 array, rows along the plane's vertical axis; NaN outside the image.
@@ -48,7 +50,7 @@ def world_slice(
     ref.SetOrigin(tuple(origin))
     ref.SetDirection(tuple(np.stack([a, b, c], axis=1).ravel()))
     nan = float("nan")
-    out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, nan)
+    out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), ref, sitk.Transform(), interpolator, nan)
     return sitk.GetArrayFromImage(out)[0]
 
 

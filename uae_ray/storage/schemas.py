@@ -31,6 +31,12 @@ TRANSFORMS (rigid / affine transforms of ``cohort register``, one part per pair 
     inlier_fraction, residual_mm, overlap_fraction, refined, tfm_uri, model_version, seconds.
     The transform maps fixed-space points to moving-space points (ITK convention).
 
+PRELABEL (organ pre-labels of ``cohort prelabel``, one part per scan plus ``index.parquet``)
+    One row per (scan, organ): scan_id (hashed), organ, label (its value in the label map),
+    status (see :data:`PRELABEL_STATUSES`), message, the localized box xmin, ymin, zmin, xmax,
+    ymax, zmax (world LPS mm, NaN when none), voxels, volume_ml, n_slices, mask_uri (the scan's
+    label map), localizer, boxes, localizer_version, sam_version, seconds.
+
 MANIFEST (``<out>/manifest.parquet``, see :mod:`uae_ray.storage.manifest`)
     One row per scan: scan_id, uri, status, error, model_version, output_uri, n_bytes, seconds,
     updated_at.
@@ -147,8 +153,39 @@ TRANSFORMS = _schema(
     ],
 )
 
+#: Row statuses of PRELABEL: segmented; localized but segment-anything found nothing in the
+#: boxes; not found by the localizer; outside the target's field of view; no support scan has
+#: the organ; the scan failed (every organ of that scan).
+PRELABEL_STATUSES = ("ok", "empty", "not_localized", "outside_fov", "missing_in_supports", "error")
+
+PRELABEL = _schema(
+    "prelabel/1",
+    [
+        _f("scan_id", pa.string(), "16-hex scan id of the target scan"),
+        _f("organ", pa.string(), "organ name (as given to --organs)"),
+        _f("label", pa.int32(), "the organ's value in the label map (k = the k-th organ of --organs)"),
+        _f("status", pa.string(), "ok, empty, not_localized, outside_fov, missing_in_supports or error"),
+        _f("message", pa.string(), "one line explaining a status other than ok", nullable=True),
+        _f("xmin", pa.float64(), "localized box, world x min (LPS, mm; NaN when none)"),
+        _f("ymin", pa.float64(), "localized box, world y min (LPS, mm)"),
+        _f("zmin", pa.float64(), "localized box, world z min (LPS, mm)"),
+        _f("xmax", pa.float64(), "localized box, world x max (LPS, mm)"),
+        _f("ymax", pa.float64(), "localized box, world y max (LPS, mm)"),
+        _f("zmax", pa.float64(), "localized box, world z max (LPS, mm)"),
+        _f("voxels", pa.int64(), "voxels of the organ in the label map"),
+        _f("volume_ml", pa.float64(), "organ volume (ml)"),
+        _f("n_slices", pa.int32(), "axial slices prompted with a box"),
+        _f("mask_uri", pa.string(), "URI of the scan's label map (NIfTI; sidecar <stem>.json)", nullable=True),
+        _f("localizer", pa.string(), "localizer: embedding or medlam"),
+        _f("boxes", pa.string(), "slice prompts: spl or wpl"),
+        _f("localizer_version", pa.string(), "model version of the localizer (embedding or MedLAM)"),
+        _f("sam_version", pa.string(), "segment-anything model version"),
+        _f("seconds", pa.float64(), "wall time of the organ: its localization plus its share of segmentation (s)"),
+    ],
+)
+
 ALL_SCHEMAS = {"embeddings": EMBEDDINGS, "detections": DETECTIONS, "manifest": MANIFEST, "tracks": TRACKS,
-               "transforms": TRANSFORMS}
+               "transforms": TRANSFORMS, "prelabel": PRELABEL}
 
 
 def field_docs(schema: pa.Schema) -> dict[str, str]:
