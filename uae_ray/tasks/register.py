@@ -78,7 +78,7 @@ class RegistrationConfig:
         coarse_every: The first pass matches every this-th grid point (the rest are matched
             only when no second pass follows).
         select_affine: An affine request gets a rigid fit (with a note) when the inliers do not
-            support the 6 extra parameters (:func:`affine_supported`).
+            support the 6 extra parameters (:func:`affine_supported`: spatial cross-validation).
         window_mm: Every search looks only within a cube of this half-size around a predicted
             position: the first estimate's prediction; in the first pass the best voxel of the
             global embeddings alone (a coarse to fine search; the window is then at least 1.5
@@ -462,25 +462,39 @@ def fit_or_fall_back(
         note = "affine undetermined (inliers in a thin slab): rigid fit instead"
         return fit_correspondences(corr, "rigid", cfg, pair), "rigid", note
     if kind == "affine" and cfg.select_affine and not affine_supported(corr.fixed[fit[2]], corr.moving[fit[2]]):
-        note = "the correspondences do not support an affine over a rigid map (BIC): rigid fit"
+        note = "an affine map does not predict the correspondences better than a rigid one (spatial cross-validation): rigid fit"
         logger.info("%s: %s", pair, note)
         return fit_correspondences(corr, "rigid", cfg, pair), "rigid", note
     return fit, kind, ""
 
 
 def affine_supported(src: np.ndarray, dst: np.ndarray) -> bool:
-    """Whether an affine map explains ``dst ~ src`` better than a rigid one by the Bayesian
-    information criterion (least-squares fits of the given inliers; 12 against 6 parameters over
-    ``3 n`` coordinates). Noisy matches of a rigid motion (e.g. CT-MR) then keep the 6 parameters
-    they determine instead of fitting their noise with 6 more; a real scaling or shear of a few
-    per cent is far above the penalty."""
-    n = 3 * len(src)
-    rss = {}
-    for kind in ("rigid", "affine"):
-        pm = fit_points(src, dst, kind, scale_mm=1e9, iterations=1)  # plain least squares
-        rss[kind] = max(float(np.sum((src @ pm.matrix.T + pm.offset - dst) ** 2)), 1e-12)
-    bic = {k: n * np.log(rss[k] / n) + p * np.log(n) for k, p in (("rigid", 6), ("affine", 12))}
-    return bool(bic["affine"] < bic["rigid"])
+    """Whether an affine map predicts ``dst ~ src`` better than a rigid one, by spatial
+    cross-validation of the given inliers: split at the median along each principal axis, fit
+    both models (least squares) on one half and measure the median residual on the other, both
+    ways. Matches of a rigid motion with spatially correlated errors (CT-MR) let an affine fit
+    its noise, which then extrapolates badly to the other half; a real scaling or shear predicts
+    the other half better.
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if len(src) < 16:
+        return False
+    centred = src - src.mean(axis=0)
+    axes = np.linalg.svd(centred, full_matrices=False)[2]
+    held = {"rigid": [], "affine": []}
+    for axis in axes:
+        proj = centred @ axis
+        low = proj <= np.median(proj)
+        for train in (low, ~low):
+            test = ~train
+            if train.sum() < 8 or test.sum() < 8:
+                continue
+            for kind in held:
+                pm = fit_points(src[train], dst[train], kind, scale_mm=1e9, iterations=1)  # least squares
+                held[kind].append(np.median(np.linalg.norm(src[test] @ pm.matrix.T + pm.offset - dst[test], axis=1)))
+    if not held["affine"]:
+        return False
+    return bool(np.mean(held["affine"]) < np.mean(held["rigid"]))
 
 
 def _result(
