@@ -249,9 +249,10 @@ class Matcher:
         """Sub-voxel offsets (n, 3) z, y, x that maximise the local cosine near integer peaks.
 
         Coarse-to-fine search of ``cos(q, normalise(trilinear(target_local, peak + o)))`` over
-        offsets ``o`` in [-1, 1] voxel (step 1/4), then +-1/4 around the best (step 1/16), over
-        positions whose nearest voxel is valid. An exact feature match (e.g. the same image) is
-        therefore found exactly, wherever it lies.
+        offsets ``o`` in [-1, 1] voxel (step 1/2), then +-1/2, +-1/4 and +-1/8 around the best
+        (steps 1/4, 1/8, 1/16: 5^3 positions per stage), over positions whose nearest voxel is
+        valid. An exact feature match on the 1/16-voxel lattice (e.g. the same image shifted)
+        is therefore found exactly.
 
         Args:
             query_local: (n, Cl) unit query vectors.
@@ -263,7 +264,7 @@ class Matcher:
         valid = self._valid.reshape(t.local.shape[1:])
         hi = torch.tensor(t.local.shape[1:], dtype=torch.float64) - 1
         centre = zyx.double()
-        for radius, step in ((1.0, 0.25), (0.25, 1.0 / 16)):
+        for radius, step in ((1.0, 0.5), (0.5, 0.25), (0.25, 0.125), (0.125, 1.0 / 16)):
             o = torch.arange(-radius, radius + 1e-9, step, dtype=torch.float64)
             grid = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), dim=-1).reshape(-1, 3)  # (K, 3)
             pos = torch.minimum(torch.clamp(centre[:, None, :] + grid[None], min=0.0), hi)  # (n, K, 3) zyx
