@@ -33,6 +33,16 @@ def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint for in-process inference")
 
 
+def _add_cohort_run_args(c: argparse.ArgumentParser, unit: str, strict_extra: str = "") -> None:
+    """The options every cohort job shares: services, re-runs, smoke runs, exit status."""
+    c.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's")
+    c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
+    c.add_argument("--force", action="store_true", help=f"redo {unit}s that are already done")
+    c.add_argument("--limit", type=int, help=f"process at most this many {unit}s (smoke runs)")
+    c.add_argument("--strict", action="store_true", help=f"exit 1 when any {unit} failed{strict_extra} (default: "
+                   "failures are recorded in the manifest, exit 0)")
+
+
 def _add_method_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=MATCHING_METHODS, default="fixed-point",
                    help="nn: nearest neighbour; fixed-point: round-trip consistent matching that may abstain "
@@ -261,12 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         c = csub.add_parser(name, help=help_)
         c.add_argument("--archive", required=True, metavar="URI", help="s3://bucket/prefix or a local folder")
         c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix")
-        c.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's")
-        c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
-        c.add_argument("--force", action="store_true", help="redo scans that are already done")
-        c.add_argument("--limit", type=int, help="process at most this many scans (smoke runs)")
-        c.add_argument("--strict", action="store_true", help="exit 1 when any scan failed (default: failures are "
-                       "recorded in the manifest, exit 0)")
+        _add_cohort_run_args(c, "scan")
         if name == "landmarks":
             c.add_argument("--template", required=True, metavar="IMAGE")
             c.add_argument("--points", required=True, metavar="POINTS.csv")
@@ -279,12 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "and scan ids (shared with cohort embed) are relative to it")
     c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix")
     c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
-    c.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's")
-    c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
-    c.add_argument("--force", action="store_true", help="redo pairs that are already done")
-    c.add_argument("--limit", type=int, help="process at most this many pairs (smoke runs)")
-    c.add_argument("--strict", action="store_true", help="exit 1 when any pair failed (default: failures are "
-                   "recorded in the manifest, exit 0)")
+    _add_cohort_run_args(c, "pair")
     c.add_argument("--no-extent", action="store_true", help="match the lesion centre only, even where a radius "
                    "or mask gives its extent")
     _add_method_arg(c)
@@ -301,12 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--moving-modality", choices=["CT", "MR"], help="modality of every moving scan (checked per pair)")
     c.add_argument("--same-patient", action="store_true", help="fail pairs whose scans are of different patients "
                    "(DICOM PatientID or meta.json 'patient')")
-    c.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's")
-    c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
-    c.add_argument("--force", action="store_true", help="redo pairs that are already done")
-    c.add_argument("--limit", type=int, help="process at most this many pairs (smoke runs)")
-    c.add_argument("--strict", action="store_true", help="exit 1 when any pair failed (default: failures are "
-                   "recorded in the manifest, exit 0)")
+    _add_cohort_run_args(c, "pair")
     c = csub.add_parser("prelabel", help="localize and segment organs in every scan from k annotated supports "
                         "(MedLSAM), one task per scan")
     c.add_argument("--archive", required=True, metavar="URI", help="s3://bucket/prefix or a local folder")
@@ -328,13 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", metavar="URI", help="QC report (HTML; local path or s3:// URI; default: "
                    "<out>/qc/prelabel.html)")
     c.add_argument("--no-report", action="store_true", help="write neither the QC images nor the report")
-    c.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's, else in-process")
     c.add_argument("--checkpoint", metavar="PATH", help="embedding model checkpoint for in-process inference")
-    c.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local stack's")
-    c.add_argument("--force", action="store_true", help="redo scans that are already done")
-    c.add_argument("--limit", type=int, help="process at most this many scans (smoke runs)")
-    c.add_argument("--strict", action="store_true", help="exit 1 when any scan failed or a support could not be "
-                   "read (default: failures are recorded in the manifest, exit 0)")
+    _add_cohort_run_args(c, "scan", " or a support could not be read")
     p.set_defaults(func=_cmd_cohort)
 
     p = sub.add_parser("bench", help="benchmarks writing JSON and a table")

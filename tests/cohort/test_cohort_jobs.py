@@ -25,24 +25,6 @@ CASES = ("ts_example_ct", "sts_001_ct", "matrad_hn_frm2")
 
 
 @pytest.fixture(scope="module")
-def services(stack, monkeypatch_module):
-    for key, value in stack.env.items():
-        if key != "RAY_ADDRESS":  # S3 credentials, Ray auth mode and loopback settings
-            monkeypatch_module.setenv(key, value)
-    yield stack.env
-    import ray
-
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def archive(services, shared_data, tmp_path_factory):
     """Three real CTs, the DICOM series of a fourth, and one truncated file, in S3."""
     root = "s3://cohort-test/archive"

@@ -274,25 +274,6 @@ def test_rerun_skips_the_done_scans(job):
 # -- over the real local stack: S3 archive and outputs, Triton models, Ray head ------------------
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def services(stack, monkeypatch_module):
-    import ray
-
-    ray.shutdown()
-    for key, value in stack.env.items():
-        if key != "RAY_ADDRESS":  # S3 credentials, Ray auth mode and loopback settings
-            monkeypatch_module.setenv(key, value)
-    yield stack.env
-    ray.shutdown()
-
-
 @pytest.mark.stack
 @pytest.mark.data
 @pytest.mark.slow

@@ -68,24 +68,6 @@ def test_an_empty_pair_list_is_an_error(tmp_path):
         run_cohort_register(str(pairs), str(tmp_path / "out"), None)
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def services(stack, monkeypatch_module):
-    for key, value in stack.env.items():
-        if key != "RAY_ADDRESS":  # S3 credentials, Ray auth mode and loopback settings
-            monkeypatch_module.setenv(key, value)
-    yield stack.env
-    import ray
-
-    ray.shutdown()
-
-
 @pytest.mark.stack
 @pytest.mark.data
 def test_cohort_register_over_the_stack(services, shared_data, tmp_path):

@@ -28,24 +28,6 @@ def test_pair_lesions_name_the_bad_input(tmp_path):
     assert pair_lesions(ScanPair("p", str(tmp_path / "a.nii.gz"), "/b.nii.gz", {})).names == ("n1",)
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def services(stack, monkeypatch_module):
-    for key, value in stack.env.items():
-        if key != "RAY_ADDRESS":  # S3 credentials, Ray auth mode and loopback settings
-            monkeypatch_module.setenv(key, value)
-    yield stack.env
-    import ray
-
-    ray.shutdown()
-
-
 @pytest.mark.stack
 @pytest.mark.data
 def test_cohort_track_over_the_stack(services, shared_data, tmp_path):
