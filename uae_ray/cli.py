@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK MI baselines")
     b.add_argument("--no-refine", action="store_true", help="skip ours + MI refinement")
     b.add_argument("--no-ct-mr", action="store_true", help="skip the CT-MR pairs")
-    b.add_argument("--ctmr-checkpoint", default="tiny-uae-v2", metavar="PATH",
+    b.add_argument("--ctmr-checkpoint", default="tiny-uae-v3", metavar="PATH",
                    help="model for the CT-MR pairs (default: %(default)s, the shipped cross-modality model)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s; SimpleITK runs on 1)")
     _add_embedder_args(b)

@@ -54,7 +54,7 @@ def test_shipped_default_weights() -> None:
     assert path.is_file(), f"shipped weights missing: {path}"
     assert path.stat().st_size < 10 * 2**20
     model = load_model()
-    assert re.fullmatch(r"tiny-v0\+[0-9a-f]{8}", model.version)
+    assert re.fullmatch(r"tiny-uae-v3\+[0-9a-f]{8}", model.version) and model.config.semantic_dim > 0
     meta = read_checkpoint(path)["meta"]
     assert {"trained_on", "command", "steps", "time_s", "version"} <= set(meta)
     assert meta["steps"] > 0
@@ -63,7 +63,7 @@ def test_shipped_default_weights() -> None:
 def test_shipped_weights_load_by_name():
     from uae_ray.models import SHIPPED_WEIGHTS, default_checkpoint, load_model, resolve_checkpoint
 
-    assert resolve_checkpoint(None) == default_checkpoint() == resolve_checkpoint("tiny-v0")
+    assert resolve_checkpoint(None) == default_checkpoint() == resolve_checkpoint("tiny-uae-v3")
     for name in SHIPPED_WEIGHTS:
         path = resolve_checkpoint(name)
         assert path.is_file() and path.stat().st_size < 5_000_000, path  # small, in the repo

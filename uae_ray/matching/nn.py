@@ -90,6 +90,7 @@ class Matcher:
     def set_target(self, target: EmbeddingMaps) -> "Matcher":
         """Hold the target's maps (as float32 torch tensors) for the following queries."""
         self._target = target
+        self._stack = self._stack_s = None  # built on first use (see _stacked)
         self._local = _as_tensor(target.local, np.float32).reshape(target.local.shape[0], -1)
         self._global = _as_tensor(target.global_, np.float32).reshape(target.global_.shape[0], -1)
         self._valid = _as_tensor(target.valid, bool).reshape(-1)
@@ -133,20 +134,32 @@ class Matcher:
             average of it with the global cosine map upsampled to the local grid (and with the
             semantic cosine map when both sides have one).
         """
-        t = self.target
-        lz, ly, lx = t.local.shape[1:]
+        lz, ly, lx = self.target.local.shape[1:]
         sim_l = (query_local @ self._local).reshape(-1, lz, ly, lx)
-        sim_g = (query_global @ self._global).reshape(-1, 1, *t.global_.shape[1:])
-        sim_g = upsample_aligned(sim_g, self._factor, (lz, ly, lx))[:, 0]
-        if query_semantic is not None and self._semantic is not None:
-            if query_semantic.shape[1] != self._semantic.shape[0]:
-                raise ValueError(
-                    f"query semantic embeddings have {query_semantic.shape[1]} channels, the target's "
-                    f"{self._semantic.shape[0]}"
-                )
-            sim_s = (query_semantic @ self._semantic).reshape(-1, lz, ly, lx)
-            return (sim_l + sim_g + sim_s) / 3.0, sim_l
-        return 0.5 * (sim_l + sim_g), sim_l
+        return self._combined(query_local, query_global, query_semantic), sim_l
+
+    def _stacked(self, semantic: bool) -> torch.Tensor:
+        """(C, N) local, global upsampled to the local grid, and (with ``semantic``) semantic
+        embeddings stacked, so that one product gives the summed cosine maps (upsampling is
+        linear, so upsampling the global embeddings equals upsampling their cosine map)."""
+        key = "_stack_s" if semantic else "_stack"
+        if getattr(self, key, None) is None:
+            t = self.target
+            glob = upsample_aligned(self._global.reshape(1, *t.global_.shape), self._factor, t.local.shape[1:])
+            parts = [self._local, glob.reshape(t.global_.shape[0], -1)] + ([self._semantic] if semantic else [])
+            setattr(self, key, torch.cat(parts, dim=0))
+        return getattr(self, key)
+
+    def _combined(self, ql: torch.Tensor, qg: torch.Tensor, qs: torch.Tensor | None) -> torch.Tensor:
+        """The combined similarity maps (n, z, y, x) of :meth:`similarity`."""
+        lz, ly, lx = self.target.local.shape[1:]
+        semantic = qs is not None and self._semantic is not None
+        if semantic and qs.shape[1] != self._semantic.shape[0]:
+            raise ValueError(
+                f"query semantic embeddings have {qs.shape[1]} channels, the target's {self._semantic.shape[0]}"
+            )
+        q = torch.cat([ql, qg] + ([qs] if semantic else []), dim=1)
+        return (q @ self._stacked(semantic)).reshape(-1, lz, ly, lx) / (3.0 if semantic else 2.0)
 
     def _window_best(
         self, ql: torch.Tensor, qg: torch.Tensor, qs: torch.Tensor | None, centres: torch.Tensor, half: torch.Tensor
@@ -234,7 +247,7 @@ class Matcher:
                                                   c_zyx[s : s + chunk].long(), half)
                     best = torch.where(torch.isinf(best), torch.full_like(best, -1.0), best)
                 else:
-                    sim, _ = self.similarity(ql[s : s + chunk], qg[s : s + chunk], q_s)
+                    sim = self._combined(ql[s : s + chunk], qg[s : s + chunk], q_s)
                     flat = sim.reshape(sim.shape[0], -1).masked_fill(invalid[None], float("-inf"))
                     best, arg = flat.max(dim=1)
                     zyx = torch.stack(torch.unravel_index(arg, shape), dim=1)  # (n, 3) z, y, x

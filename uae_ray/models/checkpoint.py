@@ -23,18 +23,19 @@ from uae_ray.models.resnet_fpn import EmbeddingNet
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_CHECKPOINT_NAME = "uae_tiny_v0.pt"
+DEFAULT_CHECKPOINT_NAME = "uae_tiny_uae_v3.pt"
 
 #: Shipped weights by name (``--checkpoint NAME`` works wherever a path does); see MODEL_CARD.md.
 SHIPPED_WEIGHTS = {
-    "tiny-v0": "uae_tiny_v0.pt",  # the default: CT, best CT-CT accuracy
+    "tiny-uae-v3": "uae_tiny_uae_v3.pt",  # the default: CT and MR, semantic head; (a) and (c) targets met
+    "tiny-v0": "uae_tiny_v0.pt",  # the first default: CT only
     "tiny-ctmr-v1": "uae_tiny_ctmr_v1.pt",  # tiny-v0 + UAE's CT-MR stage: CT<->MR matching
-    "tiny-uae-v2": "uae_tiny_uae_v2.pt",  # + UAE semantic head: best CT<->MR (c), not yet the default
+    "tiny-uae-v2": "uae_tiny_uae_v2.pt",  # + UAE semantic head (tiny-uae-v3's initialisation)
 }
 
 
 def default_checkpoint() -> Path:
-    """Path of the shipped default weights (``uae_ray/models/weights/uae_tiny_v0.pt``)."""
+    """Path of the shipped default weights (``uae_ray/models/weights/uae_tiny_uae_v3.pt``)."""
     return WEIGHTS_DIR / DEFAULT_CHECKPOINT_NAME
 
 

@@ -361,7 +361,7 @@ class Correspondences:
 
 
 _HINT = ("the fields of view may not overlap, or the model does not match these modalities "
-         "(CT-MR needs a cross-modality model, e.g. --checkpoint tiny-uae-v2)")
+         "(CT-MR needs a cross-modality model such as the default tiny-uae-v3; tiny-v0 is CT only)")
 
 
 def _match(fixed_maps: EmbeddingMaps, moving_maps: EmbeddingMaps, points: np.ndarray,
