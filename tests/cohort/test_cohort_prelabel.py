@@ -129,6 +129,11 @@ def test_organs_no_support_has_at_all_is_an_error(shared_data, tmp_path):
 # -- a job with a local Ray instance and in-process models ---------------------------------------
 
 
+# The localizer's embedding model of the accuracy bounds below (measured with it). The default
+# tiny-uae-v3 does not localize the spleen in the 4x-downsampled upper-abdomen slab from this
+# support (its cross-patient CT matching, part (b) of bench accuracy, is weaker than tiny-v0's).
+MODEL = "tiny-v0"
+
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
@@ -156,7 +161,7 @@ def job(local_ray, shared_data, tmp_path_factory):
     handler = Keep(level=logging.WARNING)
     logging.getLogger("uae_ray").addHandler(handler)
     try:
-        summary = run_cohort_prelabel(inputs["archive"], inputs["supports"], ORGANS, out, boxes="wpl")
+        summary = run_cohort_prelabel(inputs["archive"], inputs["supports"], ORGANS, out, boxes="wpl", checkpoint=MODEL)
     finally:
         logging.getLogger("uae_ray").removeHandler(handler)
     return {**inputs, "out": out, "summary": summary, "warnings": [r.getMessage() for r in records]}
@@ -261,12 +266,12 @@ def test_qc_report_has_the_contour_images(job):
 @pytest.mark.slow
 def test_rerun_skips_the_done_scans(job):
     before = {p: p.stat().st_mtime_ns for p in (Path(job["out"]) / "labels").glob("*.nii.gz")}
-    again = run_cohort_prelabel(job["archive"], job["supports"], ORGANS, job["out"], boxes="wpl")
+    again = run_cohort_prelabel(job["archive"], job["supports"], ORGANS, job["out"], boxes="wpl", checkpoint=MODEL)
     assert again["skipped"] == 2 and again["done"] == 2 and again["failed"] == 1 and again["rows"] == 9, again
     assert {p: p.stat().st_mtime_ns for p in (Path(job["out"]) / "labels").glob("*.nii.gz")} == before
     # other organs are another job: the done scans are redone (last test: it rewrites the outputs)
     other = run_cohort_prelabel(job["archive"], job["supports"][:1], "liver,spleen", job["out"], boxes="wpl",
-                                limit=2, qc=False)
+                                limit=2, qc=False, checkpoint=MODEL)
     assert other["scans"] == 2 and other["skipped"] == 0 and other["done"] == 1 and "report_uri" not in other
     assert other["rows"] == 4 and other["status_counts"] == {"error": 2, "ok": 2}, other
 

@@ -34,6 +34,7 @@ def test_segment_end_to_end(shared_data, tmp_path, caplog):
     code = main([
         "segment", "--support", f"{support}/image.nii.gz:{support}/labels.nii.gz",
         "--target", f"{target}/image.nii.gz", "--organs", "liver,brain,spleen", "--out", str(out), "--boxes", "wpl",
+        "--checkpoint", "tiny-v0",  # the localizer model of the bounds below (see there)
     ])
     assert code == 0
     assert json.loads((tmp_path / "out" / "seg.json").read_text()) == {"1": "liver", "2": "brain", "3": "spleen"}
@@ -52,8 +53,9 @@ def test_segment_end_to_end(shared_data, tmp_path, caplog):
         assert dsc > bound, (k, dsc)
 
 
-# Measured with sam-vit-tiny-v0+e9964d29 (WPL boxes localized from one support, another patient):
-# liver 0.627, spleen 0.654. The target is one of the model's training cases (see the model card);
+# Measured with sam-vit-tiny-v0+e9964d29 (WPL boxes localized from one support, another patient,
+# embeddings tiny-v0): liver 0.627, spleen 0.654. With the default tiny-uae-v3 the spleen of this
+# 40 mm slab is not localized from this support (Dice 0). The target is one of the model's training cases (see the model card);
 # the bounds leave a margin.
 LIVER_BOUND = 0.45
 SPLEEN_BOUND = 0.45

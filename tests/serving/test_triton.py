@@ -31,7 +31,7 @@ def remote(stack) -> Iterator[TritonEmbedder]:
 
 
 def _assert_agree(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert set(a) == set(b) == {"local", "global"}
+    assert set(a) == set(b) and {"local", "global"} <= set(a) <= {"local", "global", "semantic"}
     for key in a:
         assert a[key].shape == b[key].shape and a[key].dtype == np.float32
         assert float(np.abs(a[key] - b[key]).max()) < TOL, key
