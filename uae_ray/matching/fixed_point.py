@@ -101,16 +101,24 @@ class FixedPointMatcher:
             points_world: (N, 3) template world points.
             guess: (N, 3) predicted target positions: every search is then windowed
                 (``window_mm``, a cube): A->B around the guess (plus the cube offsets), B->A
-                around the template points. ``None``: whole-image searches.
-            window_mm: Half-size of the search windows (with ``guess``).
+                around the template points. ``None`` with ``window_mm``: coarse to fine, the
+                guess is the best voxel of the global embeddings alone (the window then at
+                least 1.5 global voxels); ``None`` without: whole-image searches.
+            window_mm: Half-size of the search windows.
         """
         cfg = self.config
         q = np.asarray(points_world, dtype=np.float64).reshape(-1, 3)
         cube = cfg.cube()
         n, k = len(q), len(cube)
         p0 = (q[:, None, :] + cube[None]).reshape(-1, 3)
-        g0 = None if guess is None else (np.asarray(guess, np.float64).reshape(-1, 3)[:, None, :] + cube[None]).reshape(-1, 3)
-        back = None if guess is None else p0
+        if guess is not None:
+            g0 = (np.asarray(guess, np.float64).reshape(-1, 3)[:, None, :] + cube[None]).reshape(-1, 3)
+        elif window_mm:  # coarse to fine: start from the best voxel of the global embeddings
+            g0 = self._to_b.predict_global(self.template, p0)
+            window_mm = max(window_mm, 1.5 * max(self.target.global_grid.spacing))
+        else:
+            g0 = None
+        back = None if g0 is None else p0
         b1, s1 = _nn(self._to_b, self.template, p0, g0, window_mm)
         a1, _ = _nn(self._to_a, self.target, b1, back, window_mm)
         if cfg.round_trips >= 2:

@@ -27,7 +27,8 @@ def find_points(
     ``nn``: nearest neighbour on the averaged global+local cosine maps (never abstains).
     ``fixed-point``: UAE fixed-point matching with abstention (:mod:`uae_ray.matching.fixed_point`).
     ``guess`` (N, 3) and ``window_mm``: search only within a cube of that half-size around the
-    predicted target positions (and, for the round trip, around the template points).
+    predicted target positions (and, for the round trip, around the template points);
+    ``fixed-point`` with ``window_mm`` and no guess starts from the global embeddings' best voxel.
 
     Raises:
         ValueError: For an unknown method.

@@ -32,7 +32,6 @@ import SimpleITK as sitk
 
 from uae_ray.matching import (
     EmbeddingMaps,
-    Matcher,
     Embedder,
     FixedPointConfig,
     embed_image,
@@ -366,12 +365,9 @@ _HINT = ("the fields of view may not overlap, or the model does not match these 
 
 def _match(fixed_maps: EmbeddingMaps, moving_maps: EmbeddingMaps, points: np.ndarray,
            cfg: RegistrationConfig, guess: np.ndarray | None = None) -> Correspondences:
-    """Fixed-point matches of ``points``; with ``guess`` (predicted moving positions) and
-    ``cfg.window_mm``, windowed searches around them."""
+    """Fixed-point matches of ``points``, searched within ``cfg.window_mm`` of ``guess``
+    (predicted moving positions), or coarse to fine from the global embeddings without one."""
     window = cfg.window_mm
-    if window and guess is None:  # coarse to fine: from the best voxel of the global embeddings
-        guess = Matcher().set_target(moving_maps).predict_global(fixed_maps, points)
-        window = max(window, 1.5 * max(moving_maps.global_grid.spacing))
     match = find_points(fixed_maps, points, moving_maps, "fixed-point", cfg.matcher,
                         guess if window else None, window)
     found = np.asarray(match.found, dtype=bool)
