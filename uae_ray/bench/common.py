@@ -6,13 +6,14 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+
+from uae_ray.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from uae_ray.matching import MatchResult
@@ -111,10 +112,4 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Writes JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=float)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(payload, indent=2, default=float))

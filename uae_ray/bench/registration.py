@@ -200,7 +200,8 @@ def run_pair(
         tre = _tre(res.transform, pts, truth)
         scratch = stored + sec["embed_fixed"] + sec["embed_moving"]
         row[name] = {"tre_mm": tre, "success": tre < SUCCESS_MM, "seconds": scratch,
-                     "seconds_stored": stored, **{k: v for k, v in res.quality().items() if k != "seconds"}}
+                     "seconds_stored": stored, "stages": {k: round(v, 3) for k, v in sec.items()},
+                     **{k: v for k, v in res.quality().items() if k != "seconds"}}
     if baselines:
         for init, suffix in (("identity", "identity"), ("geometry", "centres")):
             timings: dict[str, float] = {}

@@ -17,20 +17,10 @@ def _write_image_atomic(image, path: str) -> None:
     """``sitk.WriteImage`` to a temporary file beside ``path`` (same suffix), then a rename."""
     import SimpleITK as sitk
 
-    from uae_ray.tasks.transforms import default_file_mode
+    from uae_ray.atomic import atomic_path
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, "".join(Path(path).suffixes) or ".nii.gz") as tmp:
         sitk.WriteImage(image, tmp, useCompression=True)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_output(path: str, write_local) -> None:

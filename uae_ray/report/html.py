@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
+
+from uae_ray.atomic import write_text_atomic
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -63,8 +63,4 @@ def write_html(path: str | Path, title: str, body: str) -> Path:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>"
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(page)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, page)

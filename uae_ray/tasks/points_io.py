@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from uae_ray.atomic import atomic_path
 
 POINT_COLUMNS = ("name", "x", "y", "z")
 DETECTION_COLUMNS = ("target", "name", "x", "y", "z", "score")
@@ -100,18 +100,10 @@ def read_points_csv(path: str | Path) -> NamedPoints:
 
 def write_csv_atomic(path: str | Path, header: tuple[str, ...], rows: list[tuple]) -> None:
     """Writes a CSV to a temporary file beside ``path`` and renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, ".tmp") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def write_points_csv(path: str | Path, points: NamedPoints) -> None:

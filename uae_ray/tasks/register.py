@@ -100,6 +100,7 @@ class RegistrationConfig:
     second_pass_deg: float | None = 1.5
     coarse_every: int = 3
     window_mm: float | None = 16.0
+    semantic: bool = True
     select_affine: bool = True
     refine_iterations: int = 60
     refine_spacing_mm: float = 3.0
@@ -368,6 +369,8 @@ def _match(fixed_maps: EmbeddingMaps, moving_maps: EmbeddingMaps, points: np.nda
     """Fixed-point matches of ``points``, searched within ``cfg.window_mm`` of ``guess``
     (predicted moving positions), or coarse to fine from the global embeddings without one."""
     window = cfg.window_mm
+    if not cfg.semantic:
+        fixed_maps, moving_maps = fixed_maps.without_semantic(), moving_maps.without_semantic()
     match = find_points(fixed_maps, points, moving_maps, "fixed-point", cfg.matcher,
                         guess if window else None, window)
     found = np.asarray(match.found, dtype=bool)

@@ -625,6 +625,7 @@ def write_label_map(result: SegmentationResult, out: str) -> tuple[str, str]:
     import tempfile
     from pathlib import Path
 
+    from uae_ray.atomic import atomic_path
     from uae_ray.storage import is_s3, upload_file
 
     text = str(out)
@@ -633,21 +634,12 @@ def write_label_map(result: SegmentationResult, out: str) -> tuple[str, str]:
     payload = (json.dumps(result.sidecar(), indent=2) + "\n").encode()
 
     def _write_local(path: str, image: sitk.Image | None, data: bytes | None) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        suffix = ".nii.gz" if path.endswith(".nii.gz") else "".join(target.suffixes[-1:]) or ".tmp"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-        os.close(fd)
-        try:
+        suffix = ".nii.gz" if path.endswith(".nii.gz") else "".join(Path(path).suffixes[-1:]) or ".tmp"
+        with atomic_path(path, suffix) as tmp:
             if image is not None:
                 sitk.WriteImage(image, tmp, useCompression=True)
             else:
                 Path(tmp).write_bytes(data or b"")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     if is_s3(text):
         with tempfile.TemporaryDirectory() as d:

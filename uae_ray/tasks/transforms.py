@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from uae_ray.atomic import atomic_path
+
 KINDS = ("rigid", "affine")
 
 
@@ -96,28 +98,12 @@ def transform_from_bytes(data: bytes, suffix: str = ".tfm") -> sitk.Transform:
         return sitk.ReadTransform(path)
 
 
-def default_file_mode() -> int:
-    """``0o666`` less the process umask (what ``open()`` would give; ``mkstemp`` gives 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_transform_atomic(transform: sitk.Transform, path: str | Path) -> Path:
     """``sitk.WriteTransform`` to a temporary file beside ``path`` (same suffix, so ITK picks
     the same format), then an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tfm"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, "".join(path.suffixes) or ".tfm") as tmp:
         sitk.WriteTransform(transform, tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -126,7 +112,6 @@ __all__ = [
     "apply",
     "compose",
     "convert",
-    "default_file_mode",
     "make_transform",
     "matrix_offset",
     "transform_from_bytes",
