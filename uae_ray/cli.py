@@ -43,6 +43,13 @@ def _add_cohort_run_args(c: argparse.ArgumentParser, unit: str, strict_extra: st
                    "failures are recorded in the manifest, exit 0)")
 
 
+def _add_modality_args(b: argparse.ArgumentParser) -> None:
+    """Target and support modalities of the leave-one-out benchmarks."""
+    b.add_argument("--modality", choices=["CT", "MR"], default="CT", help="of the targets (default: CT)")
+    b.add_argument("--support-modality", choices=["CT", "MR"],
+                   help="of the supports (default: --modality); e.g. CT supports for MR targets")
+
+
 def _add_method_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=MATCHING_METHODS, default="fixed-point",
                    help="nn: nearest neighbour; fixed-point: round-trip consistent matching that may abstain "
@@ -372,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="localizer to measure (repeatable; default: all)")
     b.add_argument("--embedding-mode", action="append", choices=EMBEDDING_MODES, dest="embedding_modes",
                    help="embedding-localizer mode to measure (repeatable; default: all)")
-    b.add_argument("--modality", choices=["CT", "MR"], default="CT", help="targets and supports (default: CT)")
+    _add_modality_args(b)
     b.add_argument("--min-ml", type=float, default=20.0, help="organs at least this large make the headline mean")
     b.add_argument("--cases", metavar="a,b", help="restrict to these case ids (smoke runs)")
     b.add_argument("--organs", metavar="a,b", help="restrict to these organs (smoke runs)")
@@ -392,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--embedding-mode", choices=EMBEDDING_MODES, help="embedding localizer mode (see localize)")
     b.add_argument("--medlam-checkpoint", metavar="PATH")
     b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    _add_modality_args(b)
     _add_sam_args(b)
     _add_embedder_args(b)
     b = bsub.add_parser("speed", help="seconds per scan (in-process and Triton) and per landmark")

@@ -5,10 +5,6 @@ read back, re-runs skip finished scans, a corrupt scan is reported and the other
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +16,6 @@ from uae_ray.storage import Manifest, discover_scans, ensure_bucket, join, read_
 from uae_ray.tasks.points_io import read_points_csv
 
 pytestmark = pytest.mark.stack
-REPO = Path(__file__).resolve().parents[2]
 CASES = ("ts_example_ct", "sts_001_ct", "matrad_hn_frm2")
 
 
@@ -91,14 +86,9 @@ def test_landmarks_from_stored_embeddings(services, archive, shared_data, tmp_pa
     assert again["skipped"] == 4 and again["rows"] == 20
 
 
-def test_ray_job_submit_runs_the_embed_job(services, archive):
-    env = {**os.environ, **services}
-    cmd = [
-        str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", services["RAY_ADDRESS"], "--",
-        sys.executable, str(REPO / "jobs" / "cohort_embed.py"), "--archive", archive,
-        "--out", "s3://cohort-test/job-out", "--triton", services["UAE_TRITON_URL"],
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+def test_ray_job_submit_runs_the_embed_job(services, archive, submit_job):
+    proc = submit_job("embed", "--archive", archive, "--out", "s3://cohort-test/job-out",
+                      "--triton", services["UAE_TRITON_URL"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout
     manifest = Manifest(join("s3://cohort-test/job-out", EMBED_MANIFEST))

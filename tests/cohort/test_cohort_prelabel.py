@@ -103,18 +103,14 @@ def test_cli_with_no_usable_support_exits_2_naming_the_file(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing written
 
 
-def test_job_entrypoint_arguments():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "jobs" / "cohort_prelabel.py"
-    spec = importlib.util.spec_from_file_location("cohort_prelabel_job", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    args = module.parse_args(["--archive", "s3://b/a", "--out", "s3://b/o", "--support", "i.nii.gz:l.nii.gz",
-                              "--support", "j.nii.gz:m.nii.gz", "--organs", "liver", "--smoke-test"])
-    assert args.support == ["i.nii.gz:l.nii.gz", "j.nii.gz:m.nii.gz"] and args.boxes == "spl" and args.smoke_test
-    with pytest.raises(SystemExit):
-        module.parse_args(["--archive", "a", "--out", "o", "--organs", "liver"])  # no --support
+@pytest.mark.parametrize("job", ["embed", "landmarks", "track", "register", "prelabel"])
+def test_job_entrypoints_are_the_cli_verbs(job):
+    jobs = Path(__file__).resolve().parents[2] / "jobs"
+    proc = subprocess.run([sys.executable, str(jobs / f"cohort_{job}.py"), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: uae-ray cohort {job} "), proc.stderr[-2000:]
+    bad = subprocess.run([sys.executable, str(jobs / f"cohort_{job}.py")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "required" in bad.stderr  # --out (and the job's other inputs) are required
 
 
 @pytest.mark.data

@@ -70,7 +70,7 @@ def test_an_empty_pair_list_is_an_error(tmp_path):
 
 @pytest.mark.stack
 @pytest.mark.data
-def test_cohort_register_over_the_stack(services, shared_data, tmp_path):
+def test_cohort_register_over_the_stack(services, submit_job, shared_data, tmp_path):
     from uae_ray.tasks.transforms import transform_from_bytes
 
     image_path = shared_data / "cases" / CASE / "image.nii.gz"
@@ -115,3 +115,14 @@ def test_cohort_register_over_the_stack(services, shared_data, tmp_path):
 
     again = run_cohort_register(str(pairs), out, services["UAE_TRITON_URL"], **kw)
     assert again["skipped"] == 1 and again["done"] == 1 and again["rows"] == 1, again
+
+    # the same job through `ray job submit`, into a new output, reusing the stored embeddings
+    upload_file(pairs, join(archive, "pairs.csv"))
+    job_out = "s3://register-test/job-out"
+    proc = submit_job("register", "--pairs", join(archive, "pairs.csv"), "--archive", archive,
+                      "--out", job_out, "--embeddings", out, "--fixed-modality", "CT",
+                      "--triton", services["UAE_TRITON_URL"])
+    assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert Manifest(join(job_out, REGISTER_MANIFEST)).counts() == {"ok": 1, "error": 1}
+    job_row = read_table(join(job_out, "transforms", "transforms.parquet")).to_pylist()[0]
+    np.testing.assert_allclose(job_row["parameters"], row["parameters"], atol=1e-6)

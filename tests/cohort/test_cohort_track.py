@@ -30,7 +30,7 @@ def test_pair_lesions_name_the_bad_input(tmp_path):
 
 @pytest.mark.stack
 @pytest.mark.data
-def test_cohort_track_over_the_stack(services, shared_data, tmp_path):
+def test_cohort_track_over_the_stack(services, submit_job, shared_data, tmp_path):
     from uae_ray.bench.synthetic import synthetic_warp
     from uae_ray.volume import read_image, read_labels
 
@@ -83,3 +83,11 @@ def test_cohort_track_over_the_stack(services, shared_data, tmp_path):
     again = run_cohort_track(str(pairs), out, services["UAE_TRITON_URL"], archive,
                              ray_address=services["UAE_RAY_ADDRESS"])
     assert again["skipped"] == 1 and again["done"] == 1 and again["rows"] == 2 and again["scans_embedded"] == 1
+
+    # the same job through `ray job submit`, into a new output, reusing the stored embeddings
+    upload_file(pairs, join(archive, "pairs.csv"))
+    proc = submit_job("track", "--pairs", join(archive, "pairs.csv"), "--archive", archive,
+                      "--out", "s3://track-test/job-out", "--embeddings", out, "--triton", services["UAE_TRITON_URL"])
+    assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert Manifest(join("s3://track-test/job-out", TRACK_MANIFEST)).counts() == {"ok": 1, "error": 1}
+    assert read_table(join("s3://track-test/job-out", "tracks", "tracks.parquet")).num_rows == 2

@@ -84,6 +84,20 @@ def test_grid_points_keep_five_layers_on_a_slab():
     assert len(np.unique(pts[:, 2])) >= 5
 
 
+def test_second_pass_points_are_a_central_copy_of_the_grid_box():
+    from uae_ray.tasks.register import _central
+
+    axes = [np.arange(0.0, 200.0, 10.0), np.arange(0.0, 100.0, 10.0), np.arange(0.0, 50.0, 10.0)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)  # a 200 x 100 x 50 mm grid
+    idx = _central(pts, 120)
+    assert len(idx) == 120 and np.all(np.diff(idx) > 0)
+    kept = pts[idx]
+    extent = kept.max(axis=0) - kept.min(axis=0)
+    assert np.all(extent < [190.0, 90.0, 40.0]) and extent[0] > extent[1] > extent[2]  # the box's proportions
+    np.testing.assert_allclose((kept.max(axis=0) + kept.min(axis=0)) / 2, [95.0, 45.0, 20.0], atol=5.0)
+    assert len(_central(pts, None)) == len(pts) == len(_central(pts, 10**6))
+
+
 def test_too_few_inliers_is_one_line_naming_both_files():
     rng = np.random.default_rng(0)
     corr = Correspondences(40, rng.uniform(-50, 50, (40, 3)), rng.uniform(-50, 50, (40, 3)))  # all random

@@ -113,6 +113,7 @@ def run_localization(
     organs: Sequence[str] | None = None,
     medlam_checkpoint: str | Path | None = None,
     variants: Sequence[str] = EMBEDDING_VARIANTS,
+    support_modality: str | None = None,
 ) -> dict[str, Any]:
     """Runs the benchmark, writes JSON to ``out`` and returns it (see the module docstring).
 
@@ -123,7 +124,9 @@ def run_localization(
         seed: subset sampling seed.
         max_k: largest number of supports.
         methods: ``embedding`` and/or ``medlam``.
-        modality: the modality of targets and supports.
+        modality: the modality of the targets.
+        support_modality: the modality of the supports (default: ``modality``); e.g. CT
+            supports for MR targets (organs carried across modalities).
         min_ml: organs at least this large make the headline mean.
         max_subsets: k-subsets drawn per (target, organ, k) at most.
         cases: restrict to these case ids (smoke runs).
@@ -132,18 +135,20 @@ def run_localization(
         variants: embedding-localizer modes to measure.
     """
     t_start = time.perf_counter()
-    pool: list[Case] = [c for c in load_cases(data_dir, modality) if c.labels_path is not None]
-    if cases:
-        pool = [c for c in pool if c.case_id in set(cases)]
+    support_modality = support_modality or modality
+    pool: list[Case] = [c for c in load_cases(data_dir) if c.labels_path is not None
+                        and c.modality in (modality, support_modality) and (not cases or c.case_id in set(cases))]
     supports = {c.case_id: load_support(SupportSpec(str(c.image_path), str(c.labels_path)), modality=c.modality)
                 for c in pool}
     patient = {c.case_id: c.patient for c in pool}
     names = {cid: organ_names(s, organs) for cid, s in supports.items()}
+    targets = [c.case_id for c in pool if c.modality == modality]
+    support_ids = [c.case_id for c in pool if c.modality == support_modality]
     # target -> organ -> supports (other patients' cases that have the organ)
     plan: dict[str, dict[str, list[str]]] = {}
-    for t in supports:
+    for t in targets:
         for organ in names[t]:
-            avail = [s for s in supports if patient[s] != patient[t] and organ in names[s]]
+            avail = [s for s in support_ids if patient[s] != patient[t] and organ in names[s]]
             if avail:
                 plan.setdefault(t, {})[organ] = avail
     involved = sorted({t for t in plan} | {s for p in plan.values() for v in p.values() for s in v})
@@ -180,6 +185,7 @@ def run_localization(
         "medlam_version": timing.pop("medlam_version", None),
         "data_dir": str(data_dir),
         "modality": modality,
+        "support_modality": support_modality,
         "seed": seed,
         "max_k": max_k,
         "min_ml": min_ml,

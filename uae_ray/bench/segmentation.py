@@ -141,6 +141,8 @@ def run_segmentation(
     cases: Sequence[str] | None = None,
     organs: Sequence[str] | None = None,
     localizer_name: str = "embedding/transfer",
+    modality: str = "CT",
+    support_modality: str | None = None,
 ) -> dict[str, Any]:
     """Runs the benchmark and writes its JSON.
 
@@ -152,6 +154,8 @@ def run_segmentation(
         modes: prompt modes (:data:`MODES`).
         min_ml: organs at least this large make the headline.
         cases / organs: restrict targets / organs (smoke runs).
+        modality: of the targets.
+        support_modality: of the supports (default: ``modality``).
     """
     from uae_ray.tasks.segment import TargetSlices, localize_both, localize_prompts, segment_prompts
     from uae_ray.tasks.support import SupportSpec, load_support
@@ -159,18 +163,21 @@ def run_segmentation(
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; expected {MODES}")
-    all_cases = [c for c in load_cases(data_dir, "CT") if c.labels_path is not None]
-    supports = {c.case_id: load_support(SupportSpec(str(c.image_path), str(c.labels_path)), modality="CT")
+    support_modality = support_modality or modality
+    all_cases = [c for c in load_cases(data_dir) if c.labels_path is not None
+                 and c.modality in (modality, support_modality)]
+    supports = {c.case_id: load_support(SupportSpec(str(c.image_path), str(c.labels_path)), modality=c.modality)
                 for c in all_cases}
     patient = {c.case_id: c.patient for c in all_cases}
+    of_support_modality = {c.case_id for c in all_cases if c.modality == support_modality}
     records: list[dict[str, Any]] = []
     timing: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for case in all_cases:
-        if cases and case.case_id not in cases:
+        if case.modality != modality or (cases and case.case_id not in cases):
             continue
         tsup = supports[case.case_id]
-        others = [cid for cid in supports if patient[cid] != case.patient]
+        others = [cid for cid in supports if cid in of_support_modality and patient[cid] != case.patient]
         mine = [o for o in anatomical_organs(tsup) if (not organs or o in organs)
                 and any(supports[c].has(o) for c in others)]
         if not mine:
@@ -179,18 +186,18 @@ def run_segmentation(
         image = tsup.image
         truth_arr = sitk.GetArrayViewFromImage(tsup.labels)
         vox_ml = float(np.prod(image.GetSpacing())) / 1000.0
-        target = TargetSlices(image, "CT", segmenter.config)
+        target = TargetSlices(image, modality, segmenter.config)
         logger.info("%s: %d organ(s), %d support(s)", case.case_id, len(mine), len(use))
         localized: dict[str, tuple[list, float]] = {}
         if all(m in modes for m in LOCALIZED_MODES):  # one whole-organ localization serves both
-            wpl, spl, t_whole, t_parts = localize_both(make_localizer, use, image, target, mine, "CT")
+            wpl, spl, t_whole, t_parts = localize_both(make_localizer, use, image, target, mine, modality)
             localized = {"wpl": (wpl, t_whole), "spl": (spl, t_whole + t_parts)}
         for mode in modes:
             t0 = time.perf_counter()
             if mode in localized:
                 prompts, t_loc = localized[mode]
             elif mode in LOCALIZED_MODES:
-                prompts = localize_prompts(make_localizer, use, image, target, mine, mode, "CT")
+                prompts = localize_prompts(make_localizer, use, image, target, mine, mode, modality)
                 t_loc = time.perf_counter() - t0
             else:
                 prompts = _gt_prompts(target, tsup, mine, mode)
@@ -219,6 +226,8 @@ def run_segmentation(
         "data": str(data_dir),
         "model": getattr(segmenter, "version", "?"),
         "localizer": localizer_name,
+        "modality": modality,
+        "support_modality": support_modality,
         "min_ml": min_ml,
         "modes": list(modes),
         "machine": machine_info(),

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             data, embedder, args.out, seed=args.seed, max_k=args.max_k, methods=methods, modality=args.modality,
             min_ml=args.min_ml, cases=split(args.cases), organs=split(args.organs),
             medlam_checkpoint=args.medlam_checkpoint, variants=tuple(args.embedding_modes or EMBEDDING_VARIANTS),
+            support_modality=args.support_modality,
         )
         print(localization_table(result))
         for method in sorted(result["per_organ"]):
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         name = args.method if args.method == "medlam" else f"embedding/{args.embedding_mode or 'default'}"
         result = run_segmentation(data, segmenter, factory, args.out, modes=tuple(args.modes or MODES),
                                   min_ml=args.min_ml, cases=split(args.cases), organs=split(args.organs),
-                                  localizer_name=name)
+                                  localizer_name=name, modality=args.modality,
+                                  support_modality=args.support_modality)
         print(segmentation_table(result))
         print("\nper organ (Dice), organs of at least %.0f ml:" % args.min_ml)
         print(per_organ_table(result))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -72,10 +72,6 @@ class EmbeddingMaps:
     def has_semantic(self) -> bool:
         """Whether the maps carry a semantic level."""
         return self.semantic is not None
-
-    def without_semantic(self) -> "EmbeddingMaps":
-        """The same maps without the semantic level (itself when it has none)."""
-        return self if self.semantic is None else replace(self, semantic=None)
 
 
 def map_grid(model: Grid, stride: int | tuple[int, int, int], shape_zyx: tuple[int, ...]) -> Grid:

@@ -82,6 +82,12 @@ class RegistrationConfig:
             position: the first estimate's prediction; in the first pass the best voxel of the
             global embeddings alone (a coarse to fine search; the window is then at least 1.5
             global voxels). ``None``: whole-image searches, several times slower on a large scan.
+        second_window_mm: The window of the second pass (its matches lie near the identity).
+        context_mm: The second pass embeds the de-rotated image this far (plus the window)
+            beyond its points, for the network's receptive field.
+        second_points: The second pass matches only this many grid points, those nearest the
+            centre of the grid's box, so that only their box is embedded again (the cost of
+            the second pass is mostly that embedding); ``None``: every grid point.
         refine_iterations: Optimiser iterations of the optional MI refinement.
         refine_spacing_mm: Image spacing of the MI refinement.
         refine_threads: Threads of the MI refinement (``None``: SimpleITK's default; 1 repeats
@@ -100,7 +106,9 @@ class RegistrationConfig:
     second_pass_deg: float | None = 1.5
     coarse_every: int = 3
     window_mm: float | None = 16.0
-    semantic: bool = True
+    second_window_mm: float = 8.0
+    context_mm: float = 24.0
+    second_points: int | None = 100
     select_affine: bool = True
     refine_iterations: int = 60
     refine_spacing_mm: float = 3.0
@@ -110,13 +118,15 @@ class RegistrationConfig:
     def cross_modality(cls, **overrides: Any) -> "RegistrationConfig":
         """Defaults for CT <-> MR: cross-modality matches are noisier (median error about 10 mm
         per match against about 1 mm CT-CT), so more points (denser grid), a looser round-trip
-        tolerance and inlier threshold, and the averaging of many inliers in the fit."""
+        tolerance and inlier threshold, and the averaging of many inliers in the fit (every grid
+        point in the second pass too)."""
         base = {
-            "max_points": 800,
+            "max_points": 400,
             "min_spacing_mm": 4.0,
             "matcher": FixedPointConfig(points_per_axis=1, tolerance_mm=10.0),
             "inlier_mm": 12.0,
             "fit_scale_mm": 5.0,
+            "second_points": None,
         }
         return cls(**{**base, **overrides})
 
@@ -365,12 +375,11 @@ _HINT = ("the fields of view may not overlap, or the model does not match these 
 
 
 def _match(fixed_maps: EmbeddingMaps, moving_maps: EmbeddingMaps, points: np.ndarray,
-           cfg: RegistrationConfig, guess: np.ndarray | None = None) -> Correspondences:
-    """Fixed-point matches of ``points``, searched within ``cfg.window_mm`` of ``guess``
-    (predicted moving positions), or coarse to fine from the global embeddings without one."""
-    window = cfg.window_mm
-    if not cfg.semantic:
-        fixed_maps, moving_maps = fixed_maps.without_semantic(), moving_maps.without_semantic()
+           cfg: RegistrationConfig, guess: np.ndarray | None = None, window: float | None = None) -> Correspondences:
+    """Fixed-point matches of ``points``, searched within ``window`` (default ``cfg.window_mm``)
+    of ``guess`` (predicted moving positions), or coarse to fine from the global embeddings
+    without one."""
+    window = window or cfg.window_mm
     match = find_points(fixed_maps, points, moving_maps, "fixed-point", cfg.matcher,
                         guess if window else None, window)
     found = np.asarray(match.found, dtype=bool)
@@ -759,9 +768,9 @@ class Registrar:
         coarse_idx = np.arange(0, len(pts), step)
 
         def match_into(maps: EmbeddingMaps, idx: np.ndarray, key: str,
-                       guess: np.ndarray | None = None) -> Correspondences:
+                       guess: np.ndarray | None = None, window: float | None = None) -> Correspondences:
             t0 = time.perf_counter()
-            corr = _match(self.fixed_maps, maps, pts[idx], cfg, guess)
+            corr = _match(self.fixed_maps, maps, pts[idx], cfg, guess, window)
             out[key] = out.get(key, 0.0) + time.perf_counter() - t0
             return corr
 
@@ -782,13 +791,14 @@ class Registrar:
         if second and first is not None and _rotation_deg(first[0]) >= cfg.second_pass_deg:
             t0 = time.perf_counter()
             # the network's receptive field needs context beyond the searched box
-            margin = (cfg.window_mm or 0.0) + 32.0
+            idx2 = _central(pts, cfg.second_points)
+            margin = cfg.second_window_mm + cfg.context_mm
             moved = _resample_nan(self.fixed, moving, make_transform(*first, "rigid"),
-                                  self.embedder.config.input_spacing_mm, pts, margin)
+                                  self.embedder.config.input_spacing_mm, pts[idx2], margin)
             moved_maps = embed_image(moved, self.embedder, mod)
             out["embed_second"] = time.perf_counter() - t0
             # The moved image lies on the fixed grid: each point is predicted where it is.
-            corr2 = match_into(moved_maps, np.arange(len(pts)), "match_second", pts)
+            corr2 = match_into(moved_maps, idx2, "match_second", pts[idx2], cfg.second_window_mm)
             if len(corr2.fixed) >= need:
                 return corr2, first, out
             logger.warning("%s: second pass found %d correspondences; keeping the first", pair, len(corr2.fixed))
@@ -796,6 +806,17 @@ class Registrar:
             guess = None if first is None else pts[rest] @ first[0].T + first[1]
             corr = merge(corr, match_into(moving_maps, rest, "match", guess))
         return _check_count(corr, cfg, pair), None, out
+
+
+def _central(points: np.ndarray, count: int | None) -> np.ndarray:
+    """Indices of the ``count`` points nearest the centre of their box, in the box's own
+    proportions (so that the smallest box around them is a scaled-down copy of it); all of
+    them when ``count`` is ``None`` or not smaller."""
+    if count is None or count >= len(points):
+        return np.arange(len(points))
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    dist = np.max(np.abs(points - (lo + hi) / 2.0) / np.maximum((hi - lo) / 2.0, 1e-6), axis=1)
+    return np.sort(np.argsort(dist, kind="stable")[:count])
 
 
 def _resample_nan(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, spacing_mm: float,
