@@ -278,7 +278,7 @@ def test_rerun_skips_the_done_scans(job):
 @pytest.mark.stack
 @pytest.mark.data
 @pytest.mark.slow
-def test_prelabel_over_the_stack(services, shared_data, tmp_path):
+def test_prelabel_over_the_stack(services, submit_job, shared_data, tmp_path):
     from uae_ray.storage import ensure_bucket, exists, read_bytes, read_labels_uri, read_table, upload_file
 
     inputs = _build_inputs(shared_data, tmp_path)
@@ -308,3 +308,12 @@ def test_prelabel_over_the_stack(services, shared_data, tmp_path):
     again = run_cohort_prelabel(archive, [support], "liver,brain", out, services["UAE_TRITON_URL"],
                                 services["UAE_RAY_ADDRESS"], boxes="wpl")
     assert again["skipped"] == 1 and again["done"] == 1 and again["failed"] == 1
+
+    # the same job through `ray job submit`, into a new output
+    job_out = "s3://prelabel-test/job-out"
+    proc = submit_job("prelabel", "--archive", archive, "--support", support, "--organs", "liver", "--boxes", "wpl",
+                      "--out", job_out, "--triton", services["UAE_TRITON_URL"])
+    assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert Manifest(join(job_out, PRELABEL_MANIFEST)).counts() == {"ok": 1, "error": 1}
+    job_rows = read_table(index_uri(job_out)).to_pylist()
+    assert [(r["organ"], r["status"]) for r in job_rows if r["status"] == "ok"] == [("liver", "ok")]

@@ -205,8 +205,10 @@ def test_recovers_a_known_rigid_transform_and_follows_the_itk_convention(registr
         ok = np.isfinite(res) & (ref > -500)
         return np.corrcoef(res[ok], ref[ok])[0, 1]
 
-    assert overlap_corr(read) > 0.9
-    assert overlap_corr(read.GetInverse()) < overlap_corr(read) - 0.2  # the other direction does not overlay
+    # overlays about as well as the true transform (0.94; linear resampling twice, sub-mm TRE),
+    # and the other direction does not overlay
+    assert overlap_corr(read) > overlap_corr(truth) - 0.1
+    assert overlap_corr(read.GetInverse()) < overlap_corr(read) - 0.2
 
 
 @pytest.mark.data

@@ -137,10 +137,15 @@ class FixedPointMatcher:
         out = b1.reshape(n, k, 3)[:, 0].copy()  # the query's own nearest neighbour
         scores = s1.reshape(n, k)[:, 0].astype(np.float64).copy()
         consistency = keep.mean(axis=1)
-        for i in range(n):
+        # one consistent cube point: the fit is its translation (closed form, no IRLS)
+        single = keep.sum(axis=1) == 1
+        if single.any():
+            j = keep[single].argmax(axis=1)
+            rows = np.flatnonzero(single)
+            out[rows] = q[rows] + b2[rows, j] - a1[rows, j]
+            scores[rows] = s2[rows, j]
+        for i in np.flatnonzero(keep.sum(axis=1) > 1):
             m = keep[i]
-            if not m.any():
-                continue
             src, dst = a1[i][m], b2[i][m]
             kind = "affine" if m.sum() >= 8 and well_spread(src, 0.25 * cfg.radius_mm) else "translation"
             out[i] = fit_points(src, dst, kind=kind, scale_mm=tol)(q[i])[0]
