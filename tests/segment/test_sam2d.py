@@ -88,3 +88,32 @@ def test_registry_has_the_small_model():
 
     model = MODEL_REGISTRY["sam-vit-tiny"]()
     assert isinstance(model, Sam2D) and model.config.name == "sam-vit-tiny"
+
+
+@pytest.mark.slow
+def test_an_official_vit_b_file_loads_by_path_and_segments(tmp_path):
+    """A file in the official layout (a raw state dict of segment-anything's own ViT-B, as
+    ``sam_vit_b_01ec64.pth``; random weights, none can be downloaded here) loads through the
+    ``--sam-checkpoint`` path and runs the whole slice pipeline at 1024 x 1024."""
+    import SimpleITK as sitk
+
+    from uae_ray.models.sam_import import sam_build
+    from uae_ray.tasks.segment import LocalSliceSegmenter, OrganPrompt, TargetSlices, segment_prompts
+
+    torch.manual_seed(0)
+    official = sam_build().sam_model_registry["vit_b"](checkpoint=None)
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save(official.state_dict(), path)
+    model = load_sam2d(path)
+    assert model.version.startswith("vit_b:sam_vit_b_01ec64.pth+") and model.config.image_size == 1024
+    key = "mask_decoder.iou_prediction_head.layers.0.weight"
+    assert torch.equal(model.sam.state_dict()[key], official.state_dict()[key])
+    del official
+
+    image = sitk.GetImageFromArray(np.full((2, 48, 64), -1000, np.int16))  # z, y, x
+    image.SetSpacing((1.5, 1.5, 3.0))
+    seg = LocalSliceSegmenter(model, device="cpu")
+    target = TargetSlices(image, "CT", seg.config)
+    result = segment_prompts(seg, target, [OrganPrompt("box", {1: np.array([10, 8, 40, 30])})])
+    assert result.labels.GetSize() == image.GetSize() and result.n_slices_encoded == 1
+    assert result.organs[0].name == "box" and result.organs[0].n_slices <= 1

@@ -107,8 +107,8 @@ class RegistrationConfig:
     coarse_every: int = 3
     window_mm: float | None = 16.0
     second_window_mm: float = 8.0
-    context_mm: float = 24.0
-    second_points: int | None = 100
+    context_mm: float = 16.0
+    second_points: int | None = 60
     select_affine: bool = True
     refine_iterations: int = 60
     refine_spacing_mm: float = 3.0
@@ -119,7 +119,7 @@ class RegistrationConfig:
         """Defaults for CT <-> MR: cross-modality matches are noisier (median error about 10 mm
         per match against about 1 mm CT-CT), so more points (denser grid), a looser round-trip
         tolerance and inlier threshold, and the averaging of many inliers in the fit (every grid
-        point in the second pass too)."""
+        point in the second pass too, with more context)."""
         base = {
             "max_points": 400,
             "min_spacing_mm": 4.0,
@@ -127,6 +127,7 @@ class RegistrationConfig:
             "inlier_mm": 12.0,
             "fit_scale_mm": 5.0,
             "second_points": None,
+            "context_mm": 24.0,
         }
         return cls(**{**base, **overrides})
 
