@@ -11,58 +11,29 @@ requests; all boxes of a batch are decoded together
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from uae_ray.serving import sam_protocol as P
+from uae_ray.serving.backend import instance_device, load_sam_weights, triton_error
 
 MODEL_DIR = Path(__file__).resolve().parents[1]
 CHUNK = 256
 
 
-def _parameters(model_config: dict[str, Any]) -> dict[str, str]:
-    return {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
-
-
-def _weights(model_config: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(checkpoint, kind): ``$UAE_SAM_CHECKPOINT`` / ``$UAE_SAM_KIND`` win over the parameters."""
-    from uae_ray.models.sam2d import SHIPPED_SAM_WEIGHTS
-
-    params = _parameters(model_config)
-    value = os.environ.get(P.ENV_CHECKPOINT) or params.get(P.PARAM_CHECKPOINT, "")
-    kind = os.environ.get(P.ENV_KIND) or params.get(P.PARAM_KIND, "") or None
-    if not value or value in SHIPPED_SAM_WEIGHTS:
-        return value or None, kind
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else MODEL_DIR / path), kind
-
-
 def _error(exc: Exception) -> "pb_utils.TritonError":
-    message = f"{P.DECODER_MODEL}: {exc.__class__.__name__}: {exc}".splitlines()[0]
-    code = getattr(pb_utils.TritonError, "INVALID_ARG" if isinstance(exc, ValueError) else "INTERNAL", None)
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return triton_error(pb_utils, P.DECODER_MODEL, exc)
 
 
 class TritonPythonModel:
     """One instance: prompt encoder + mask decoder on the instance's device."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        import torch
-
-        from uae_ray.models.sam2d import load_sam2d
-
         config = json.loads(args["model_config"])
-        threads = int(_parameters(config).get(P.PARAM_NUM_THREADS) or 0)
-        if threads > 0:
-            torch.set_num_threads(threads)
-        kind_ = args.get("model_instance_kind")
-        self.device = torch.device(f"cuda:{int(args.get('model_instance_device_id', 0))}" if kind_ == "GPU" else "cpu")
-        checkpoint, kind = _weights(config)
-        model = load_sam2d(checkpoint, kind)
+        self.device = instance_device(args, config, P.PARAM_NUM_THREADS)
+        model = load_sam_weights(config, MODEL_DIR)
         model.sam.image_encoder = None  # only the prompt encoder and mask decoder are served here
         self.sam = model.sam.to(self.device).eval()
         self.config = model.config

@@ -11,7 +11,6 @@ imports (the local stack starts Triton that way, see ``uae_ray/stack/triton.py``
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +18,21 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from uae_ray.serving import protocol as P
+from uae_ray.serving.backend import instance_device, triton_error, weights_setting
 
 MODEL_DIR = Path(__file__).resolve().parents[1]
 
 
-def _parameters(model_config: dict[str, Any]) -> dict[str, str]:
-    return {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
-
-
-def _checkpoint(model_config: dict[str, Any]) -> Path | str | None:
-    """``$UAE_CHECKPOINT``, else the ``checkpoint`` parameter, else ``None`` (shipped default).
-    A shipped weights name (e.g. ``tiny-ctmr-v1``) is passed on as it is."""
-    from uae_ray.models import SHIPPED_WEIGHTS
-
-    value = os.environ.get(P.ENV_CHECKPOINT) or _parameters(model_config).get(P.PARAM_CHECKPOINT, "")
-    if not value:
-        return None
-    if value in SHIPPED_WEIGHTS:
-        return value
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else MODEL_DIR / path
-
-
 def _load(model_config: dict[str, Any]):
-    from uae_ray.models import load_model
+    """The network of ``$UAE_CHECKPOINT``, else of the ``checkpoint`` parameter, else the
+    shipped default (a shipped weights name such as ``tiny-ctmr-v1`` is passed on as it is)."""
+    from uae_ray.models import SHIPPED_WEIGHTS, load_model
 
-    return load_model(_checkpoint(model_config))
+    return load_model(weights_setting(model_config, P.ENV_CHECKPOINT, P.PARAM_CHECKPOINT, SHIPPED_WEIGHTS, MODEL_DIR))
 
 
 def _error(exc: Exception) -> "pb_utils.TritonError":
-    """A one-line TritonError; bad input (ValueError) -> INVALID_ARG (HTTP 400, not retried by
-    clients), anything else -> INTERNAL (HTTP 500)."""
-    message = f"uae_embedder: {exc.__class__.__name__}: {exc}".splitlines()[0]
-    code = getattr(pb_utils.TritonError, "INVALID_ARG" if isinstance(exc, ValueError) else "INTERNAL", None)
-    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return triton_error(pb_utils, "uae_embedder", exc)
 
 
 class TritonPythonModel:
@@ -60,16 +40,8 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load the weights onto the device Triton gave this instance (CPU or GPU)."""
-        import torch
-
         config = json.loads(args["model_config"])
-        threads = int(_parameters(config).get(P.PARAM_NUM_THREADS) or 0)
-        if threads > 0:
-            torch.set_num_threads(threads)
-        if args.get("model_instance_kind") == "GPU":
-            self.device = torch.device(f"cuda:{int(args.get('model_instance_device_id', 0))}")
-        else:
-            self.device = torch.device("cpu")
+        self.device = instance_device(args, config, P.PARAM_NUM_THREADS)
         self.model = _load(config).to(self.device)
         self.version = self.model.version
         self.config_json = json.dumps(self.model.config.to_dict())
