@@ -758,9 +758,10 @@ class Registrar:
         The first pass matches every ``coarse_every``-th grid point over the whole moving image
         (all of them when that gives under ``2 * min_correspondences`` matches, e.g. a small
         overlap), and a rigid fit of those predicts where the other points lie. With a large
-        rotation the moving image is then de-rotated and every point is matched into it (second
-        pass); otherwise (or without the images) the rest of the grid is matched in the moving
-        image. Both search only within ``window_mm`` of the prediction.
+        rotation the moving image is then de-rotated and the central ``second_points`` (all by
+        default for CT-MR) are matched into it within ``second_window_mm`` (second pass);
+        otherwise (or without the images) the rest of the grid is matched in the moving image
+        within ``window_mm`` of the prediction.
         """
         out: dict[str, float] = {"match": 0.0}
         need = max(cfg.min_correspondences, 4)
