@@ -43,6 +43,25 @@ def _add_cohort_run_args(c: argparse.ArgumentParser, unit: str, strict_extra: st
                    "failures are recorded in the manifest, exit 0)")
 
 
+def _add_support_args(p: argparse.ArgumentParser, organs_note: str = "") -> None:
+    """The annotated supports and the organs of localize, segment and cohort prelabel."""
+    p.add_argument("--support", required=True, action="append", metavar="IMAGE:LABELS",
+                   help="an annotated support scan and its label map (repeatable; s3:// URIs allowed)")
+    p.add_argument("--organs", required=True, metavar="a,b", help=f"comma-separated organ names{organs_note}")
+    p.add_argument("--label-names", metavar="FILE", help='JSON {"1": "liver", ...} for every support\'s labels '
+                   "(default: <LABELS>.json or meta.json beside each label file)")
+
+
+def _add_localizer_args(p: argparse.ArgumentParser, method_help: str,
+                        mode_help: str = "embedding localizer mode (see localize)") -> None:
+    """The localizer options of localize, segment and cohort prelabel."""
+    p.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
+                   help=f"{method_help} (default: %(default)s)")
+    p.add_argument("--embedding-mode", choices=EMBEDDING_MODES, help=mode_help)
+    p.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
+    p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
+
+
 def _add_modality_args(b: argparse.ArgumentParser) -> None:
     """Target and support modalities of the leave-one-out benchmarks."""
     b.add_argument("--modality", choices=["CT", "MR"], default="CT", help="of the targets (default: CT)")
@@ -227,20 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_register)
 
     p = sub.add_parser("localize", help="few-shot organ boxes from k annotated support scans")
-    p.add_argument("--support", required=True, action="append", metavar="IMAGE:LABELS",
-                   help="an annotated support scan and its label map (repeatable; s3:// URIs allowed)")
+    _add_support_args(p)
     p.add_argument("--target", required=True, metavar="IMAGE")
-    p.add_argument("--organs", required=True, metavar="a,b", help="comma-separated organ names")
     p.add_argument("--out", required=True, metavar="BOXES.csv")
-    p.add_argument("--label-names", metavar="FILE", help='JSON {"1": "liver", ...} for every support\'s labels '
-                   "(default: <LABELS>.json or meta.json beside each label file)")
-    p.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
-                   help="embedding: anatomical-embedding matching; medlam: MedLAM (default: %(default)s)")
-    p.add_argument("--embedding-mode", choices=EMBEDDING_MODES,
-                   help="embedding method: transfer (organ points, median displacement) or extremes (fixed-point "
-                   "match of the six extreme points); default: the measured better one")
-    p.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
-    p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
+    _add_localizer_args(p, "embedding: anatomical-embedding matching; medlam: MedLAM",
+                        "embedding method: transfer (organ points, median displacement) or extremes (fixed-point "
+                        "match of the six extreme points); default: the measured better one")
     p.add_argument("--report", metavar="REPORT.html", help="also write an HTML QC report")
     p.add_argument("--truth", metavar="BOXES.csv", help="ground-truth boxes to draw in the report")
     _add_embedder_args(p)
@@ -248,22 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="organ label map from k annotated support scans (MedLSAM: boxes -> "
                        "segment-anything)")
-    p.add_argument("--support", required=True, action="append", metavar="IMAGE:LABELS",
-                   help="an annotated support scan and its label map (repeatable; s3:// URIs allowed)")
+    _add_support_args(p, " (label k = the k-th)")
     p.add_argument("--target", required=True, metavar="IMAGE")
-    p.add_argument("--organs", required=True, metavar="a,b", help="comma-separated organ names (label k = the k-th)")
     p.add_argument("--out", required=True, metavar="LABELS.nii.gz", help="label map on the target's grid; the "
                    "sidecar <OUT minus .nii.gz>.json names the labels")
-    p.add_argument("--label-names", metavar="FILE", help='JSON {"1": "liver", ...} for every support\'s labels '
-                   "(default: <LABELS>.json or meta.json beside each label file)")
     p.add_argument("--boxes", choices=SEGMENT_BOX_MODES, default=SEGMENT_DEFAULT_BOX_MODE,
                    help="wpl: one box on every slice of the organ's 3D box; spl: the organ in up to 6 parts along z, "
                    "each localized (default: %(default)s)")
-    p.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
-                   help="localizer of the boxes (see localize; default: %(default)s)")
-    p.add_argument("--embedding-mode", choices=EMBEDDING_MODES, help="embedding localizer mode (see localize)")
-    p.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
-    p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
+    _add_localizer_args(p, "localizer of the boxes (see localize)")
     _add_sam_args(p)
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_segment)
@@ -312,20 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("prelabel", help="localize and segment organs in every scan from k annotated supports "
                         "(MedLSAM), one task per scan")
     c.add_argument("--archive", required=True, metavar="URI", help="s3://bucket/prefix or a local folder")
-    c.add_argument("--support", required=True, action="append", metavar="IMAGE:LABELS",
-                   help="an annotated support scan and its label map (repeatable; s3:// URIs allowed)")
-    c.add_argument("--organs", required=True, metavar="a,b", help="comma-separated organ names (label k = the k-th)")
+    _add_support_args(c, " (label k = the k-th)")
     c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix: labels/<scan_id>.nii.gz, "
                    "prelabel/index.parquet, qc/prelabel.html, manifests/prelabel")
-    c.add_argument("--label-names", metavar="FILE", help='JSON {"1": "liver", ...} for every support\'s labels '
-                   "(default: <LABELS>.json or meta.json beside each label file)")
     c.add_argument("--boxes", choices=SEGMENT_BOX_MODES, default=SEGMENT_DEFAULT_BOX_MODE,
                    help="slice prompts, as segment (default: %(default)s)")
-    c.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
-                   help="localizer of the boxes, as segment (default: %(default)s)")
-    c.add_argument("--embedding-mode", choices=EMBEDDING_MODES, help="embedding localizer mode (see localize)")
-    c.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
-    c.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
+    _add_localizer_args(c, "localizer of the boxes, as segment")
     _add_sam_args(c)
     c.add_argument("--report", metavar="URI", help="QC report (HTML; local path or s3:// URI; default: "
                    "<out>/qc/prelabel.html)")
