@@ -64,3 +64,24 @@ def test_upsample_aligned_keeps_stride_convention() -> None:
 def test_unsupported_strides() -> None:
     with pytest.raises(ValueError, match="stride"):
         EmbeddingNet(EmbeddingConfig(local_stride=4))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"kernel_size": 3, "padding": 1},
+    {"kernel_size": 3, "padding": 2, "dilation": 2},
+    {"kernel_size": 3, "padding": 1, "stride": 2, "bias": False},
+    {"kernel_size": 1},
+])
+def test_onednn_conv3d_equals_the_reference_convolution(kwargs: dict) -> None:
+    from uae_ray.models.ops import Conv3d
+
+    torch.manual_seed(0)
+    fast = Conv3d(8, 16, **kwargs)
+    ref = torch.nn.Conv3d(8, 16, **kwargs)
+    ref.load_state_dict(fast.state_dict())  # same keys: checkpoints load either way
+    x = torch.randn(1, 8, 11, 14, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), atol=1e-5, rtol=1e-5)
+    y = fast(x)  # gradients enabled: the ordinary path, and it trains
+    y.sum().backward()
+    assert fast.weight.grad is not None and torch.isfinite(fast.weight.grad).all()

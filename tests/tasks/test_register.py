@@ -98,6 +98,24 @@ def test_second_pass_points_are_a_central_copy_of_the_grid_box():
     assert len(_central(pts, None)) == len(pts) == len(_central(pts, 10**6))
 
 
+def test_second_pass_crop_is_sized_for_the_network_and_keeps_every_point():
+    from uae_ray.tasks.register import _resample_nan
+
+    rng = np.random.default_rng(0)
+    img = sitk.Image([100, 90, 40], sitk.sitkFloat32)
+    img.SetSpacing((1.0, 1.1, 3.0))
+    img.SetOrigin((-50.0, -40.0, -60.0))
+    lo = np.array(img.GetOrigin())
+    hi = np.array(img.TransformIndexToPhysicalPoint([99, 89, 39]))
+    for _ in range(100):
+        a, b = lo + rng.random(3) * (hi - lo), lo + rng.random(3) * (hi - lo)
+        pts = np.stack([np.minimum(a, b), np.maximum(a, b)])
+        out = _resample_nan(img, img, sitk.Transform(), 2.0, pts, rng.uniform(0.0, 40.0), 16)
+        size, origin = np.array(out.GetSize()), np.array(out.GetOrigin())
+        assert np.all(size % 16 == 0) and np.all(size > 0)
+        assert np.all(pts[0] >= origin - 1e-6) and np.all(pts[1] <= origin + (size - 1) * 2.0 + 1e-6)
+
+
 def test_too_few_inliers_is_one_line_naming_both_files():
     rng = np.random.default_rng(0)
     corr = Correspondences(40, rng.uniform(-50, 50, (40, 3)), rng.uniform(-50, 50, (40, 3)))  # all random

@@ -43,6 +43,8 @@ class FixedPointConfig:
         min_consistent: Fraction of the cube that must survive for ``found=True``.
         round_trips: 2 for A->B->A->B->A (DESIGN.md), 1 for A->B->A (half the cost).
         chunk: Queries per similarity batch (see :class:`Matcher`).
+        subvoxel: Sub-voxel refinement of every nearest-neighbour peak (``False``: voxel
+            precision, for a first estimate that a finer pass corrects).
     """
 
     radius_mm: float = 16.0
@@ -52,6 +54,7 @@ class FixedPointConfig:
     min_consistent: float = 0.4
     round_trips: int = 1
     chunk: int = 32
+    subvoxel: bool = True
 
     def cube(self) -> np.ndarray:
         """(K, 3) offsets (mm) of the cube, the zero offset first."""
@@ -90,8 +93,8 @@ class FixedPointMatcher:
         self.config = config or FixedPointConfig()
         self.template = template
         self.target = target
-        self._to_b = Matcher(chunk=self.config.chunk).set_target(target)
-        self._to_a = Matcher(chunk=self.config.chunk).set_target(template)
+        self._to_b = Matcher(self.config.chunk, self.config.subvoxel).set_target(target)
+        self._to_a = Matcher(self.config.chunk, self.config.subvoxel).set_target(template)
 
     def predict(self, points_world: np.ndarray, guess: np.ndarray | None = None,
                 window_mm: float | None = None) -> MatchResult:

@@ -81,16 +81,20 @@ class Matcher:
     Args:
         chunk: Number of queries whose full similarity maps are held at once (memory bound:
             about ``chunk * n_local_voxels * 4 * 3`` bytes).
+        subvoxel: Refine each peak to 1/16 voxel (:meth:`_refine`); ``False`` returns the best
+            voxel (a coarse estimate that a later, finer search will correct).
     """
 
-    def __init__(self, chunk: int = 16) -> None:
+    def __init__(self, chunk: int = 16, subvoxel: bool = True) -> None:
         self.chunk = int(chunk)
+        self.subvoxel = bool(subvoxel)
         self._target: EmbeddingMaps | None = None
 
     def set_target(self, target: EmbeddingMaps) -> "Matcher":
         """Hold the target's maps (as float32 torch tensors) for the following queries."""
         self._target = target
         self._stack = self._stack_s = None  # built on first use (see _stacked)
+        self._local_vm = self._semantic_vm = None  # built on first use (see _voxel_major)
         self._local = _as_tensor(target.local, np.float32).reshape(target.local.shape[0], -1)
         self._global = _as_tensor(target.global_, np.float32).reshape(target.global_.shape[0], -1)
         self._valid = _as_tensor(target.valid, bool).reshape(-1)
@@ -161,6 +165,15 @@ class Matcher:
         q = torch.cat([ql, qg] + ([qs] if semantic else []), dim=1)
         return (q @ self._stacked(semantic)).reshape(-1, lz, ly, lx) / (3.0 if semantic else 2.0)
 
+    def _voxel_major(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, C) copies of the local and semantic maps (built on first use, then kept): a
+        window's gather then reads one contiguous row per voxel instead of C strided values
+        (2.5x faster; costs one more copy of those maps)."""
+        if getattr(self, "_local_vm", None) is None:
+            self._local_vm = self._local.T.contiguous()
+            self._semantic_vm = None if self._semantic is None else self._semantic.T.contiguous()
+        return self._local_vm, self._semantic_vm
+
     def _window_best(
         self, ql: torch.Tensor, qg: torch.Tensor, qs: torch.Tensor | None, centres: torch.Tensor, half: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +191,8 @@ class Matcher:
         inside = ((pos >= 0) & (pos < shape)).all(dim=-1)
         pos_c = torch.minimum(pos.clamp(min=0), shape - 1)
         flat = (pos_c[..., 0] * shape[1] + pos_c[..., 1]) * shape[2] + pos_c[..., 2]  # (n, W)
-        sim = torch.einsum("cnw,nc->nw", self._local[:, flat], ql)
+        local, semantic = self._voxel_major()
+        sim = torch.bmm(local[flat], ql[:, :, None])[..., 0]
         # The global cosine at local voxel j is the global cosine map's value at index
         # j / factor, trilinearly interpolated (what upsample_aligned does).
         gshape = t.global_.shape[1:]
@@ -191,7 +205,7 @@ class Matcher:
         ).reshape(len(qg), -1)
         parts = 2.0
         if qs is not None:
-            sim = sim + torch.einsum("cnw,nc->nw", self._semantic[:, flat], qs)
+            sim = sim + torch.bmm(semantic[flat], qs[:, :, None])[..., 0]
             parts = 3.0
         sim = (sim / parts).masked_fill(~(inside & self._valid[flat]), float("-inf"))
         best, arg = sim.max(dim=1)
@@ -253,7 +267,7 @@ class Matcher:
                     zyx = torch.stack(torch.unravel_index(arg, shape), dim=1)  # (n, 3) z, y, x
                 # Sub-voxel refinement on the local map only (the upsampled global map is
                 # piecewise linear at 16 mm and would bias the peak position).
-                offs = self._refine(ql[s : s + chunk], zyx)
+                offs = self._refine(ql[s : s + chunk], zyx) if self.subvoxel else torch.zeros(zyx.shape, dtype=torch.float64)
                 idx_out[s : s + len(zyx)] = (zyx.double() + offs).flip(1).numpy()  # -> x, y, z
                 scores[s : s + len(zyx)] = best.numpy()
         return t.local_grid.index_to_world(idx_out), scores
@@ -282,7 +296,9 @@ class Matcher:
             grid = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), dim=-1).reshape(-1, 3)  # (K, 3)
             pos = torch.minimum(torch.clamp(centre[:, None, :] + grid[None], min=0.0), hi)  # (n, K, 3) zyx
             feats = _interp(vol, pos.flip(-1).reshape(-1, 3)).reshape(len(zyx), len(grid), c)
-            cos = torch.einsum("nkc,nc->nk", torch.nn.functional.normalize(feats, dim=-1), query_local)
+            # cosine without materialising normalised features: dot / |feats|
+            cos = torch.einsum("nkc,nc->nk", feats, query_local) * torch.rsqrt(
+                torch.einsum("nkc,nkc->nk", feats, feats).clamp_min(1e-24))
             near = torch.round(pos).long()  # stay on valid voxels (nearest voxel must be valid)
             ok = valid[near[..., 0], near[..., 1], near[..., 2]]
             cos = cos.masked_fill(~ok, float("-inf"))

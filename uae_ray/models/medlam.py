@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uae_ray.models.config import DEFAULT_WINDOWS
+from uae_ray.models.ops import Conv3d
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _block(cin: int, cout: int, stride: int, convs: int = 2) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(convs):
         layers += [
-            nn.Conv3d(cin if i == 0 else cout, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=False),
+            Conv3d(cin if i == 0 else cout, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=False),
             nn.BatchNorm3d(cout),
             nn.LeakyReLU(0.1, inplace=True),
         ]
@@ -139,7 +140,7 @@ class MedLAMNet(nn.Module):
         self.position_head = nn.Sequential(nn.Linear(w4, 64), nn.LeakyReLU(0.1, inplace=True), nn.Linear(64, 3))
         stage_width = {2: w1, 4: w2, 8: w3}
         self.feature_heads = nn.ModuleDict(
-            {str(s): nn.Conv3d(stage_width[s], cfg.feature_dim, 1) for s in cfg.feature_strides}
+            {str(s): Conv3d(stage_width[s], cfg.feature_dim, 1) for s in cfg.feature_strides}
         )
         self.register_buffer("scale", torch.tensor(cfg.scale_mm, dtype=torch.float32), persistent=False)
         self.version = f"{cfg.name}-untrained"

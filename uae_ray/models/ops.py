@@ -4,6 +4,27 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs CPU float32 inference through oneDNN (``mkldnn_convolution``).
+
+    For batch-1 inputs PyTorch's eager dispatch sends 1x1x1, dilated and small-volume 3D
+    convolutions to its reference ``slow_conv3d`` kernels, several times slower than oneDNN on
+    the same input (the embedding network's convolutions: 0.47 s against 0.11 s for a 96 x 100
+    x 98 volume on one thread). Training (gradients enabled), other devices and dtypes, and
+    padding modes other than zeros take the ordinary path; the weights and state-dict keys
+    are those of ``nn.Conv3d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
+                or self.padding_mode != "zeros" or isinstance(self.padding, str)
+                or not torch.backends.mkldnn.is_available()):
+            return super().forward(x)
+        return torch.ops.aten.mkldnn_convolution(x.contiguous(), self.weight, self.bias, list(self.padding),
+                                                 list(self.stride), list(self.dilation), self.groups)
 
 
 def upsample_aligned(x: torch.Tensor, factor: int | tuple[int, int, int], size: tuple[int, int, int]) -> torch.Tensor:

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from uae_ray.models.config import EmbeddingConfig
-from uae_ray.models.ops import upsample_aligned
+from uae_ray.models.ops import Conv3d, upsample_aligned
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        Conv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
         nn.BatchNorm3d(cout),
     )
 
@@ -28,7 +28,7 @@ class BasicBlock3d(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
-                nn.Conv3d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm3d(cout)
+                Conv3d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm3d(cout)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -55,11 +55,11 @@ class SemanticNeck(nn.Module):
     def __init__(self, widths: tuple[int, int, int], dim: int, out_dim: int) -> None:
         super().__init__()
         w1, w2, w3 = widths
-        self.lat1 = nn.Conv3d(w1, dim, 1)
-        self.lat2 = nn.Conv3d(w2, dim, 1)
-        self.lat3 = nn.Conv3d(w3, dim, 1)
-        self.mid = nn.Conv3d(dim, dim, 3, padding=1)
-        self.out = nn.Conv3d(dim, out_dim, 1)
+        self.lat1 = Conv3d(w1, dim, 1)
+        self.lat2 = Conv3d(w2, dim, 1)
+        self.lat3 = Conv3d(w3, dim, 1)
+        self.mid = Conv3d(dim, dim, 3, padding=1)
+        self.out = Conv3d(dim, out_dim, 1)
 
     def forward(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor) -> torch.Tensor:
         """Semantic features (B, out_dim, *c1 spatial), not normalised."""
@@ -113,14 +113,14 @@ class EmbeddingNet(nn.Module):
             *[BasicBlock3d(w3, w3, dilation=d) for d in config.dilations],
         )
         f = config.fpn_dim
-        self.lat1 = nn.Conv3d(w1, f, 1)
-        self.lat2 = nn.Conv3d(w2, f, 1)
-        self.lat3 = nn.Conv3d(w3, f, 1)
+        self.lat1 = Conv3d(w1, f, 1)
+        self.lat2 = Conv3d(w2, f, 1)
+        self.lat3 = Conv3d(w3, f, 1)
         self.local_head = nn.Sequential(
-            nn.Conv3d(f, f, 3, padding=1), nn.ReLU(inplace=True), nn.Conv3d(f, config.local_dim, 1)
+            Conv3d(f, f, 3, padding=1), nn.ReLU(inplace=True), Conv3d(f, config.local_dim, 1)
         )
         self.global_head = nn.Sequential(
-            nn.Conv3d(w3, w3, 3, padding=1), nn.ReLU(inplace=True), nn.Conv3d(w3, config.global_dim, 1)
+            Conv3d(w3, w3, 3, padding=1), nn.ReLU(inplace=True), Conv3d(w3, config.global_dim, 1)
         )
         self.semantic_head = SemanticNeck((w1, w2, w3), f, config.semantic_dim) if config.semantic_dim > 0 else None
 

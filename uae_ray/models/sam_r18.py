@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uae_ray.models.config import EmbeddingConfig
+from uae_ray.models.ops import Conv3d
 
 #: Registry name and ``EmbeddingConfig.arch`` of this network.
 ARCH = "sam-r18"
@@ -107,7 +108,7 @@ class ConvModule(nn.Module):
         act: bool = True,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=padding, bias=not norm)
+        self.conv = Conv3d(cin, cout, kernel, stride=stride, padding=padding, bias=not norm)
         self.bn = nn.BatchNorm3d(cout) if norm else None
         self.act = act
 

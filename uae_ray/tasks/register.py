@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -756,23 +756,27 @@ class Registrar:
         """The final correspondences, and the first-pass rigid map when a second pass ran.
 
         The first pass matches every ``coarse_every``-th grid point over the whole moving image
-        (all of them when that gives under ``2 * min_correspondences`` matches, e.g. a small
+        (all of them when that gives too few matches for a first estimate, e.g. a small
         overlap), and a rigid fit of those predicts where the other points lie. With a large
         rotation the moving image is then de-rotated and the central ``second_points`` (all by
         default for CT-MR) are matched into it within ``second_window_mm`` (second pass);
         otherwise (or without the images) the rest of the grid is matched in the moving image
-        within ``window_mm`` of the prediction.
+        within ``window_mm`` of the prediction. When a second pass may follow, the first pass
+        finds voxel-precise matches only (no sub-voxel refinement: the second pass supersedes
+        them), and accepts a first estimate from ``min_correspondences`` matches (else twice
+        that); should no second pass run after all, every point is matched again, refined.
         """
         out: dict[str, float] = {"match": 0.0}
         need = max(cfg.min_correspondences, 4)
         second = moving is not None and self.embedder is not None and cfg.second_pass_deg is not None
         step = cfg.coarse_every if len(pts) >= cfg.coarse_every * 2 * need else 1
         coarse_idx = np.arange(0, len(pts), step)
+        coarse_cfg = replace(cfg, matcher=replace(cfg.matcher, subvoxel=False)) if second else cfg
 
-        def match_into(maps: EmbeddingMaps, idx: np.ndarray, key: str,
-                       guess: np.ndarray | None = None, window: float | None = None) -> Correspondences:
+        def match_into(maps: EmbeddingMaps, idx: np.ndarray, key: str, guess: np.ndarray | None = None,
+                       window: float | None = None, config: RegistrationConfig = cfg) -> Correspondences:
             t0 = time.perf_counter()
-            corr = _match(self.fixed_maps, maps, pts[idx], cfg, guess, window)
+            corr = _match(self.fixed_maps, maps, pts[idx], config, guess, window)
             out[key] = out.get(key, 0.0) + time.perf_counter() - t0
             return corr
 
@@ -780,10 +784,11 @@ class Registrar:
             return Correspondences(a.n_points + b.n_points, np.concatenate([a.fixed, b.fixed]),
                                    np.concatenate([a.moving, b.moving]))
 
-        corr = match_into(moving_maps, coarse_idx, "match")
+        corr = match_into(moving_maps, coarse_idx, "match", config=coarse_cfg)
         rest = np.setdiff1d(np.arange(len(pts)), coarse_idx)
-        if len(rest) and len(corr.fixed) < 2 * need:  # too few for a first estimate: match the rest now
-            corr, rest = merge(corr, match_into(moving_maps, rest, "match")), rest[:0]
+        if len(rest) and len(corr.fixed) < (1 if second else 2) * need:  # too few for a first estimate
+            corr = merge(corr, match_into(moving_maps, rest, "match", config=coarse_cfg))
+            coarse_idx, rest = np.arange(len(pts)), rest[:0]
         first = None
         if len(corr.fixed) >= need and (len(rest) or second):
             try:
@@ -795,8 +800,9 @@ class Registrar:
             # the network's receptive field needs context beyond the searched box
             idx2 = _central(pts, cfg.second_points)
             margin = cfg.second_window_mm + cfg.context_mm
-            moved = _resample_nan(self.fixed, moving, make_transform(*first, "rigid"),
-                                  self.embedder.config.input_spacing_mm, pts[idx2], margin)
+            net = self.embedder.config
+            moved = _resample_nan(self.fixed, moving, make_transform(*first, "rigid"), net.input_spacing_mm,
+                                  pts[idx2], margin, net.pad_multiple)
             moved_maps = embed_image(moved, self.embedder, mod)
             out["embed_second"] = time.perf_counter() - t0
             # The moved image lies on the fixed grid: each point is predicted where it is.
@@ -804,6 +810,8 @@ class Registrar:
             if len(corr2.fixed) >= need:
                 return corr2, first, out
             logger.warning("%s: second pass found %d correspondences; keeping the first", pair, len(corr2.fixed))
+        if coarse_cfg is not cfg:  # the first pass was voxel-precise: match every point again, refined
+            corr, rest = Correspondences(0, pts[:0], pts[:0]), np.arange(len(pts))
         if len(rest):
             guess = None if first is None else pts[rest] @ first[0].T + first[1]
             corr = merge(corr, match_into(moving_maps, rest, "match", guess))
@@ -822,18 +830,31 @@ def _central(points: np.ndarray, count: int | None) -> np.ndarray:
 
 
 def _resample_nan(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, spacing_mm: float,
-                  points: np.ndarray, margin_mm: float) -> sitk.Image:
+                  points: np.ndarray, margin_mm: float, multiple: int = 1) -> sitk.Image:
     """``moving`` resampled through ``transform`` onto an isotropic ``spacing_mm`` grid over the
     fixed image (the network's input spacing, so embedding it resamples almost nothing), cropped
     to the box of ``points`` plus ``margin_mm`` (all that the second pass searches), float32, NaN
-    outside the moving field of view (so the embedding's valid mask keeps that field of view)."""
+    outside the moving field of view (so the embedding's valid mask keeps that field of view).
+
+    Each size is rounded to the nearest multiple of ``multiple`` (the network pads its input to
+    one): trimmed from the side with the wider margin, or grown, instead of padded with air.
+    """
     from uae_ray.volume import Grid, model_grid, resample_to_grid
 
     full = model_grid(fixed, spacing_mm=spacing_mm, pad_multiple=1)
     origin, size = np.asarray(full.origin), np.asarray(full.size)
-    lo = np.clip(np.floor((points.min(axis=0) - margin_mm - origin) / spacing_mm), 0, size - 1).astype(int)
-    hi = np.clip(np.ceil((points.max(axis=0) + margin_mm - origin) / spacing_mm), lo, size - 1).astype(int)
-    grid = Grid(tuple(origin + lo * spacing_mm), full.spacing, full.direction, tuple(int(v) for v in hi - lo + 1))
+    p_lo, p_hi = (points.min(axis=0) - origin) / spacing_mm, (points.max(axis=0) - origin) / spacing_mm
+    lo = np.clip(np.floor(p_lo - margin_mm / spacing_mm), 0, size - 1).astype(int)
+    hi = np.clip(np.ceil(p_hi + margin_mm / spacing_mm), lo, size - 1).astype(int)
+    room_lo, room_hi = p_lo - lo, hi - p_hi  # voxels between the points' box and the crop's faces
+    n = hi - lo + 1
+    target = np.maximum(multiple, np.rint(n / multiple) * multiple).astype(int)
+    target = np.where(n - target > np.floor(room_lo) + np.floor(room_hi), target + multiple, target)  # keep the points
+    trim, grow = np.maximum(n - target, 0), np.maximum(target - n, 0)
+    from_lo = np.clip(np.rint((trim + room_lo - room_hi) / 2), trim - np.floor(room_hi), np.floor(room_lo))
+    lo = lo + np.clip(from_lo, 0, trim).astype(int) - grow // 2
+    n = target
+    grid = Grid(tuple(origin + lo * spacing_mm), full.spacing, full.direction, tuple(int(v) for v in n))
     return resample_to_grid(moving, grid, sitk.sitkLinear, float("nan"), sitk.sitkFloat32, transform)
 
 
