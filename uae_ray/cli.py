@@ -165,6 +165,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         sam_checkpoint=args.sam_checkpoint,
         sam_kind=args.sam_kind,
         modality=args.modality,
+        dicom_seg=args.dicom_seg,
     )
 
 
@@ -266,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boxes", choices=SEGMENT_BOX_MODES, default=SEGMENT_DEFAULT_BOX_MODE,
                    help="wpl: one box on every slice of the organ's 3D box; spl: the organ in up to 6 parts along z, "
                    "each localized (default: %(default)s)")
+    p.add_argument("--dicom-seg", metavar="SEG.dcm", help="also write a DICOM SEG (binary, one segment per "
+                   "segmented organ) that references the target DICOM series; patient name and ID become a hashed "
+                   "pseudonym")
     _add_localizer_args(p, "localizer of the boxes (see localize)")
     _add_sam_args(p)
     _add_embedder_args(p)
@@ -325,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", metavar="URI", help="QC report (HTML; local path or s3:// URI; default: "
                    "<out>/qc/prelabel.html)")
     c.add_argument("--no-report", action="store_true", help="write neither the QC images nor the report")
+    c.add_argument("--dicom-seg", action="store_true", help="also write <out>/dicom_seg/<scan_id>.dcm, a DICOM SEG "
+                   "referencing the series, for every DICOM series scan (patient name and ID: the hashed patient id)")
     c.add_argument("--checkpoint", metavar="PATH", help="embedding model checkpoint for in-process inference")
     _add_cohort_run_args(c, "scan", " or a support could not be read")
     p.set_defaults(func=_cmd_cohort)
@@ -420,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)  # per-module chatter
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -317,3 +317,42 @@ def test_prelabel_over_the_stack(services, submit_job, shared_data, tmp_path):
     assert Manifest(join(job_out, PRELABEL_MANIFEST)).counts() == {"ok": 1, "error": 1}
     job_rows = read_table(index_uri(job_out)).to_pylist()
     assert [(r["organ"], r["status"]) for r in job_rows if r["status"] == "ok"] == [("liver", "ok")]
+
+
+@pytest.mark.stack
+@pytest.mark.data
+@pytest.mark.slow
+def test_prelabel_writes_dicom_seg_for_dicom_series_in_s3(services, shared_data, tmp_path):
+    import highdicom as hd
+
+    from uae_ray.cohort.prelabel import dicom_seg_uri
+    from uae_ray.storage import ensure_bucket, read_bytes, read_labels_uri, read_table, upload_file
+
+    archive, out = "s3://prelabel-dicom/archive", "s3://prelabel-dicom/out"
+    ensure_bucket(archive)
+    series = shared_data / "dicom" / "ts_upper_abdomen"
+    for f in series.iterdir():
+        upload_file(f, join(archive, "pt1", "series", f.name))
+    small = _shrink(sitk.ReadImage(str(shared_data / "cases" / "sts_002_ct" / "image.nii.gz")), 2)
+    sitk.WriteImage(small, str(tmp_path / "ct.nii.gz"))
+    upload_file(tmp_path / "ct.nii.gz", join(archive, "pt2", "ct.nii.gz"))  # not DICOM: no SEG
+    case = shared_data / "cases" / SUPPORT
+    support = f"{case / 'image.nii.gz'}:{case / 'labels.nii.gz'}"
+
+    summary = run_cohort_prelabel(archive, [support], "liver", out, services["UAE_TRITON_URL"],
+                                  services["UAE_RAY_ADDRESS"], boxes="wpl", qc=False, dicom_seg=True)
+    assert summary["done"] == 2 and summary["failed"] == 0, summary
+    rows = {r["scan_id"]: r for r in read_table(index_uri(out)).to_pylist()}
+    dicom_id = next(s.scan_id for s in discover_scans(archive) if s.kind == "dicom")
+    liver = rows.pop(dicom_id)
+    assert liver["status"] == "ok" and liver["dicom_seg_uri"] == dicom_seg_uri(out, dicom_id)
+    assert all(r["dicom_seg_uri"] is None for r in rows.values())
+    (tmp_path / "seg.dcm").write_bytes(read_bytes(liver["dicom_seg_uri"]))
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver"]
+    assert str(seg.PatientID) == dicom_id  # the series has no PatientID: the scan id stands in
+    vol = seg.get_volume(combine_segments=True, relabel=False).array
+    if seg.get_volume().affine[2, 0] < 0:
+        vol = vol[::-1]
+    labels = sitk.GetArrayFromImage(read_labels_uri(liver["mask_uri"]))
+    np.testing.assert_array_equal(vol == 1, labels == 1)

@@ -59,3 +59,25 @@ def test_segment_end_to_end(shared_data, tmp_path, caplog):
 # the bounds leave a margin.
 LIVER_BOUND = 0.45
 SPLEEN_BOUND = 0.45
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_segment_a_dicom_series_writes_a_matching_dicom_seg(shared_data, tmp_path):
+    import highdicom as hd
+
+    support = shared_data / "cases" / "ts_example_ct"
+    out = tmp_path / "labels.nii.gz"
+    code = main([
+        "segment", "--support", f"{support}/image.nii.gz:{support}/labels.nii.gz",
+        "--target", str(shared_data / "dicom" / "ts_upper_abdomen"), "--organs", "liver,brain", "--out", str(out),
+        "--boxes", "wpl", "--dicom-seg", str(tmp_path / "seg.dcm"),
+    ])
+    assert code == 0
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver"]  # brain: no support has it, left out
+    vol = seg.get_volume(combine_segments=True, relabel=False).array
+    if seg.get_volume().affine[2, 0] < 0:  # the SEG's volume runs head to foot
+        vol = vol[::-1]
+    np.testing.assert_array_equal(vol == 1, labels == 1)

@@ -34,7 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from uae_ray.storage import ScanRef, discover_scans, exists, is_s3, join, list_uris, parent, read_bytes
-from uae_ray.storage.images import SCAN_ID_HEX
+from uae_ray.storage.images import SCAN_ID_HEX, patient_key
 from uae_ray.storage.uri import as_str, basename, relative_to, uri_hash
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def pairs_from_archive(archive: str) -> list[ScanPair]:
         if not patient:
             no_patient += 1
             continue
-        key = uri_hash(f"patient:{patient}", SCAN_ID_HEX)  # hashed at once; the raw id goes no further
+        key = patient_key(patient)  # hashed at once; the raw id goes no further
         date = (info.get("study_date") or "") + (info.get("study_time") or "")
         by_patient[key].append((date or "~", relative_to(scan.uri, archive) or scan.uri, scan))
     if no_patient:

@@ -12,6 +12,9 @@ its part of the index and, for the QC report, one PNG per segmented organ.
 Layout under ``out``:
   ``labels/<scan_id>.nii.gz`` + ``.json``    label map on the scan's grid, label k = the k-th organ
                                             of ``organs`` (the ``segment`` contract) and its sidecar
+  ``dicom_seg/<scan_id>.dcm``               with ``dicom_seg``, for DICOM series scans: the label
+                                            map as a DICOM SEG referencing the series (patient name
+                                            and ID replaced by the hashed patient id)
   ``prelabel/parts/<scan_id>.parquet``      per-scan rows (written by the workers)
   ``prelabel/index.parquet``                all rows, one per (scan, organ), schema
                                             :data:`~uae_ray.storage.schemas.PRELABEL`; a scan that
@@ -52,7 +55,7 @@ from uae_ray.storage import (
     write_bytes_atomic,
     write_table_atomic,
 )
-from uae_ray.storage.schemas import PRELABEL, STATUS_ERROR, STATUS_OK
+from uae_ray.storage.schemas import PRELABEL, SCHEMA_KEY, STATUS_ERROR, STATUS_OK
 from uae_ray.storage.uri import uri_hash
 
 logger = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ class PrelabelSettings:
     qc: bool
     reported: tuple[str, ...]
     env: dict[str, str]
+    dicom_seg: bool = False
 
     @property
     def version(self) -> str:
@@ -110,6 +114,10 @@ class PrelabelSettings:
 
 def labels_uri(out: str, scan_id: str) -> str:
     return join(out, "labels", f"{scan_id}.nii.gz")
+
+
+def dicom_seg_uri(out: str, scan_id: str) -> str:
+    return join(out, "dicom_seg", f"{scan_id}.dcm")
 
 
 def part_uri(out: str, scan_id: str) -> str:
@@ -143,8 +151,10 @@ def prelabel_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=PRELABEL)
 
 
-def organ_rows(scan_id: str, result, prompts: Sequence, mask_uri: str, settings: PrelabelSettings) -> list[dict]:
-    """One row per organ of a :class:`~uae_ray.tasks.segment.SegmentationResult`."""
+def organ_rows(scan_id: str, result, prompts: Sequence, mask_uri: str, settings: PrelabelSettings,
+               seg_uri: str | None = None) -> list[dict]:
+    """One row per organ of a :class:`~uae_ray.tasks.segment.SegmentationResult`; ``seg_uri``:
+    the scan's DICOM SEG (on the rows of the organs it holds)."""
     rows = []
     for o, p in zip(result.organs, prompts):
         status = row_status(o.status, o.n_voxels)
@@ -154,7 +164,8 @@ def organ_rows(scan_id: str, result, prompts: Sequence, mask_uri: str, settings:
             "scan_id": scan_id, "organ": o.name, "label": o.label, "status": status, "message": message or None,
             **{k: float(v) for k, v in zip(("xmin", "ymin", "zmin", "xmax", "ymax", "zmax"), box)},
             "voxels": int(o.n_voxels), "volume_ml": float(o.volume_ml), "n_slices": int(o.n_slices),
-            "mask_uri": mask_uri, "localizer": settings.method, "boxes": settings.boxes,
+            "mask_uri": mask_uri, "dicom_seg_uri": seg_uri if status == "ok" else None,
+            "localizer": settings.method, "boxes": settings.boxes,
             "localizer_version": settings.localizer_version, "sam_version": result.model_version,
             "seconds": float(o.localize_seconds + o.seconds),
         })
@@ -170,7 +181,8 @@ def error_rows(scan_id: str, error: str, settings: PrelabelSettings, uri: str | 
     return [{
         "scan_id": scan_id, "organ": organ, "label": k, "status": STATUS_ERROR, "message": error,
         "xmin": nan, "ymin": nan, "zmin": nan, "xmax": nan, "ymax": nan, "zmax": nan,
-        "voxels": 0, "volume_ml": 0.0, "n_slices": 0, "mask_uri": None, "localizer": settings.method,
+        "voxels": 0, "volume_ml": 0.0, "n_slices": 0, "mask_uri": None, "dicom_seg_uri": None,
+        "localizer": settings.method,
         "boxes": settings.boxes, "localizer_version": settings.localizer_version,
         "sam_version": settings.sam_version, "seconds": 0.0,
     } for k, organ in enumerate(settings.organs, start=1)]
@@ -257,7 +269,8 @@ def prelabel_scan(scan: ScanRef, settings: PrelabelSettings) -> dict[str, Any]:
         result = segment_prompts(segmenter, prepared, prompts)
         mask_uri = labels_uri(settings.out, scan.scan_id)
         write_label_map(result, mask_uri)
-        rows = organ_rows(scan.scan_id, result, prompts, mask_uri, settings)
+        seg_uri = _write_dicom_seg(scan, image, result, settings)
+        rows = organ_rows(scan.scan_id, result, prompts, mask_uri, settings, seg_uri)
         write_table_atomic(prelabel_table(rows), part_uri(settings.out, scan.scan_id))
         if settings.qc:
             write_qc_images(settings.out, scan.scan_id, image, modality, result)
@@ -269,6 +282,27 @@ def prelabel_scan(scan: ScanRef, settings: PrelabelSettings) -> dict[str, Any]:
         record.update(status=STATUS_ERROR, error=one_line(e))
     record["seconds"] = time.perf_counter() - t0
     return persist_record(settings.manifest, record)
+
+
+def _write_dicom_seg(scan: ScanRef, image, result, settings: PrelabelSettings) -> str | None:
+    """The scan's DICOM SEG URI when ``settings.dicom_seg`` asks for one and it could be written
+    (a DICOM series scan with at least one segmented organ); else None, with a warning."""
+    if not settings.dicom_seg or not any(o.status == "ok" and o.n_voxels > 0 for o in result.organs):
+        return None
+    if scan.kind != "dicom":
+        logger.warning("scan %s: not a DICOM series, no DICOM SEG", scan.scan_id)
+        return None
+    from uae_ray.storage.images import patient_key
+    from uae_ray.tasks.segment import write_dicom_seg
+    from uae_ray.volume import VolumeError
+
+    pid = image.GetMetaData("0010|0020").strip() if image.HasMetaDataKey("0010|0020") else ""
+    uri = dicom_seg_uri(settings.out, scan.scan_id)
+    try:
+        return write_dicom_seg(result, scan.uri, uri, patient_key(pid) if pid else scan.scan_id)
+    except (VolumeError, ValueError) as e:
+        logger.warning("scan %s: no DICOM SEG: %s", scan.scan_id, one_line(e).replace(scan.uri, f"scan {scan.scan_id}"))
+        return None
 
 
 # -- the driver -----------------------------------------------------------------------------------
@@ -303,12 +337,13 @@ def _check_organs(names: Sequence[str], supports: Sequence) -> tuple[list, list[
 
 
 def _job_key(supports: Sequence, names: Sequence[str], label_names: str | None, boxes: str, method: str,
-             embedding_mode: str | None, modality: str | None) -> str:
-    """Hash of what the results depend on besides the model versions (a changed file under the
-    same name needs ``force``)."""
+             embedding_mode: str | None, modality: str | None, dicom_seg: bool = False) -> str:
+    """Hash of what the results depend on besides the model versions, and of the index schema
+    (a changed file under the same name needs ``force``)."""
     key = json.dumps({"supports": sorted(str(s.spec) for s in supports), "organs": list(names),
                       "label_names": label_names, "boxes": boxes, "method": method,
-                      "embedding_mode": embedding_mode, "modality": modality}, sort_keys=True)
+                      "embedding_mode": embedding_mode, "modality": modality, "dicom_seg": dicom_seg,
+                      "schema": PRELABEL.metadata[SCHEMA_KEY].decode()}, sort_keys=True)
     return uri_hash(key, 12)
 
 
@@ -361,6 +396,7 @@ def run_cohort_prelabel(
     limit: int | None = None,
     report: str | None = None,
     qc: bool = True,
+    dicom_seg: bool = False,
 ) -> dict[str, Any]:
     """Pre-labels every scan under ``archive`` that is not done yet (see the module docstring).
 
@@ -371,6 +407,7 @@ def run_cohort_prelabel(
             sam_kind / modality / label_names: as ``uae-ray segment``.
         report: the QC report's path or URI (default ``<out>/qc/prelabel.html``).
         qc: write the QC images and report.
+        dicom_seg: also write a DICOM SEG for every DICOM series scan.
 
     Returns:
         A summary dict (counts, versions, the index and report URIs).
@@ -399,8 +436,8 @@ def run_cohort_prelabel(
         boxes=boxes, method=method, embedding_mode=embedding_mode, triton_url=triton_url, checkpoint=checkpoint,
         medlam_checkpoint=medlam_checkpoint, sam_checkpoint=sam_checkpoint, sam_kind=sam_kind, modality=modality,
         localizer_version=loc_version, sam_version=sam_version,
-        job_key=_job_key(used, names, label_names, boxes, method, embedding_mode, modality), qc=qc,
-        reported=tuple(reported), env=worker_env(),
+        job_key=_job_key(used, names, label_names, boxes, method, embedding_mode, modality, dicom_seg), qc=qc,
+        reported=tuple(reported), env=worker_env(), dicom_seg=dicom_seg,
     )
     scans = discover_scans(archive)[:limit] if limit else discover_scans(archive)
     manifest = Manifest(settings.manifest)

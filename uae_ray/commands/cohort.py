@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 embedding_mode=args.embedding_mode, checkpoint=args.checkpoint,
                 medlam_checkpoint=args.medlam_checkpoint, sam_checkpoint=args.sam_checkpoint,
                 sam_kind=args.sam_kind, modality=args.modality, force=args.force, limit=args.limit,
-                report=args.report, qc=not args.no_report,
+                report=args.report, qc=not args.no_report, dicom_seg=args.dicom_seg,
             )
         except PrelabelError as e:  # no organ, no usable support, no model: nothing to do
             logger.error("%s", e)

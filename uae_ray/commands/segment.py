@@ -84,8 +84,9 @@ def run(
     sam_checkpoint: str | None = None,
     sam_kind: str | None = None,
     modality: str | None = None,
+    dicom_seg: str | None = None,
 ) -> int:
-    """Runs the verb.
+    """Runs the verb (with ``dicom_seg``: also a DICOM SEG over the target DICOM series).
 
     Returns:
         0 when the label map was written (organs that could not be localized are empty), 1 when
@@ -95,6 +96,10 @@ def run(
     from uae_ray.commands.localize import load_inputs
     from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts, write_label_map
 
+    if dicom_seg and _is_image_file(target):
+        logger.error("%s: --dicom-seg needs a DICOM series folder as --target (the SEG references the series' "
+                     "instances); this is an image file", target)
+        return 2
     inputs = load_inputs(supports, target, organs, label_names, modality)
     if inputs is None:
         return 2
@@ -120,4 +125,30 @@ def run(
     logger.info("wrote %s and %s (%d organ(s), %s boxes, %s localizer, model %s): localization %.1f s, "
                 "segmentation %.1f s (%d slices encoded)", label_path, sidecar, len(names), boxes.upper(), method,
                 result.model_version, t1 - t0, result.seconds, result.n_slices_encoded)
+    if dicom_seg and not _write_seg(result, image, target, dicom_seg):
+        return 1
     return 1 if failed else 0
+
+
+def _is_image_file(uri: str) -> bool:
+    from uae_ray.storage.images import IMAGE_SUFFIXES
+
+    return str(uri).lower().endswith(IMAGE_SUFFIXES)
+
+
+def _write_seg(result, image, target: str, out: str) -> bool:
+    """The DICOM SEG of ``result`` over the target series; False (logged) when it cannot be written."""
+    from uae_ray.storage.images import patient_key
+    from uae_ray.storage.uri import uri_hash
+    from uae_ray.tasks.segment import write_dicom_seg
+    from uae_ray.volume import VolumeError
+
+    pid = image.GetMetaData("0010|0020").strip() if image.HasMetaDataKey("0010|0020") else ""
+    pseudonym = patient_key(pid) if pid else uri_hash(str(target).rstrip("/"))
+    try:
+        write_dicom_seg(result, target, out, pseudonym)
+    except (VolumeError, ValueError, OSError) as e:
+        logger.error("%s: DICOM SEG not written: %s", out, one_line(e))
+        return False
+    logger.info("wrote DICOM SEG %s (patient pseudonym %s)", out, pseudonym)
+    return True

@@ -75,6 +75,11 @@ _DICOM_MAGIC_OFFSET = 128
 _NUMERIC_SUFFIX = re.compile(r"\.\d+$")
 
 
+def patient_key(patient: str) -> str:
+    """The stable hashed id of a patient id (the raw id goes no further than this call)."""
+    return uri_hash(f"patient:{patient}", SCAN_ID_HEX)
+
+
 @dataclass(frozen=True)
 class ScanRef:
     """One scan of an archive.
@@ -237,7 +242,9 @@ def _fetch_s3_image(uri: str, tmpdir: str) -> str:
     raise FileNotFoundError(uri)
 
 
-def _read_uri(uri: str | os.PathLike[str], reader: Callable[[str], Any]) -> Any:
+def with_local_copy(uri: str | os.PathLike[str], reader: Callable[[str], Any]) -> Any:
+    """``reader(local path)`` of a local path, or of a temporary download of an ``s3://`` image
+    file or DICOM series prefix (removed afterwards); VolumeErrors name the URI."""
     from uae_ray.volume import VolumeError
 
     text = as_str(uri)
@@ -277,11 +284,11 @@ def read_image_uri(
     """
     from uae_ray.volume import read_image
 
-    return _read_uri(uri, lambda p: read_image(p, series_uid, validate=validate))
+    return with_local_copy(uri, lambda p: read_image(p, series_uid, validate=validate))
 
 
 def read_labels_uri(uri: str | os.PathLike[str]) -> sitk.Image:
     """Read an integer label map from a local path or s3:// URI (see :func:`read_image_uri`)."""
     from uae_ray.volume import read_labels
 
-    return _read_uri(uri, read_labels)
+    return with_local_copy(uri, read_labels)

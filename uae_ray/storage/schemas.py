@@ -159,7 +159,7 @@ TRANSFORMS = _schema(
 PRELABEL_STATUSES = ("ok", "empty", "not_localized", "outside_fov", "missing_in_supports", "error")
 
 PRELABEL = _schema(
-    "prelabel/1",
+    "prelabel/2",
     [
         _f("scan_id", pa.string(), "16-hex scan id of the target scan"),
         _f("organ", pa.string(), "organ name (as given to --organs)"),
@@ -176,6 +176,8 @@ PRELABEL = _schema(
         _f("volume_ml", pa.float64(), "organ volume (ml)"),
         _f("n_slices", pa.int32(), "axial slices prompted with a box"),
         _f("mask_uri", pa.string(), "URI of the scan's label map (NIfTI; sidecar <stem>.json)", nullable=True),
+        _f("dicom_seg_uri", pa.string(), "URI of the scan's DICOM SEG holding the organ (--dicom-seg, DICOM series "
+           "scans only)", nullable=True),
         _f("localizer", pa.string(), "localizer: embedding or medlam"),
         _f("boxes", pa.string(), "slice prompts: spl or wpl"),
         _f("localizer_version", pa.string(), "model version of the localizer (embedding or MedLAM)"),

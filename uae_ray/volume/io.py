@@ -198,7 +198,12 @@ def _itk_warnings_off() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def _select_series(folder: Path, series_uid: str | None) -> list[str]:
+def series_files(folder: Path, series_uid: str | None = None) -> list[str]:
+    """The files of one DICOM series in a folder, in slice order (as SimpleITK reads them).
+
+    Raises:
+        VolumeError: No series, an unknown ``series_uid``, or several series without one.
+    """
     with _itk_warnings_off():
         ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not ids:
@@ -239,7 +244,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
             unreadable files.
     """
     folder = Path(folder)
-    files = _select_series(folder, series_uid)
+    files = series_files(folder, series_uid)
     check_slice_positions(files, str(folder))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
