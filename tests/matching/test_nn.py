@@ -74,11 +74,11 @@ def test_without_subvoxel_refinement_matches_are_voxel_centres() -> None:
     rng = np.random.default_rng(3)
     idx = np.stack([rng.uniform(3, s - 3, 20) for s in maps.local_grid.size], axis=1)
     pts = maps.local_grid.index_to_world(idx)
-    coarse, _ = Matcher(subvoxel=False).set_target(maps).predict(maps, pts)
+    coarse, _ = Matcher(subvoxel=0).set_target(maps).predict(maps, pts)
     coarse_idx = maps.local_grid.world_to_index(coarse)
     np.testing.assert_allclose(coarse_idx, np.rint(coarse_idx), atol=1e-9)
     assert np.all(np.abs(coarse_idx - idx) <= 1.0 + 1e-9)  # the nearest voxel or a neighbour
-    windowed, _ = Matcher(subvoxel=False).set_target(maps).predict(maps, pts, pts, 8.0)
+    windowed, _ = Matcher(subvoxel=0).set_target(maps).predict(maps, pts, pts, 8.0)
     np.testing.assert_allclose(windowed, coarse, atol=1e-9)
 
 

@@ -43,8 +43,9 @@ class FixedPointConfig:
         min_consistent: Fraction of the cube that must survive for ``found=True``.
         round_trips: 2 for A->B->A->B->A (DESIGN.md), 1 for A->B->A (half the cost).
         chunk: Queries per similarity batch (see :class:`Matcher`).
-        subvoxel: Sub-voxel refinement of every nearest-neighbour peak (``False``: voxel
-            precision, for a first estimate that a finer pass corrects).
+        subvoxel: Stages of sub-voxel refinement of every nearest-neighbour peak (each halves
+            the step: 4 = 1/16 voxel, 2 = 1/4; 0: voxel precision, for a first estimate that a
+            finer pass corrects).
     """
 
     radius_mm: float = 16.0
@@ -54,7 +55,7 @@ class FixedPointConfig:
     min_consistent: float = 0.4
     round_trips: int = 1
     chunk: int = 32
-    subvoxel: bool = True
+    subvoxel: int = 4
 
     def cube(self) -> np.ndarray:
         """(K, 3) offsets (mm) of the cube, the zero offset first."""

@@ -25,6 +25,9 @@ from uae_ray.models.ops import upsample_aligned
 
 logger = logging.getLogger(__name__)
 
+#: Sub-voxel refinement stages (search half-width, step) in voxels (:meth:`Matcher._refine`).
+REFINE_STAGES = ((1.0, 0.5), (0.5, 0.25), (0.25, 0.125), (0.125, 1.0 / 16))
+
 
 def _interp(volume: torch.Tensor, idx_xyz: torch.Tensor) -> torch.Tensor:
     """Trilinear interpolation of (C, Z, Y, X) at continuous indices (N, 3) xyz -> (N, C).
@@ -81,13 +84,16 @@ class Matcher:
     Args:
         chunk: Number of queries whose full similarity maps are held at once (memory bound:
             about ``chunk * n_local_voxels * 4 * 3`` bytes).
-        subvoxel: Refine each peak to 1/16 voxel (:meth:`_refine`); ``False`` returns the best
-            voxel (a coarse estimate that a later, finer search will correct).
+        subvoxel: Stages of sub-voxel refinement of each peak (:meth:`_refine`; each halves
+            the step, 4 = 1/16 voxel); 0 returns the best voxel (a coarse estimate that a later,
+            finer search corrects).
     """
 
-    def __init__(self, chunk: int = 16, subvoxel: bool = True) -> None:
+    def __init__(self, chunk: int = 16, subvoxel: int = 4) -> None:
+        if not 0 <= int(subvoxel) <= len(REFINE_STAGES):
+            raise ValueError(f"subvoxel must be 0..{len(REFINE_STAGES)} refinement stages; got {subvoxel}")
         self.chunk = int(chunk)
-        self.subvoxel = bool(subvoxel)
+        self.subvoxel = int(subvoxel)
         self._target: EmbeddingMaps | None = None
 
     def set_target(self, target: EmbeddingMaps) -> "Matcher":
@@ -267,23 +273,24 @@ class Matcher:
                     zyx = torch.stack(torch.unravel_index(arg, shape), dim=1)  # (n, 3) z, y, x
                 # Sub-voxel refinement on the local map only (the upsampled global map is
                 # piecewise linear at 16 mm and would bias the peak position).
-                offs = self._refine(ql[s : s + chunk], zyx) if self.subvoxel else torch.zeros(zyx.shape, dtype=torch.float64)
+                offs = self._refine(ql[s : s + chunk], zyx, self.subvoxel)
                 idx_out[s : s + len(zyx)] = (zyx.double() + offs).flip(1).numpy()  # -> x, y, z
                 scores[s : s + len(zyx)] = best.numpy()
         return t.local_grid.index_to_world(idx_out), scores
 
-    def _refine(self, query_local: torch.Tensor, zyx: torch.Tensor) -> torch.Tensor:
+    def _refine(self, query_local: torch.Tensor, zyx: torch.Tensor, stages: int = 4) -> torch.Tensor:
         """Sub-voxel offsets (n, 3) z, y, x that maximise the local cosine near integer peaks.
 
         Coarse-to-fine search of ``cos(q, normalise(trilinear(target_local, peak + o)))`` over
         offsets ``o`` in [-1, 1] voxel (step 1/2), then +-1/2, +-1/4 and +-1/8 around the best
-        (steps 1/4, 1/8, 1/16: 5^3 positions per stage), over positions whose nearest voxel is
-        valid. An exact feature match on the 1/16-voxel lattice (e.g. the same image shifted)
-        is therefore found exactly.
+        (steps 1/4, 1/8, 1/16: 5^3 positions per stage; :data:`REFINE_STAGES`), over positions
+        whose nearest voxel is valid. An exact feature match on the 1/16-voxel lattice (e.g. the
+        same image shifted) is therefore found exactly.
 
         Args:
             query_local: (n, Cl) unit query vectors.
             zyx: (n, 3) integer peak positions (z, y, x) on the local grid.
+            stages: How many of the stages to run (0: no refinement, zero offsets).
         """
         t = self.target
         c = self._local.shape[0]
@@ -291,7 +298,7 @@ class Matcher:
         valid = self._valid.reshape(t.local.shape[1:])
         hi = torch.tensor(t.local.shape[1:], dtype=torch.float64) - 1
         centre = zyx.double()
-        for radius, step in ((1.0, 0.5), (0.5, 0.25), (0.25, 0.125), (0.125, 1.0 / 16)):
+        for radius, step in REFINE_STAGES[:stages]:
             o = torch.arange(-radius, radius + 1e-9, step, dtype=torch.float64)
             grid = torch.stack(torch.meshgrid(o, o, o, indexing="ij"), dim=-1).reshape(-1, 3)  # (K, 3)
             pos = torch.minimum(torch.clamp(centre[:, None, :] + grid[None], min=0.0), hi)  # (n, K, 3) zyx

@@ -123,7 +123,7 @@ class RegistrationConfig:
         base = {
             "max_points": 400,
             "min_spacing_mm": 4.0,
-            "matcher": FixedPointConfig(points_per_axis=1, tolerance_mm=10.0),
+            "matcher": FixedPointConfig(points_per_axis=1, tolerance_mm=10.0, subvoxel=2),
             "inlier_mm": 12.0,
             "fit_scale_mm": 5.0,
             "second_points": None,
@@ -771,7 +771,7 @@ class Registrar:
         second = moving is not None and self.embedder is not None and cfg.second_pass_deg is not None
         step = cfg.coarse_every if len(pts) >= cfg.coarse_every * 2 * need else 1
         coarse_idx = np.arange(0, len(pts), step)
-        coarse_cfg = replace(cfg, matcher=replace(cfg.matcher, subvoxel=False)) if second else cfg
+        coarse_cfg = replace(cfg, matcher=replace(cfg.matcher, subvoxel=0)) if second else cfg
 
         def match_into(maps: EmbeddingMaps, idx: np.ndarray, key: str, guess: np.ndarray | None = None,
                        window: float | None = None, config: RegistrationConfig = cfg) -> Correspondences:
