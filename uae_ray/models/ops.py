@@ -12,8 +12,9 @@ class Conv3d(nn.Conv3d):
     through oneDNN (``mkldnn_convolution``).
 
     For batch-1 inputs PyTorch's eager dispatch sends dilated and small-volume 3D convolutions
-    to its reference ``slow_conv3d`` kernels, up to 10x slower than oneDNN on the same input
-    (the embedding network on a 96^3 volume, one thread: 0.38 s eager against 0.21 s; 64^3: 0.16 s against 0.05 s; no change on a 160 x 256 x 256 volume, where eager already uses oneDNN for them).
+    to its reference ``slow_conv3d`` kernels, up to 10x slower than oneDNN on the same input.
+    The embedding network on one thread: 0.38 s eager against 0.21 s on a 96^3 volume, 0.16
+    against 0.05 s on 64^3, no change on 160 x 256 x 256 (where eager already uses oneDNN).
     1x1x1 kernels keep the eager path: there ``slow_conv3d`` is one GEMM, as fast as oneDNN on
     small volumes and twice as fast on large ones. Training (gradients enabled), other devices
     and dtypes, and padding modes other than zeros take the ordinary path; the weights and
