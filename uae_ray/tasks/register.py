@@ -787,8 +787,7 @@ class Registrar:
         corr = match_into(moving_maps, coarse_idx, "match", config=coarse_cfg)
         rest = np.setdiff1d(np.arange(len(pts)), coarse_idx)
         if len(rest) and len(corr.fixed) < (1 if second else 2) * need:  # too few for a first estimate
-            corr = merge(corr, match_into(moving_maps, rest, "match", config=coarse_cfg))
-            coarse_idx, rest = np.arange(len(pts)), rest[:0]
+            corr, rest = merge(corr, match_into(moving_maps, rest, "match", config=coarse_cfg)), rest[:0]
         first = None
         if len(corr.fixed) >= need and (len(rest) or second):
             try:
