@@ -250,30 +250,18 @@ def write_qc_images(out: str, scan_id: str, image, modality: str, result) -> int
 
 
 def prelabel_scan(scan: ScanRef, settings: PrelabelSettings) -> dict[str, Any]:
-    """Localizes and segments the organs in one scan; writes its label map, part table and QC
-    images. Never raises: returns a manifest record."""
+    """Localizes and segments the organs in one scan; writes its label map, part table, QC
+    images and (``settings.dicom_seg``) DICOM SEG. Never raises: returns a manifest record."""
     apply_worker_env(settings.env)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"scan_id": scan.scan_id, "uri": scan.uri}
     try:
-        from uae_ray.storage.images import read_image_uri
-        from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts, write_label_map
-        from uae_ray.volume import detect_modality
+        from uae_ray.storage.images import with_local_copy
 
-        segmenter, factory = _models(settings)
-        image = read_image_uri(scan.uri)
-        modality = detect_modality(image, scan.uri, settings.modality)
-        prepared = TargetSlices(image, modality, segmenter.config)
-        prompts = localize_prompts(factory, settings.supports, image, prepared, settings.organs, settings.boxes,
-                                   modality)
-        result = segment_prompts(segmenter, prepared, prompts)
-        mask_uri = labels_uri(settings.out, scan.scan_id)
-        write_label_map(result, mask_uri)
-        seg_uri = _write_dicom_seg(scan, image, result, settings)
-        rows = organ_rows(scan.scan_id, result, prompts, mask_uri, settings, seg_uri)
-        write_table_atomic(prelabel_table(rows), part_uri(settings.out, scan.scan_id))
-        if settings.qc:
-            write_qc_images(settings.out, scan.scan_id, image, modality, result)
+        if settings.dicom_seg and scan.kind == "dicom":  # one download serves the image and the SEG's references
+            mask_uri, rows = with_local_copy(scan.uri, lambda local: _prelabel(scan, local, settings))
+        else:
+            mask_uri, rows = _prelabel(scan, scan.uri, settings)
         record.update(status=STATUS_OK, model_version=settings.version, output_uri=mask_uri, n_bytes=size(mask_uri))
         marked = [r for r in rows if r["status"] != "ok"]
         if marked:  # the scan is done; its marked organs are rows with a status and message
@@ -284,24 +272,49 @@ def prelabel_scan(scan: ScanRef, settings: PrelabelSettings) -> dict[str, Any]:
     return persist_record(settings.manifest, record)
 
 
-def _write_dicom_seg(scan: ScanRef, image, result, settings: PrelabelSettings) -> str | None:
+def _prelabel(scan: ScanRef, source: str, settings: PrelabelSettings) -> tuple[str, list[dict]]:
+    """The work of :func:`prelabel_scan` on ``source`` (the scan's URI or a local copy of it);
+    returns the label map's URI and the scan's rows."""
+    from uae_ray.storage.images import read_image_uri
+    from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts, write_label_map
+    from uae_ray.volume import detect_modality
+
+    segmenter, factory = _models(settings)
+    image = read_image_uri(source)
+    modality = detect_modality(image, scan.uri, settings.modality)
+    prepared = TargetSlices(image, modality, segmenter.config)
+    prompts = localize_prompts(factory, settings.supports, image, prepared, settings.organs, settings.boxes,
+                               modality)
+    result = segment_prompts(segmenter, prepared, prompts)
+    mask_uri = labels_uri(settings.out, scan.scan_id)
+    write_label_map(result, mask_uri)
+    seg_uri = _write_dicom_seg(scan, source, image, result, settings)
+    rows = organ_rows(scan.scan_id, result, prompts, mask_uri, settings, seg_uri)
+    write_table_atomic(prelabel_table(rows), part_uri(settings.out, scan.scan_id))
+    if settings.qc:
+        write_qc_images(settings.out, scan.scan_id, image, modality, result)
+    return mask_uri, rows
+
+
+def _write_dicom_seg(scan: ScanRef, source: str, image, result, settings: PrelabelSettings) -> str | None:
     """The scan's DICOM SEG URI when ``settings.dicom_seg`` asks for one and it could be written
-    (a DICOM series scan with at least one segmented organ); else None, with a warning."""
+    (a DICOM series scan with at least one segmented organ); else None, with a warning.
+    ``source``: the series folder (the scan's URI or a local copy)."""
     if not settings.dicom_seg or not any(o.status == "ok" and o.n_voxels > 0 for o in result.organs):
         return None
     if scan.kind != "dicom":
         logger.warning("scan %s: not a DICOM series, no DICOM SEG", scan.scan_id)
         return None
-    from uae_ray.storage.images import patient_key
+    from uae_ray.storage.images import image_pseudonym
     from uae_ray.tasks.segment import write_dicom_seg
     from uae_ray.volume import VolumeError
 
-    pid = image.GetMetaData("0010|0020").strip() if image.HasMetaDataKey("0010|0020") else ""
     uri = dicom_seg_uri(settings.out, scan.scan_id)
     try:
-        return write_dicom_seg(result, scan.uri, uri, patient_key(pid) if pid else scan.scan_id)
+        return write_dicom_seg(result, source, uri, image_pseudonym(image, scan.scan_id))
     except (VolumeError, ValueError) as e:
-        logger.warning("scan %s: no DICOM SEG: %s", scan.scan_id, one_line(e).replace(scan.uri, f"scan {scan.scan_id}"))
+        cause = one_line(e).replace(source, f"scan {scan.scan_id}").replace(scan.uri, f"scan {scan.scan_id}")
+        logger.warning("scan %s: no DICOM SEG: %s", scan.scan_id, cause)
         return None
 
 

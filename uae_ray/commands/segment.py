@@ -138,13 +138,12 @@ def _is_image_file(uri: str) -> bool:
 
 def _write_seg(result, image, target: str, out: str) -> bool:
     """The DICOM SEG of ``result`` over the target series; False (logged) when it cannot be written."""
-    from uae_ray.storage.images import patient_key
+    from uae_ray.storage.images import image_pseudonym
     from uae_ray.storage.uri import uri_hash
     from uae_ray.tasks.segment import write_dicom_seg
     from uae_ray.volume import VolumeError
 
-    pid = image.GetMetaData("0010|0020").strip() if image.HasMetaDataKey("0010|0020") else ""
-    pseudonym = patient_key(pid) if pid else uri_hash(str(target).rstrip("/"))
+    pseudonym = image_pseudonym(image, uri_hash(str(target).rstrip("/")))
     try:
         write_dicom_seg(result, target, out, pseudonym)
     except (VolumeError, ValueError, OSError) as e:

@@ -80,6 +80,12 @@ def patient_key(patient: str) -> str:
     return uri_hash(f"patient:{patient}", SCAN_ID_HEX)
 
 
+def image_pseudonym(image: "sitk.Image", fallback: str) -> str:
+    """:func:`patient_key` of the image's DICOM PatientID, or ``fallback`` when it has none."""
+    pid = image.GetMetaData("0010|0020").strip() if image.HasMetaDataKey("0010|0020") else ""
+    return patient_key(pid) if pid else fallback
+
+
 @dataclass(frozen=True)
 class ScanRef:
     """One scan of an archive.
