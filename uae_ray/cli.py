@@ -171,7 +171,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _add_sam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam-checkpoint", metavar="PATH", help="segment-anything weights: a shipped name, an official "
-                   "SAM ViT-B/L/H .pth or MedSAM's medsam_vit_b.pth (default: the shipped sam-vit-tiny-v0)")
+                   "SAM ViT-B/L/H .pth or MedSAM's medsam_vit_b.pth (default: the shipped sam-vit-tiny-v1)")
     p.add_argument("--sam-kind", choices=SAM_KINDS, help="kind of an official --sam-checkpoint (default: from its "
                    "encoder width; medsam when the file name says so)")
 

@@ -2,7 +2,7 @@
 
 Three kinds of weights, one wrapper (:class:`Sam2D`):
 
-* ``sam-vit-tiny`` (the shipped default, ``weights/sam_vit_tiny_v0.pt``): a small model of the
+* ``sam-vit-tiny`` (the shipped default, ``weights/sam_vit_tiny_v1.pt``): a small model of the
   segment-anything architecture, built from ``segment_anything.modeling`` (ViT image encoder,
   prompt encoder, two-way-transformer mask decoder) and trained by this project
   (:mod:`uae_ray.train.sam2d`, see ``weights/MODEL_CARD.md``).
@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Shipped 2D segment-anything weights by name (``--sam-checkpoint NAME``); see MODEL_CARD.md.
-SHIPPED_SAM_WEIGHTS = {"sam-vit-tiny-v0": "sam_vit_tiny_v0.pt"}
-DEFAULT_SAM_WEIGHTS = "sam-vit-tiny-v0"
+SHIPPED_SAM_WEIGHTS = {"sam-vit-tiny-v1": "sam_vit_tiny_v1.pt"}
+DEFAULT_SAM_WEIGHTS = "sam-vit-tiny-v1"
 #: Official kinds that load by path.
 OFFICIAL_KINDS = ("vit_b", "vit_l", "vit_h", "medsam")
 PREPROCESS_KINDS = ("sam", "medsam")
@@ -390,7 +390,7 @@ def load_sam2d(checkpoint: str | Path | None = None, kind: str | None = None) ->
     """Loads a 2D segment-anything model in eval mode.
 
     Args:
-        checkpoint: an uae-ray file (``save_sam2d``), a shipped name (``"sam-vit-tiny-v0"``),
+        checkpoint: an uae-ray file (``save_sam2d``), a shipped name (``"sam-vit-tiny-v1"``),
             an official SAM ``.pth`` (ViT-B/L/H) or MedSAM's ``medsam_vit_b.pth``; ``None``: the
             shipped default. Files load with ``torch.load(weights_only=True)``.
         kind: for official files: ``vit_b``, ``vit_l``, ``vit_h`` or ``medsam`` (default: from

@@ -20,7 +20,7 @@ the batch dimension):
 
 Both load the same weights: the server's env ``UAE_SAM_CHECKPOINT`` (wins), else the config
 parameter ``checkpoint`` (a shipped name, or a path absolute or relative to the model folder),
-else the shipped default (``sam-vit-tiny-v0``); ``kind`` (env ``UAE_SAM_KIND``) names the kind of
+else the shipped default (``sam-vit-tiny-v1``); ``kind`` (env ``UAE_SAM_KIND``) names the kind of
 an official ``.pth`` (``vit_b``, ``vit_l``, ``vit_h``, ``medsam``). ``num_threads``: torch CPU threads.
 """
 

@@ -1,40 +1,31 @@
-"""Self-supervised (SAM-style, and UAE's CT-MR stage) training of the embedding network.
+"""Training: the embedding network's self-supervised loop and the small segment-anything model.
 
-``loop`` is the plain torch loop (``python -m uae_ray.train.loop``); ``ray_trainer`` wraps it in
-a Ray Train ``TorchTrainer`` (Ray is imported only there, lazily). ``pairs`` relates aligned
-CT-MR scans of one patient; ``config_io`` reads YAML configs; ``losses`` holds the InfoNCE and
-the UAE prototype loss of the semantic head (``TrainConfig.semantic_weight``).
+``loop`` is the plain torch loop of the embedding (``python -m uae_ray.train.loop``);
+``ray_trainer`` wraps it in a Ray Train ``TorchTrainer`` (Ray is imported only there, lazily).
+``pairs`` relates aligned CT-MR scans of one patient; ``config_io`` reads YAML configs;
+``losses`` holds the InfoNCE and the UAE prototype loss of the semantic head
+(``TrainConfig.semantic_weight``). ``sam2d`` / ``sam_data`` train the 2D segment-anything model.
+
+The names below are imported on first use, so that a submodule that needs only torch (``sam2d``
+training from prepared slices, e.g. on a GPU machine) imports without SimpleITK.
 """
 
-from uae_ray.train.augment import (
-    RandomAffineView,
-    RandomIntensity,
-    RandomModalityShift,
-    ViewGeometry,
-    extract_labels,
-    extract_view,
-)
-from uae_ray.train.data import TrainVolume, list_cases, load_ct_volumes, load_volumes, read_manifest
-from uae_ray.train.loop import TrainConfig, Trainer, build_train_model, train
-from uae_ray.train.pairs import CrossModalPair, build_pairs, find_ct_mr_pairs
+import importlib
+from typing import Any
 
-__all__ = [
-    "CrossModalPair",
-    "RandomAffineView",
-    "RandomIntensity",
-    "RandomModalityShift",
-    "TrainConfig",
-    "TrainVolume",
-    "Trainer",
-    "ViewGeometry",
-    "build_pairs",
-    "build_train_model",
-    "extract_labels",
-    "extract_view",
-    "find_ct_mr_pairs",
-    "list_cases",
-    "load_ct_volumes",
-    "load_volumes",
-    "read_manifest",
-    "train",
-]
+_EXPORTS = {
+    "RandomAffineView": "augment", "RandomIntensity": "augment", "RandomModalityShift": "augment",
+    "ViewGeometry": "augment", "extract_labels": "augment", "extract_view": "augment",
+    "TrainVolume": "data", "list_cases": "data", "load_ct_volumes": "data", "load_volumes": "data",
+    "read_manifest": "data",
+    "TrainConfig": "loop", "Trainer": "loop", "build_train_model": "loop", "train": "loop",
+    "CrossModalPair": "pairs", "build_pairs": "pairs", "find_ct_mr_pairs": "pairs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

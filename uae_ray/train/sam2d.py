@@ -1,34 +1,39 @@
 """Training recipe of the small segment-anything model (``sam-vit-tiny``, :mod:`uae_ray.models.sam2d`).
 
-Data: the labelled CT cases of a data folder (``labels.nii.gz`` + names in ``meta.json``).
-Each case is reoriented to LPS and every axial slice within 3 slices of a label is prepared
-exactly as at inference (:class:`~uae_ray.tasks.segment.TargetSlices` window, then resized so
-the longest side is ``image_size``); the label slice is resized with nearest neighbour. An organ
-on a slice is a training object when it covers at least ``min_pixels`` pixels at model
-resolution.
+Data (:mod:`uae_ray.train.sam_data`): the cases of a data folder, CT and MR, prepared exactly as
+at inference; labelled slices with their organs, context slices of every scan, and
+pseudo-objects (class-agnostic intensity regions) on every slice. Preparation needs SimpleITK;
+``--save-slices`` writes the prepared set to one ``.npz`` and ``--slices-file`` trains from it, so
+the loop runs where only torch is installed (a GPU machine).
 
 Each step draws ``slices_per_step`` slices and up to ``prompts_per_slice`` objects on each; the
-image is encoded once and every prompt is decoded from it (as at inference). A prompt is one of
+image is encoded once and every prompt is decoded from it (as at inference). The objects of a
+slice are its organs, or (probability ``p_pseudo``, and always on a slice without organs) its
+pseudo-objects. A prompt is one of
 
 * a tight slice box jittered per side by -5 % .. +15 % of its size plus 0 .. 2 px (MedSAM
-  perturbs boxes by up to 20 px at 1024), probability ``1 - p_wpl - p_negative``;
-* the organ's whole 3D box extent (a WPL box, as the localizer gives), jittered +-10 %,
-  probability ``p_wpl``, so the model learns to take the organ's part in a loose box;
-* a negative: a WPL box on a slice 1-3 slices beyond the organ, target empty,
-  probability ``p_negative`` (localized boxes overshoot the organ along z).
+  perturbs boxes by up to 20 px at 1024);
+* for organs, with probability ``p_wpl``: the organ's whole 3D box extent (a WPL box, as the
+  localizer gives), jittered +-10 %, so the model learns to take the organ's part in a loose box;
+* a negative: a WPL box on a slice 1-3 slices beyond the organ, target empty (localized boxes
+  overshoot the organ along z).
 
-Augmentation: intensity x0.9-1.1 and +-10 (of 255), horizontal flip (p 0.5, image, mask and
-box), and (p 0.3) the slice drawn 0.7-1x as large inside the input (a larger field of view). Loss: binary cross-entropy + soft Dice (MedSAM's loss) on the mask logits, bilinearly
-upsampled from the low-resolution output (4x the embedding grid) to the input size, so the
-boundary is learnt at the resolution the masks are used at. AdamW, linear warm-up, cosine
-decay over the wall-clock budget.
+Augmentation (on the training device): gamma (log-uniform +-``gamma``), gain 0.9-1.1, offset
++-10 (of 255), Gaussian noise (sd up to ``noise_std``); horizontal flip; zoom ``zoom_min`` ..
+``zoom_max`` (probability ``zoom_prob``; anchored top-left as the padding is, shifted when
+zoomed in); rotation +-``rotate_deg`` about the slice centre. Loss: binary cross-entropy + soft
+Dice (MedSAM's loss) on the mask logits, bilinearly upsampled from the low-resolution output to
+the input size. AdamW, linear warm-up, cosine decay over the wall-clock budget; bfloat16
+autocast on CUDA.
 
-Usage::
+Usage (the shipped ``sam-vit-tiny-v1``: see ``weights/MODEL_CARD.md``)::
 
-    python -m uae_ray.train.sam2d --data ../shared/data --seconds 1500 --threads 2 \
-        --holdout ts_upper_abdomen,nsclc_lung1_001 --out runs/sam_vit_tiny_holdout.pt
-    python -m uae_ray.train.sam2d --data ../shared/data --seconds 600 --threads 2 \
-        --init runs/sam_vit_tiny_holdout.pt --out uae_ray/models/weights/sam_vit_tiny_v0.pt
+    python -m uae_ray.train.sam2d --data ../shared/data --save-slices runs/sam2d/slices.npz
+    python -m uae_ray.train.sam2d --slices-file runs/sam2d/slices.npz --device cuda \
+        --holdout ts_upper_abdomen,nsclc_lung1_001 --out runs/sam2d/holdout.pt   # 2D proxy Dice on the held-out
+    python -m uae_ray.train.sam2d --data ../shared/data --holdout ts_upper_abdomen,nsclc_lung1_001 \
+        --evaluate runs/sam2d/holdout.pt     # 3D Dice through the inference path (SimpleITK)
+    python -m uae_ray.train.sam2d --slices-file runs/sam2d/slices.npz --device cuda --out sam_vit_tiny_v1.pt
 """
 
 from __future__ import annotations
@@ -39,212 +44,46 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from uae_ray.models.sam2d import SAM_VIT_TINY, Sam2D, Sam2DConfig, load_sam2d, preprocess_shape, save_sam2d
+from uae_ray.models.sam2d import SAM_VIT_TINY, Sam2D, load_sam2d, save_sam2d
+from uae_ray.train.sam_data import SliceSet, sample_batch
 
 logger = logging.getLogger(__name__)
-
-
-#: Label names not trained on: planning volumes are margins drawn around a target, not image content.
-EXCLUDED_LABELS = frozenset({"ptv"})
 
 
 @dataclass(frozen=True)
 class SamTrainConfig:
     """Recipe parameters (defaults: the shipped model's)."""
 
-    seconds: float = 1500.0
+    seconds: float = 520.0
     steps: int = 100000
-    slices_per_step: int = 8
-    prompts_per_slice: int = 4
+    slices_per_step: int = 32
+    prompts_per_slice: int = 8
     lr: float = 5e-4
     weight_decay: float = 0.01
     warmup_steps: int = 100
     p_wpl: float = 0.3
     p_negative: float = 0.1
+    p_pseudo: float = 0.5
     min_pixels: int = 8
     margin_slices: int = 3
+    context_every: int = 4
     flip_prob: float = 0.5
-    zoom_prob: float = 0.3
-    zoom_min: float = 0.7
+    zoom_prob: float = 0.5
+    zoom_min: float = 0.75
+    zoom_max: float = 1.25
+    rotate_deg: float = 15.0
+    gamma: float = 0.3
+    noise_std: float = 5.0
     seed: int = 0
-
-
-@dataclass
-class SliceSet:
-    """Prepared training slices.
-
-    Attributes:
-        images: (S, L, L) float16, windowed [0, 255], resized, zero-padded.
-        labels: (S, L, L) int16, organ ids (case-local, remapped to global ids) on the same grid.
-        sizes: (S, 2) the resized slice size (h', w') inside the padding.
-        case: (S,) case index; z: (S,) slice index in the oriented case.
-        organ_boxes: {(case, organ id): (x0, y0, x1, y1, z0, z1)} 3D extent at model resolution.
-        organ_names: {organ id: name}.
-        cases: case ids.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    sizes: np.ndarray
-    case: np.ndarray
-    z: np.ndarray
-    organ_boxes: dict[tuple[int, int], np.ndarray]
-    organ_names: dict[int, str]
-    cases: list[str]
-
-    def __len__(self) -> int:
-        return len(self.z)
-
-
-def labelled_ct_cases(data: str | Path) -> list[Any]:
-    """The CT cases of ``data`` that have a label map, sorted by id."""
-    from uae_ray.bench.dataset import load_cases
-
-    return [c for c in load_cases(data, "CT") if c.labels_path is not None]
-
-
-def prepare_slices_for_training(cases: Sequence[Any], config: Sam2DConfig, min_pixels: int = 8,
-                                margin: int = 3) -> SliceSet:
-    """Prepares every slice within ``margin`` of a label of each case (see module docstring)."""
-    from uae_ray.tasks.segment import TargetSlices, orient
-    from uae_ray.volume import read_image, read_labels
-
-    L = config.image_size
-    images, labels, sizes, case_idx, zs = [], [], [], [], []
-    organ_boxes: dict[tuple[int, int], np.ndarray] = {}
-    names: dict[int, str] = {}
-    ids: dict[str, int] = {}
-    for ci, case in enumerate(cases):
-        image = read_image(case.image_path)
-        target = TargetSlices(image, "CT", config)
-        lab = sitk.GetArrayFromImage(orient(read_labels(case.labels_path)))
-        local_names = {int(k): v for k, v in case.meta.get("labels", {}).items()}
-        remap = np.zeros(int(lab.max()) + 1, dtype=np.int16)
-        for k, v in local_names.items():
-            if k < len(remap) and v not in EXCLUDED_LABELS:
-                remap[k] = ids.setdefault(v, len(ids) + 1)
-                names[int(remap[k])] = v
-        lab = remap[lab]
-        nz, ny, nx = lab.shape
-        nh, nw = preprocess_shape(ny, nx, config)
-        any_z = np.flatnonzero(lab.reshape(nz, -1).any(axis=1))
-        if len(any_z) == 0:
-            continue
-        keep = np.arange(max(any_z.min() - margin, 0), min(any_z.max() + margin, nz - 1) + 1)
-        win = torch.from_numpy(target.windowed(keep))[:, None]
-        win = F.interpolate(win, (nh, nw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 255)
-        lt = F.interpolate(torch.from_numpy(lab[keep].astype(np.float32))[:, None], (nh, nw), mode="nearest")
-        img = torch.zeros((len(keep), L, L), dtype=torch.float16)
-        img[:, :nh, :nw] = win[:, 0].half()
-        lb = torch.zeros((len(keep), L, L), dtype=torch.int16)
-        lb[:, :nh, :nw] = lt[:, 0].to(torch.int16)
-        images.append(img)
-        labels.append(lb)
-        sizes.append(np.tile([nh, nw], (len(keep), 1)))
-        case_idx.append(np.full(len(keep), ci))
-        zs.append(keep)
-        for organ in np.unique(lb.numpy()):
-            if organ == 0:
-                continue
-            zyx = np.argwhere(lb.numpy() == organ)
-            organ_boxes[(ci, int(organ))] = np.array(
-                [zyx[:, 2].min(), zyx[:, 1].min(), zyx[:, 2].max(), zyx[:, 1].max(),
-                 keep[zyx[:, 0].min()], keep[zyx[:, 0].max()]], dtype=np.float32)
-        logger.info("%s: %d slices (%dx%d -> %dx%d)", case.case_id, len(keep), ny, nx, nh, nw)
-    return SliceSet(torch.cat(images), torch.cat(labels), np.concatenate(sizes), np.concatenate(case_idx),
-                    np.concatenate(zs), organ_boxes, names, [c.case_id for c in cases])
-
-
-def _jitter(box: np.ndarray, rng: np.random.Generator, lo: float, hi: float, px: float) -> np.ndarray:
-    """Moves each side outward by U(lo, hi) x the box size plus U(0, px) pixels."""
-    w = max(box[2] - box[0], 1.0)
-    h = max(box[3] - box[1], 1.0)
-    d = rng.uniform(lo, hi, 4) * np.array([w, h, w, h]) + rng.uniform(0, px, 4)
-    return box + np.array([-d[0], -d[1], d[2], d[3]])
-
-
-def _organ_box(extent: np.ndarray, flip: bool, width: float, sx: float, sy: float) -> np.ndarray:
-    """An organ's 3D x-y extent (``x0, y0, x1, y1``) on a slice after the flip (within the
-    original ``width``) and the zoom (``sx``, ``sy``)."""
-    box = np.asarray(extent[:4], dtype=np.float64).copy()
-    if flip:
-        box[[0, 2]] = width - 1 - box[[2, 0]]
-    return box * np.array([sx, sy, sx, sy])
-
-
-def sample_batch(data: SliceSet, cfg: SamTrainConfig, model_cfg: Sam2DConfig, rng: np.random.Generator):
-    """One training batch: ``(images (B, 3, L, L), boxes (N, 4), image_index (N,), targets (N, L, L))``."""
-    L = model_cfg.image_size
-    slice_ids = rng.choice(len(data), size=cfg.slices_per_step, replace=len(data) < cfg.slices_per_step)
-    mean = torch.tensor(model_cfg.pixel_mean).view(3, 1, 1)
-    std = torch.tensor(model_cfg.pixel_std).view(3, 1, 1)
-    imgs, boxes, index, targets = [], [], [], []
-    for b, s in enumerate(slice_ids):
-        nh, nw = (int(v) for v in data.sizes[s])
-        img = data.images[s].float().clone()
-        lab = data.labels[s].long().clone()
-        img[:nh, :nw] = (img[:nh, :nw] * rng.uniform(0.9, 1.1) + rng.uniform(-10, 10)).clamp(0, 255)
-        flip = rng.random() < cfg.flip_prob
-        if flip:
-            img[:nh, :nw] = img[:nh, :nw].flip(-1)
-            lab[:nh, :nw] = lab[:nh, :nw].flip(-1)
-        sx = sy = 1.0
-        if rng.random() < cfg.zoom_prob:  # the slice drawn smaller (a larger field of view)
-            f = rng.uniform(cfg.zoom_min, 1.0)
-            mh, mw = max(int(nh * f + 0.5), 16), max(int(nw * f + 0.5), 16)
-            small = F.interpolate(img[None, None, :nh, :nw], (mh, mw), mode="bilinear", align_corners=False,
-                                  antialias=True)[0, 0]
-            small_lab = F.interpolate(lab[None, None, :nh, :nw].float(), (mh, mw), mode="nearest")[0, 0].long()
-            img.zero_()
-            lab.zero_()
-            img[:mh, :mw] = small
-            lab[:mh, :mw] = small_lab
-            sx, sy = mw / nw, mh / nh
-            nh, nw = mh, mw
-        x = ((img[None].expand(3, -1, -1) - mean) / std)
-        x[:, nh:, :] = 0.0
-        x[:, :, nw:] = 0.0
-        imgs.append(x)
-        ci, z = int(data.case[s]), int(data.z[s])
-        present = [int(o) for o in torch.unique(lab) if o > 0 and int((lab == o).sum()) >= cfg.min_pixels]
-        case_organs = [o for (c, o) in data.organ_boxes if c == ci]
-        chosen = list(rng.permutation(present)[: cfg.prompts_per_slice]) if present else []
-        for organ in chosen:
-            u = rng.random()
-            mask = lab == organ
-            if u < cfg.p_wpl:
-                ob = _organ_box(data.organ_boxes[(ci, organ)], flip, nw / sx, sx, sy)
-                box = _jitter(ob, rng, -0.1, 0.1, 1.0)
-            else:
-                ys, xs = torch.nonzero(mask, as_tuple=True)
-                box = _jitter(np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64), rng, -0.05, 0.15, 2.0)
-            boxes.append(box)
-            index.append(b)
-            targets.append(mask.float())
-        # a negative: the WPL box of an organ of this case that is absent here but within 3 slices
-        if case_organs and rng.random() < cfg.p_negative * cfg.prompts_per_slice:
-            organ = int(rng.choice(case_organs))
-            ob = data.organ_boxes[(ci, organ)]
-            near = (ob[4] - 3 <= z < ob[4]) or (ob[5] < z <= ob[5] + 3)
-            if near and not bool((lab == organ).any()):
-                box = _organ_box(ob, flip, nw / sx, sx, sy)
-                boxes.append(_jitter(box, rng, -0.1, 0.1, 1.0))
-                index.append(b)
-                targets.append(torch.zeros((L, L)))
-    if not boxes:
-        return None
-    bx = np.clip(np.stack(boxes), 0, L - 1)
-    return (torch.stack(imgs), torch.as_tensor(bx, dtype=torch.float32), torch.as_tensor(index),
-            torch.stack(targets))
 
 
 def seg_loss(logits: torch.Tensor, targets: torch.Tensor, size: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -258,13 +97,15 @@ def seg_loss(logits: torch.Tensor, targets: torch.Tensor, size: int) -> tuple[to
     return loss, {"bce": float(bce.detach()), "dice": float(dice.mean().detach())}
 
 
-def train_sam2d(data: SliceSet, cfg: SamTrainConfig, model: Sam2D | None = None) -> tuple[Sam2D, list[dict[str, float]]]:
-    """The training loop (wall-clock budget ``cfg.seconds`` or ``cfg.steps``, whichever first)."""
+def train_sam2d(data: SliceSet, cfg: SamTrainConfig, model: Sam2D | None = None,
+                log_every: int = 50) -> tuple[Sam2D, list[dict[str, float]]]:
+    """The training loop on ``data``'s device (wall-clock budget ``cfg.seconds`` or ``cfg.steps``)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = model if model is not None else Sam2D(SAM_VIT_TINY)
+    model = (model if model is not None else Sam2D(SAM_VIT_TINY)).to(data.device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if data.device.type == "cuda" else nullcontext()
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     step = 0
@@ -273,16 +114,16 @@ def train_sam2d(data: SliceSet, cfg: SamTrainConfig, model: Sam2D | None = None)
         elapsed = time.perf_counter() - t0
         if elapsed >= cfg.seconds:
             break
-        frac = elapsed / cfg.seconds
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * elapsed / cfg.seconds))
         for g in opt.param_groups:
             g["lr"] = lr
         batch = sample_batch(data, cfg, model.config, rng)
         if batch is None:
             continue
         images, boxes, index, targets = batch
-        logits = model(images, boxes, index)
-        loss, parts = seg_loss(logits, targets, L)
+        with autocast:
+            logits = model(images, boxes, index)
+        loss, parts = seg_loss(logits.float(), targets, L)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -290,13 +131,67 @@ def train_sam2d(data: SliceSet, cfg: SamTrainConfig, model: Sam2D | None = None)
         step += 1
         history.append({"step": step, "t": round(time.perf_counter() - t0, 1), "loss": float(loss.detach()), "lr": lr,
                         "prompts": int(len(boxes)), **parts})
-        if step % 50 == 0 or step == 1:
-            recent = history[-50:]
+        if step % log_every == 0 or step == 1:
+            recent = history[-log_every:]
             logger.info("step %d  %.0fs  loss %.4f (bce %.4f dice %.4f)  lr %.2e", step, time.perf_counter() - t0,
                         np.mean([h["loss"] for h in recent]), np.mean([h["bce"] for h in recent]),
                         np.mean([h["dice"] for h in recent]), lr)
     model.eval()
     return model, history
+
+
+@torch.no_grad()
+def evaluate_slices(model: Sam2D, data: SliceSet, batch: int = 32, min_pixels: int = 8) -> dict[str, Any]:
+    """A quick 2D proxy of :func:`evaluate_gt_boxes` on prepared slices (no SimpleITK, any device).
+
+    Every organ of at least ``min_pixels`` pixels on a slice is prompted with its own slice box
+    (``gt-slice``) and with its 3D extent (``gt-wpl``); Dice is pooled per (case, organ) over its
+    slices at model resolution, then averaged over organs.
+    """
+    model.eval()
+    L, dev = model.config.image_size, data.device
+    mean = torch.tensor(model.config.pixel_mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.pixel_std, device=dev).view(1, 3, 1, 1)
+    sums: dict[tuple[str, int, int], np.ndarray] = {}
+    for i in range(0, len(data), batch):
+        sl = slice(i, min(i + batch, len(data)))
+        valid = torch.zeros((sl.stop - sl.start, L, L), device=dev)
+        for b, (nh, nw) in enumerate(data.sizes[sl]):
+            valid[b, :nh, :nw] = 1.0
+        x = (data.images[sl].float()[:, None].expand(-1, 3, -1, -1) - mean) / std * valid[:, None]
+        lab = data.labels[sl].long()
+        emb = model.encode(x)
+        for b in range(len(lab)):
+            organs = [int(o) for o in torch.unique(lab[b]) if o > 0]
+            masks = [lab[b] == o for o in organs]
+            organs = [o for o, mk in zip(organs, masks) if int(mk.sum()) >= min_pixels]
+            if not organs:
+                continue
+            target = torch.stack([lab[b] == o for o in organs])
+            ci = int(data.case[sl.start + b])
+            for mode in ("gt-slice", "gt-wpl"):
+                if mode == "gt-slice":
+                    rows, cols = target.any(2), target.any(1)
+                    bx = torch.stack([cols.float().argmax(1), rows.float().argmax(1),
+                                      L - 1 - cols.flip(1).float().argmax(1), L - 1 - rows.flip(1).float().argmax(1)], 1)
+                else:
+                    bx = torch.as_tensor(np.stack([data.organ_boxes[(ci, o)][:4] for o in organs]), device=dev)
+                logits, _ = model.decode(emb[b : b + 1].expand(len(organs), -1, -1, -1), bx.float())
+                pred = F.interpolate(logits.float(), (L, L), mode="bilinear", align_corners=False)[:, 0] > 0
+                inter = (pred & target).sum((1, 2)).cpu().numpy()
+                ps, ts = pred.sum((1, 2)).cpu().numpy(), target.sum((1, 2)).cpu().numpy()
+                for j, o in enumerate(organs):
+                    acc = sums.setdefault((mode, ci, o), np.zeros(3))
+                    acc += (inter[j], ps[j], ts[j])
+    out: dict[str, Any] = {}
+    for mode in ("gt-slice", "gt-wpl"):
+        d = {f"{data.cases[c]}/{data.organ_names.get(o, o)}": (2 * v[0] / max(v[1] + v[2], 1), int(v[2]))
+             for (m, c, o), v in sums.items() if m == mode}
+        big = [dv for dv, n in d.values() if n >= 2000]
+        out[mode] = {"n": len(d), "mean_dice": float(np.mean([dv for dv, _ in d.values()])) if d else float("nan"),
+                     "n_large": len(big), "mean_dice_large": float(np.mean(big)) if big else float("nan"),
+                     "per_organ": {k: round(dv, 4) for k, (dv, _) in sorted(d.items())}}
+    return out
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -308,6 +203,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def evaluate_gt_boxes(model: Sam2D, cases: Sequence[Any], min_voxels: int = 50) -> list[dict[str, Any]]:
     """3D Dice per organ on ``cases`` with ground-truth prompts: each slice's own box
     (``gt-slice``) and the true 3D box (``gt-wpl``), through the inference path."""
+    import SimpleITK as sitk
+
     from uae_ray.tasks.segment import (LocalSliceSegmenter, OrganPrompt, TargetSlices, mask_index_box,
                                        mask_slice_boxes, orient, segment_prompts, wpl_slice_boxes)
     from uae_ray.volume import read_image, read_labels
@@ -317,7 +214,7 @@ def evaluate_gt_boxes(model: Sam2D, cases: Sequence[Any], min_voxels: int = 50) 
     for case in cases:
         image = read_image(case.image_path)
         labels_img = read_labels(case.labels_path)
-        target = TargetSlices(image, "CT", model.config)
+        target = TargetSlices(image, case.modality, model.config)
         lab_o = sitk.GetArrayFromImage(orient(labels_img))
         truth = sitk.GetArrayFromImage(labels_img)
         names = {int(k): v for k, v in case.meta.get("labels", {}).items()}
@@ -348,56 +245,108 @@ def summarize(rows: list[dict[str, Any]], min_ml: float = 20.0) -> dict[str, dic
     return out
 
 
+def training_cases(data: str | Path, modalities: Sequence[str]) -> list[Any]:
+    """The cases of ``data`` of ``modalities`` (labelled or not), sorted by id."""
+    from uae_ray.bench.dataset import load_cases
+
+    return [c for c in load_cases(data) if c.modality in {m.upper() for m in modalities}]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the small segment-anything model on box prompts")
-    p.add_argument("--data", required=True, help="data folder with manifest.csv")
-    p.add_argument("--out", required=True, help="checkpoint to write")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="data folder with manifest.csv (prepares the slices; needs SimpleITK)")
+    src.add_argument("--slices-file", help="prepared slices (.npz from --save-slices)")
+    p.add_argument("--save-slices", help="write the prepared slices here")
+    p.add_argument("--out", help="checkpoint to write (omit to only prepare or --evaluate)")
+    p.add_argument("--evaluate", help="only evaluate this checkpoint (3D, on --holdout / --eval-cases; needs --data)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--modalities", default="CT,MR", help="modalities of the cases used (default CT,MR)")
+    p.add_argument("--context-every", type=int, default=SamTrainConfig.context_every, help="also keep every N-th slice of every case (0: none)")
     p.add_argument("--seconds", type=float, default=SamTrainConfig.seconds)
     p.add_argument("--steps", type=int, default=SamTrainConfig.steps)
     p.add_argument("--lr", type=float, default=SamTrainConfig.lr)
     p.add_argument("--slices", type=int, default=SamTrainConfig.slices_per_step)
     p.add_argument("--prompts", type=int, default=SamTrainConfig.prompts_per_slice)
+    p.add_argument("--p-pseudo", type=float, default=SamTrainConfig.p_pseudo)
+    p.add_argument("--rotate", type=float, default=SamTrainConfig.rotate_deg, help="rotation range, degrees")
+    p.add_argument("--gamma", type=float, default=SamTrainConfig.gamma, help="log-gamma range")
+    p.add_argument("--noise", type=float, default=SamTrainConfig.noise_std, help="max noise sd (of 255)")
+    p.add_argument("--zoom", default=f"{SamTrainConfig.zoom_min},{SamTrainConfig.zoom_max}", help="zoom range a,b")
+    p.add_argument("--zoom-prob", type=float, default=SamTrainConfig.zoom_prob)
+    p.add_argument("--encoder-width", type=int, help="ViT width (default: the tiny model's)")
+    p.add_argument("--encoder-depth", type=int, help="ViT depth (global attention in every second block)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--holdout", default="", help="case ids left out of training and evaluated (a,b)")
     p.add_argument("--init", help="start from this checkpoint")
-    p.add_argument("--release", default="sam-vit-tiny-v0", help="version prefix stored in the checkpoint")
+    p.add_argument("--release", default="sam-vit-tiny-v1", help="version prefix stored in the checkpoint")
     p.add_argument("--eval-cases", default="", help="extra case ids to evaluate after training (a,b)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
     holdout = [c.strip() for c in args.holdout.split(",") if c.strip()]
-    cases = labelled_ct_cases(args.data)
-    unknown = set(holdout) - {c.case_id for c in cases}
-    if unknown:
-        p.error(f"--holdout: not labelled CT cases: {sorted(unknown)}")
-    train_cases = [c for c in cases if c.case_id not in holdout]
+    eval_ids = holdout + [c.strip() for c in args.eval_cases.split(",") if c.strip()]
+    zoom_min, zoom_max = (float(v) for v in args.zoom.split(","))
     cfg = SamTrainConfig(seconds=args.seconds, steps=args.steps, lr=args.lr, slices_per_step=args.slices,
-                         prompts_per_slice=args.prompts, seed=args.seed)
+                         prompts_per_slice=args.prompts, p_pseudo=args.p_pseudo, rotate_deg=args.rotate,
+                         gamma=args.gamma, noise_std=args.noise, zoom_min=zoom_min, zoom_max=zoom_max,
+                         zoom_prob=args.zoom_prob, context_every=args.context_every, seed=args.seed)
+    cases = training_cases(args.data, args.modalities.split(",")) if args.data else []
+    if args.evaluate:
+        if not args.data or not eval_ids:
+            p.error("--evaluate needs --data and --holdout or --eval-cases")
+        rows = evaluate_gt_boxes(load_sam2d(args.evaluate), [c for c in cases if c.case_id in eval_ids])
+        summary = summarize(rows)
+        Path(args.evaluate + ".eval.json").write_text(json.dumps({"cases": eval_ids, "rows": rows, "summary": summary},
+                                                                 indent=1, default=float))
+        print(json.dumps(summary, indent=1))
+        return 0
+    model = load_sam2d(args.init) if args.init else Sam2D(replace(
+        SAM_VIT_TINY, **({"encoder_embed_dim": args.encoder_width} if args.encoder_width else {}),
+        **({"encoder_depth": args.encoder_depth,
+            "global_attn_indexes": tuple(range(1, args.encoder_depth, 2))} if args.encoder_depth else {})))
     t0 = time.perf_counter()
-    model = load_sam2d(args.init) if args.init else Sam2D(SAM_VIT_TINY)
-    data = prepare_slices_for_training(train_cases, model.config, cfg.min_pixels, cfg.margin_slices)
+    if args.slices_file:
+        data = SliceSet.load(args.slices_file)
+    else:
+        from uae_ray.train.sam_data import prepare_training_slices
+
+        data = prepare_training_slices(cases, model.config, cfg.margin_slices, cfg.context_every)
     prep_s = time.perf_counter() - t0
-    logger.info("prepared %d slices of %d cases in %.1f s", len(data), len(train_cases), prep_s)
+    logger.info("%d slices of %d cases in %.1f s", len(data), len(data.cases), prep_s)
+    if args.save_slices:
+        data.save(args.save_slices)
+        logger.info("wrote %s", args.save_slices)
+    if not args.out:
+        return 0
+    unknown = set(holdout) - set(data.cases)
+    if unknown:
+        p.error(f"--holdout: not among the cases: {sorted(unknown)}")
+    train = data.subset(holdout, keep=False).to(args.device)
     t1 = time.perf_counter()
-    model, history = train_sam2d(data, cfg, model)
+    model, history = train_sam2d(train, cfg, model)
     train_s = time.perf_counter() - t1
     command = "python -m uae_ray.train.sam2d " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {"release": args.release, "trained_on": [c.case_id for c in train_cases], "holdout": holdout,
+    meta = {"release": args.release, "trained_on": sorted({data.cases[c] for c in train.case}), "holdout": holdout,
             "init": args.init, "command": command, "steps": len(history), "train_seconds": round(train_s, 1),
-            "prepare_seconds": round(prep_s, 1), "recipe": asdict(cfg), "threads": torch.get_num_threads(),
+            "prepare_seconds": round(prep_s, 1), "recipe": asdict(cfg), "device": str(train.device),
+            "threads": torch.get_num_threads(), "slices": len(train),
             "final_loss": float(np.mean([h["loss"] for h in history[-50:]])) if history else None}
-    version = save_sam2d(model, args.out, meta)
+    version = save_sam2d(model.cpu(), args.out, meta)
     logger.info("wrote %s (%s): %d steps in %.0f s", args.out, version, len(history), train_s)
     report: dict[str, Any] = {"version": version, "meta": meta, "history": history[:: max(1, len(history) // 400)]}
-    eval_ids = holdout + [c.strip() for c in args.eval_cases.split(",") if c.strip()]
     if eval_ids:
-        te = time.perf_counter()
-        saved = load_sam2d(args.out)  # evaluate exactly the written (float16) weights
-        rows = evaluate_gt_boxes(saved, [c for c in cases if c.case_id in eval_ids])
-        report["eval"] = {"cases": eval_ids, "rows": rows, "summary": summarize(rows), "seconds": time.perf_counter() - te}
-        logger.info("evaluation on %s: %s", eval_ids, json.dumps(report["eval"]["summary"]))
+        saved = load_sam2d(args.out).to(args.device)  # evaluate exactly the written (float16) weights
+        report["eval_slices"] = evaluate_slices(saved, data.subset(eval_ids).to(args.device))
+        logger.info("2D evaluation on %s: %s", eval_ids, {k: round(v["mean_dice"], 3) for k, v in report["eval_slices"].items()})
+        if cases:
+            te = time.perf_counter()
+            rows = evaluate_gt_boxes(saved.cpu(), [c for c in cases if c.case_id in eval_ids])
+            report["eval"] = {"cases": eval_ids, "rows": rows, "summary": summarize(rows),
+                              "seconds": time.perf_counter() - te}
+            logger.info("evaluation on %s: %s", eval_ids, json.dumps(report["eval"]["summary"]))
     Path(str(args.out) + ".json").write_text(json.dumps(report, indent=1, default=float))
     return 0
 
