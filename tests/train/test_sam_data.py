@@ -6,7 +6,7 @@ import torch
 
 from uae_ray.models.sam2d import SAM_VIT_TINY
 from uae_ray.train.sam2d import SamTrainConfig, evaluate_slices, train_sam2d
-from uae_ray.train.sam_data import SliceSet, _map_boxes, _tight_boxes, _warp, _warp_matrix, pseudo_objects, sample_batch
+from uae_ray.train.sam_data import SliceSet, _map_boxes, _warp, _warp_matrix, pseudo_objects, sample_batch, tight_boxes
 
 L = SAM_VIT_TINY.image_size
 
@@ -61,7 +61,7 @@ def test_warp_and_box_map_agree():
         warped = _warp(torch.from_numpy(mask)[None, None], m, L, "nearest")[0, 0] > 0
         if warped.sum() < 50 or warped[0].any() or warped[-1].any() or warped[:, 0].any() or warped[:, -1].any():
             continue  # cut by the frame: the bound is not tight
-        got = _tight_boxes(warped[None])[0]
+        got = tight_boxes(warped[None])[0].numpy()
         want = _map_boxes(box, m)[0]
         np.testing.assert_allclose(got, want, atol=2.0)
 

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from uae_ray.models.sam2d import SAM_VIT_TINY, Sam2D, load_sam2d, save_sam2d
-from uae_ray.train.sam_data import SliceSet, sample_batch
+from uae_ray.train.sam_data import SliceSet, model_input, sample_batch, tight_boxes, valid_area
 
 logger = logging.getLogger(__name__)
 
@@ -150,32 +150,23 @@ def evaluate_slices(model: Sam2D, data: SliceSet, batch: int = 32, min_pixels: i
     """
     model.eval()
     L, dev = model.config.image_size, data.device
-    mean = torch.tensor(model.config.pixel_mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(model.config.pixel_std, device=dev).view(1, 3, 1, 1)
     sums: dict[tuple[str, int, int], np.ndarray] = {}
     for i in range(0, len(data), batch):
         sl = slice(i, min(i + batch, len(data)))
-        valid = torch.zeros((sl.stop - sl.start, L, L), device=dev)
-        for b, (nh, nw) in enumerate(data.sizes[sl]):
-            valid[b, :nh, :nw] = 1.0
-        x = (data.images[sl].float()[:, None].expand(-1, 3, -1, -1) - mean) / std * valid[:, None]
+        x = model_input(data.images[sl], valid_area(data.sizes[sl], L, dev), model.config)
         lab = data.labels[sl].long()
         emb = model.encode(x)
         for b in range(len(lab)):
-            organs = [int(o) for o in torch.unique(lab[b]) if o > 0]
-            masks = [lab[b] == o for o in organs]
-            organs = [o for o, mk in zip(organs, masks) if int(mk.sum()) >= min_pixels]
+            ids = torch.unique(lab[b])
+            target = lab[b][None] == ids[ids > 0][:, None, None]
+            keep = target.sum((1, 2)) >= min_pixels
+            organs, target = [int(o) for o in ids[ids > 0][keep]], target[keep]
             if not organs:
                 continue
-            target = torch.stack([lab[b] == o for o in organs])
             ci = int(data.case[sl.start + b])
             for mode in ("gt-slice", "gt-wpl"):
-                if mode == "gt-slice":
-                    rows, cols = target.any(2), target.any(1)
-                    bx = torch.stack([cols.float().argmax(1), rows.float().argmax(1),
-                                      L - 1 - cols.flip(1).float().argmax(1), L - 1 - rows.flip(1).float().argmax(1)], 1)
-                else:
-                    bx = torch.as_tensor(np.stack([data.organ_boxes[(ci, o)][:4] for o in organs]), device=dev)
+                bx = tight_boxes(target) if mode == "gt-slice" else torch.as_tensor(
+                    np.stack([data.organ_boxes[(ci, o)][:4] for o in organs]), device=dev)
                 logits, _ = model.decode(emb[b : b + 1].expand(len(organs), -1, -1, -1), bx.float())
                 pred = F.interpolate(logits.float(), (L, L), mode="bilinear", align_corners=False)[:, 0] > 0
                 inter = (pred & target).sum((1, 2)).cpu().numpy()

@@ -253,13 +253,29 @@ def _warp(x: torch.Tensor, m: np.ndarray, L: int, mode: str) -> torch.Tensor:
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def _tight_boxes(masks: torch.Tensor) -> np.ndarray:
+def valid_area(sizes: np.ndarray, L: int, device: torch.device) -> torch.Tensor:
+    """(B, L, L) 1.0 inside each slice's resized size ``(h', w')``, 0.0 in the padding."""
+    valid = torch.zeros((len(sizes), L, L), device=device)
+    for b, (nh, nw) in enumerate(sizes):
+        valid[b, :nh, :nw] = 1.0
+    return valid
+
+
+def model_input(images: torch.Tensor, valid: torch.Tensor, config: Sam2DConfig) -> torch.Tensor:
+    """(B, 3, L, L) model input from windowed slices (B, L, L) in [0, 255]: SAM's pixel mean /
+    std, and zero (the mean) outside ``valid``, as :func:`~uae_ray.models.sam2d.prepare_slices` pads."""
+    mean = torch.tensor(config.pixel_mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.pixel_std, device=images.device).view(1, 3, 1, 1)
+    return (images.float()[:, None].expand(-1, 3, -1, -1) - mean) / std * valid[:, None]
+
+
+def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight ``x0, y0, x1, y1`` boxes of non-empty masks (N, L, L)."""
     L = masks.shape[-1]
     rows, cols = masks.any(2), masks.any(1)
     y0, y1 = rows.float().argmax(1), L - 1 - rows.flip(1).float().argmax(1)
     x0, x1 = cols.float().argmax(1), L - 1 - cols.flip(1).float().argmax(1)
-    return torch.stack([x0, y0, x1, y1], 1).cpu().numpy().astype(np.float64)
+    return torch.stack([x0, y0, x1, y1], 1)
 
 
 def sample_batch(data: SliceSet, cfg: Any, model_cfg: Sam2DConfig, rng: np.random.Generator):
@@ -273,9 +289,7 @@ def sample_batch(data: SliceSet, cfg: Any, model_cfg: Sam2DConfig, rng: np.rando
     sel = rng.choice(len(data), size=B, replace=len(data) < B)
     idx = torch.as_tensor(sel, device=dev)
     img = data.images[idx].float()
-    valid = torch.zeros((B, L, L), device=dev)
-    for b, (nh, nw) in enumerate(data.sizes[sel]):
-        valid[b, :nh, :nw] = 1.0
+    valid = valid_area(data.sizes[sel], L, dev)
     # intensity: gamma, gain, offset, noise (inside the slice)
     gamma = torch.as_tensor(np.exp(rng.uniform(-cfg.gamma, cfg.gamma, B)), dtype=torch.float32, device=dev)
     gain = torch.as_tensor(rng.uniform(0.9, 1.1, B), dtype=torch.float32, device=dev)
@@ -290,9 +304,7 @@ def sample_batch(data: SliceSet, cfg: Any, model_cfg: Sam2DConfig, rng: np.rando
     img = _warp(img[:, None], m, L, "bilinear")[:, 0]
     maps = _warp(torch.stack([data.labels[idx].float(), data.pseudo[idx].float(), valid], 1), m, L, "nearest")
     lab, pse, valid = maps[:, 0].long(), maps[:, 1].long(), maps[:, 2]
-    mean = torch.tensor(model_cfg.pixel_mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(model_cfg.pixel_std, device=dev).view(1, 3, 1, 1)
-    x = (img[:, None].expand(-1, 3, -1, -1) - mean) / std * valid[:, None]
+    x = model_input(img, valid, model_cfg)
     # objects present after the warp (pixel counts per slice, one transfer)
     K = int(max(lab.max(), pse.max())) + 1
     offs = torch.arange(B, device=dev)[:, None] * K
@@ -327,7 +339,7 @@ def sample_batch(data: SliceSet, cfg: Any, model_cfg: Sam2DConfig, rng: np.rando
     boxes = np.zeros((len(index), 4))
     wpl_a = np.asarray(wpl, dtype=bool)
     if len(index):
-        tight = _tight_boxes(targets > 0)
+        tight = tight_boxes(targets > 0).cpu().numpy().astype(np.float64)
         boxes = _jitter(tight, rng, -0.05, 0.15, 2.0)
     if wpl_a.any():
         extents = np.stack([data.organ_boxes[(int(data.case[sel[index[i]]]), ids[i])][:4] for i in np.flatnonzero(wpl_a)])
