@@ -38,7 +38,7 @@ def test_bench_smoke_on_two_cases(shared_data, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["cases"] == ["ts_example_ct", "ts_upper_abdomen"]
     methods = {r["method"] for r in result["summary"]}
-    assert {"embedding/transfer", "embedding/transfer/cut-keep"} <= methods
+    assert {"embedding/transfer", "embedding/transfer/cut-extend"} <= methods
     recs = [r for r in result["records"] if r["method"] == "embedding/transfer"]
     assert sorted((r["target"], r["organ"]) for r in recs) == [("ts_example_ct", "liver"), ("ts_upper_abdomen", "liver")]
     assert all(0.0 <= r["iou"] <= 1.0 and r["wall_mm"] >= 0 and r["k"] == 1 for r in recs)

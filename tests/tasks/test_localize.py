@@ -63,7 +63,12 @@ def test_vote_cut_policy():
     assert vote("x", both, FOV).box[5] == pytest.approx(15.0)
     # every support cut at the top: extend to the field of view, or keep
     assert vote("x", both[:1], FOV, cut_policy="extend").box[5] == pytest.approx(100.0)
-    assert vote("x", both[:1], FOV, cut_policy="keep").box[5] == pytest.approx(10.0)
+    kept = vote("x", both[:1], FOV)  # the default keeps the supports' extent, and says so
+    assert kept.box[5] == pytest.approx(10.0) and kept.status == STATUS_OK
+    assert "cut by its field of view at zmax" in kept.message and "may go on" in kept.message
+    assert vote("x", both, FOV).message == ""  # one uncut support: nothing to say
+    with pytest.raises(ValueError, match="unknown cut policy"):
+        vote("x", both, FOV, cut_policy="grow")
 
 
 # -- real data ---------------------------------------------------------------------------------

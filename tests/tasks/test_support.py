@@ -14,6 +14,7 @@ from uae_ray.tasks.support import (
     load_support,
     organ_volume_ml,
     parse_support,
+    partial_supports,
     read_label_names,
     sidecar_paths,
 )
@@ -120,6 +121,25 @@ def test_extreme_points_of_a_synthetic_label(tmp_path, direction):
     expect = [flip[0] > 0, flip[0] < 0, flip[1] > 0, flip[1] < 0, True, False]
     assert list(corner.cut) == expect
     assert support.organ("liver") is None and "no label named 'liver'" in support.missing_reason("liver")
+
+
+def test_partial_supports_one_line_per_support(tmp_path):
+    img = _synthetic_labels()
+    sitk.WriteImage(sitk.Cast(img, sitk.sitkInt16) * 100 - 1000, str(tmp_path / "image.nii.gz"))
+    supports = []
+    for name, names in (("a", {"1": "block", "2": "corner"}), ("b", {"1": "block", "3": "corner"}), ("c", {"1": "block"})):
+        sitk.WriteImage(img, str(tmp_path / f"{name}.nii.gz"))
+        (tmp_path / f"{name}.json").write_text(json.dumps(names))
+        supports.append(load_support(f"{tmp_path / 'image.nii.gz'}:{tmp_path / name}.nii.gz", modality="CT"))
+    # b's "corner" (label 3) has no voxels, c has no such name; "liver" no support has (left to
+    # the caller); a has all
+    lines = partial_supports(supports, ["block", "corner", "liver"])
+    assert [s for s, _ in lines] == supports[1:]
+    line = lines[0][1]
+    assert line.startswith(f"{tmp_path / 'b'}.nii.gz: ") and "no voxels labelled corner" in line
+    assert line.endswith("is not used for corner") and "liver" not in line
+    assert "no label named 'corner' (names from " in lines[1][1]
+    assert partial_supports(supports, ["block"]) == []
 
 
 def test_extreme_points_slab_and_errors():

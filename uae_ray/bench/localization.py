@@ -19,7 +19,8 @@ per method and k, and with every available support ("k = all"). Per support and 
 method sees the same organs; the methods:
 
 * ``embedding/transfer`` and ``embedding/extremes`` (:class:`~uae_ray.tasks.localize.EmbeddingLocalizer`
-  modes), each voted with both cut policies (``extend``, the default, and ``keep``);
+  modes), each voted with both cut policies (``keep``, the default, and ``extend``; the
+  non-default one is named in the method, e.g. ``embedding/transfer/cut-extend``);
 * ``medlam`` (:class:`~uae_ray.tasks.localize.MedLAMLocalizer`), when its weights exist.
 """
 
@@ -39,6 +40,8 @@ from uae_ray.bench.common import format_table, machine_info, write_json
 from uae_ray.bench.dataset import NON_ANATOMICAL, Case, load_cases
 from uae_ray.matching import Embedder, EmbeddingMaps, embed_image
 from uae_ray.tasks.localize import (
+    CUT_POLICIES,
+    DEFAULT_CUT_POLICY,
     EmbeddingLocalizerConfig,
     box_iou,
     wall_distance,
@@ -59,7 +62,6 @@ MIN_VOXELS = 50
 BENCH_METHODS = ("embedding", "medlam")
 #: Embedding-localizer modes measured.
 EMBEDDING_VARIANTS = ("transfer", "extremes")
-CUT_POLICIES = ("extend", "keep")
 
 
 def organ_names(support: Support, only: Sequence[str] | None = None) -> list[str]:
@@ -175,7 +177,7 @@ def run_localization(
                         est[(t, s, o)] = (e, dt)
                     logger.info("embedding/%s: %s <- %s, %d organ(s), %.1f s/organ", variant, t, s, len(got), dt)
             for policy in CUT_POLICIES:
-                method = f"embedding/{variant}" + ("" if policy == "extend" else f"/cut-{policy}")
+                method = f"embedding/{variant}" + ("" if policy == DEFAULT_CUT_POLICY else f"/cut-{policy}")
                 records += _vote_all(plan, supports, est, method, policy, max_k, max_subsets, seed)
     if "medlam" in methods:
         records += _medlam_records(plan, supports, max_k, max_subsets, seed, medlam_checkpoint, timing)
@@ -245,7 +247,7 @@ def _medlam_records(
     timing["medlam_prepare_s_per_scan"] = (time.perf_counter() - t0) / max(len(scans), 1)
     loc._scans = {supports[c].name: scans[c] for c in scans}
     for policy in CUT_POLICIES:
-        method = "medlam" + ("" if policy == "extend" else f"/cut-{policy}")
+        method = "medlam" + ("" if policy == DEFAULT_CUT_POLICY else f"/cut-{policy}")
         loc.cut_policy = policy
         for t, organ_map in plan.items():
             centre = loc.target_centre(scans[t])

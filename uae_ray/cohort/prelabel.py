@@ -57,6 +57,7 @@ from uae_ray.storage import (
 )
 from uae_ray.storage.schemas import PRELABEL, SCHEMA_KEY, STATUS_ERROR, STATUS_OK
 from uae_ray.storage.uri import uri_hash
+from uae_ray.tasks.support import partial_supports
 
 logger = logging.getLogger(__name__)
 
@@ -329,17 +330,13 @@ def _check_organs(names: Sequence[str], supports: Sequence) -> tuple[list, list[
     """
     missing = [o for o in names if not any(s.has(o) for s in supports)]
     reported = []
-    for o in names:
-        if o in missing:
-            reasons = "; ".join(s.missing_reason(o) for s in supports)
-            logger.warning("%s: no support scan has this organ; its rows are marked missing_in_supports (%s)",
-                           o, reasons)
-            reported.extend(s.spec.labels for s in supports)
-            continue
-        for s in supports:
-            if not s.has(o):
-                logger.warning("%s; support %s is not used for %s", s.missing_reason(o), s.spec.image, o)
-                reported.append(s.spec.labels)
+    for o in missing:
+        reasons = "; ".join(s.missing_reason(o) for s in supports)
+        logger.warning("%s: no support scan has this organ; its rows are marked missing_in_supports (%s)", o, reasons)
+        reported.extend(s.spec.labels for s in supports)
+    for support, line in partial_supports(supports, names):
+        logger.warning("%s", line)
+        reported.append(support.spec.labels)
     used = []
     for s in supports:
         if any(s.has(o) for o in names):

@@ -362,6 +362,30 @@ class Support:
         )
 
 
+def partial_supports(
+    supports: list[Support] | tuple[Support, ...], organs: list[str] | tuple[str, ...]
+) -> list[tuple[Support, str]]:
+    """``(support, one line)`` per support that lacks some of ``organs`` that another support has
+    (organs that no support has are left to the caller); the line names its label file, the
+    organs and why. For logging once per job rather than once per (support, organ).
+    """
+    somewhere = [o for o in organs if any(s.has(o) for s in supports)]
+    lines = []
+    for s in supports:
+        lacking = [o for o in somewhere if not s.has(o)]
+        if not lacking:
+            continue
+        unnamed = [o for o in lacking if label_of(s.names, o) is None]
+        empty = [o for o in lacking if o not in unnamed]
+        why = []
+        if unnamed:
+            why.append(f"no label named {', '.join(repr(o) for o in unnamed)} (names from {s.names_source})")
+        if empty:
+            why.append(f"no voxels labelled {', '.join(empty)}")
+        lines.append((s, f"{s.spec.labels}: {'; '.join(why)}; support {s.spec.image} is not used for {', '.join(lacking)}"))
+    return lines
+
+
 def _cut_sides(zyx: np.ndarray, shape_zyx: tuple[int, ...], grid: Grid) -> np.ndarray:
     """(6,) bool in EXTREME_NAMES order: the organ reaches the image's first/last slice along the
     image axis that runs closest to that world axis."""
@@ -416,6 +440,7 @@ __all__ = [
     "organ_volume_ml",
     "organ_voxels",
     "parse_support",
+    "partial_supports",
     "read_label_names",
     "sidecar_paths",
     "slab_thickness",
