@@ -153,3 +153,26 @@ def test_matcher_rejects_semantic_channel_mismatch() -> None:
     b = replace(a, semantic=a.semantic[:4] / np.linalg.norm(a.semantic[:4], axis=0))
     with pytest.raises(ValueError, match="semantic embeddings have 8 channels"):
         match_points(a, _voxel_points(a, 2), b)
+
+
+@pytest.mark.parametrize("semantic", [False, True])
+def test_whole_target_search_is_the_best_valid_voxel_of_the_similarity_maps(semantic) -> None:
+    # The search works on the valid voxels' columns only; it must equal the arg max of the
+    # full similarity maps with the invalid voxels masked out.
+    maps = _with_semantic(_maps()) if semantic else _maps()
+    valid = np.ones_like(maps.valid)
+    valid[:, :, 16:] = False  # a third of the target outside its view
+    valid[:3] = False
+    target = replace(maps, valid=valid)
+    pts = _voxel_points(maps, 40, seed=3)
+    emb = sample_embeddings(maps, pts, with_semantic=True)
+    ql, qg, qs = (torch.from_numpy(a) if a is not None else None for a in emb)
+    m = Matcher(subvoxel=0).set_target(target)
+    combined, _ = m.similarity(ql, qg, qs if semantic else None)
+    flat = combined.reshape(len(pts), -1).masked_fill(~torch.from_numpy(valid).reshape(1, -1), float("-inf"))
+    best, arg = flat.max(dim=1)
+    expect = target.local_grid.index_to_world(np.stack(np.unravel_index(arg.numpy(), valid.shape), axis=1)[:, ::-1].astype(float))
+    got, scores = m.predict_features(*(a.numpy() for a in (ql, qg)), qs.numpy() if semantic else None)
+    np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(scores, best.numpy())
+    assert valid[tuple(np.rint(target.local_grid.world_to_index(got)).astype(int)[:, ::-1].T)].all()

@@ -99,11 +99,12 @@ class Matcher:
     def set_target(self, target: EmbeddingMaps) -> "Matcher":
         """Hold the target's maps (as float32 torch tensors) for the following queries."""
         self._target = target
-        self._stack = self._stack_s = None  # built on first use (see _stacked)
+        self._stack = self._stack_s = self._stack_valid = self._stack_s_valid = None  # on first use (_stacked)
         self._local_vm = self._semantic_vm = None  # built on first use (see _voxel_major)
         self._local = _as_tensor(target.local, np.float32).reshape(target.local.shape[0], -1)
         self._global = _as_tensor(target.global_, np.float32).reshape(target.global_.shape[0], -1)
         self._valid = _as_tensor(target.valid, bool).reshape(-1)
+        self._valid_index = torch.nonzero(self._valid).reshape(-1)
         self._semantic = (
             None if target.semantic is None
             else _as_tensor(target.semantic, np.float32).reshape(target.semantic.shape[0], -1)
@@ -148,28 +149,43 @@ class Matcher:
         sim_l = (query_local @ self._local).reshape(-1, lz, ly, lx)
         return self._combined(query_local, query_global, query_semantic), sim_l
 
-    def _stacked(self, semantic: bool) -> torch.Tensor:
+    def _stacked(self, semantic: bool, valid_only: bool = False) -> torch.Tensor:
         """(C, N) local, global upsampled to the local grid, and (with ``semantic``) semantic
         embeddings stacked, so that one product gives the summed cosine maps (upsampling is
-        linear, so upsampling the global embeddings equals upsampling their cosine map)."""
-        key = "_stack_s" if semantic else "_stack"
+        linear, so upsampling the global embeddings equals upsampling their cosine map).
+        ``valid_only``: only the columns of the valid voxels (``self._valid_index``), what the
+        whole-target search needs: no masking, and no work on padding or outside the view."""
+        key = ("_stack_s" if semantic else "_stack") + ("_valid" if valid_only else "")
         if getattr(self, key, None) is None:
             t = self.target
             glob = upsample_aligned(self._global.reshape(1, *t.global_.shape), self._factor, t.local.shape[1:])
             parts = [self._local, glob.reshape(t.global_.shape[0], -1)] + ([self._semantic] if semantic else [])
+            if valid_only:
+                parts = [p[:, self._valid_index] for p in parts]
             setattr(self, key, torch.cat(parts, dim=0))
         return getattr(self, key)
 
-    def _combined(self, ql: torch.Tensor, qg: torch.Tensor, qs: torch.Tensor | None) -> torch.Tensor:
-        """The combined similarity maps (n, z, y, x) of :meth:`similarity`."""
-        lz, ly, lx = self.target.local.shape[1:]
+    def _query(self, ql: torch.Tensor, qg: torch.Tensor, qs: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+        """The stacked query rows for :meth:`_stacked` and whether the semantic level takes part."""
         semantic = qs is not None and self._semantic is not None
         if semantic and qs.shape[1] != self._semantic.shape[0]:
             raise ValueError(
                 f"query semantic embeddings have {qs.shape[1]} channels, the target's {self._semantic.shape[0]}"
             )
-        q = torch.cat([ql, qg] + ([qs] if semantic else []), dim=1)
+        return torch.cat([ql, qg] + ([qs] if semantic else []), dim=1), semantic
+
+    def _combined(self, ql: torch.Tensor, qg: torch.Tensor, qs: torch.Tensor | None) -> torch.Tensor:
+        """The combined similarity maps (n, z, y, x) of :meth:`similarity`."""
+        lz, ly, lx = self.target.local.shape[1:]
+        q, semantic = self._query(ql, qg, qs)
         return (q @ self._stacked(semantic)).reshape(-1, lz, ly, lx) / (3.0 if semantic else 2.0)
+
+    def _best_valid(self, ql: torch.Tensor, qg: torch.Tensor, qs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best valid voxel of the combined similarity over the whole target: ``(best (n,),
+        flat voxel index (n,))``."""
+        q, semantic = self._query(ql, qg, qs)
+        best, arg = ((q @ self._stacked(semantic, valid_only=True)) / (3.0 if semantic else 2.0)).max(dim=1)
+        return best, self._valid_index[arg]
 
     def _voxel_major(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, C) copies of the local and semantic maps (built on first use, then kept): a
@@ -251,7 +267,6 @@ class Matcher:
         shape = t.local.shape[1:]
         idx_out = np.zeros((len(ql), 3), dtype=np.float64)
         scores = np.zeros(len(ql), dtype=np.float32)
-        invalid = ~self._valid
         windowed = centres is not None
         if windowed:
             if radius_mm is None or radius_mm <= 0:
@@ -267,9 +282,7 @@ class Matcher:
                                                   c_zyx[s : s + chunk].long(), half)
                     best = torch.where(torch.isinf(best), torch.full_like(best, -1.0), best)
                 else:
-                    sim = self._combined(ql[s : s + chunk], qg[s : s + chunk], q_s)
-                    flat = sim.reshape(sim.shape[0], -1).masked_fill(invalid[None], float("-inf"))
-                    best, arg = flat.max(dim=1)
+                    best, arg = self._best_valid(ql[s : s + chunk], qg[s : s + chunk], q_s)
                     zyx = torch.stack(torch.unravel_index(arg, shape), dim=1)  # (n, 3) z, y, x
                 # Sub-voxel refinement on the local map only (the upsampled global map is
                 # piecewise linear at 16 mm and would bias the peak position).
