@@ -58,12 +58,14 @@ class CaseInfo:
         modality: ``"CT"`` or ``"MR"``.
         patient: Opaque patient id (scans of one patient share it).
         image_path: Path of the case's ``image.nii.gz``.
+        region: Body region from the manifest (``""`` when absent).
     """
 
     case_id: str
     modality: str
     patient: str
     image_path: Path
+    region: str = ""
 
     @property
     def labels_path(self) -> Path:
@@ -94,6 +96,7 @@ class TrainVolume:
             resampled; 0 = unlabelled, also outside the field of view), or ``None`` when the
             case has none.
         label_names: Label id -> organ name (from ``meta.json``; ``"label_<id>"`` when unnamed).
+        region: Body region from the manifest (``""`` when unknown; used to balance sampling).
     """
 
     case_id: str
@@ -104,6 +107,7 @@ class TrainVolume:
     grid: Grid | None = None
     labels: torch.Tensor | None = None
     label_names: dict[int, str] = field(default_factory=dict)
+    region: str = ""
 
     @property
     def has_labels(self) -> bool:
@@ -174,7 +178,8 @@ def read_manifest(data_dir: str | Path, modalities: Iterable[str] | None = None)
     keep = None if modalities is None else {m.upper() for m in modalities}
     with open(manifest, newline="") as fh:
         rows = [
-            CaseInfo(r["case_id"], r["modality"].upper(), r.get("patient") or "", data_dir / r["path"] / "image.nii.gz")
+            CaseInfo(r["case_id"], r["modality"].upper(), r.get("patient") or "", data_dir / r["path"] / "image.nii.gz",
+                     r.get("region") or "")
             for r in csv.DictReader(fh)
             if keep is None or r["modality"].upper() in keep
         ]
@@ -221,6 +226,26 @@ def prepare_labels(labels_path: str | Path, grid: Grid, valid: np.ndarray) -> np
     return np.where(valid, arr, 0).astype(np.int16)
 
 
+def body_crop(body: np.ndarray, grid: Grid, margin_vox: int | None) -> tuple[tuple[slice, slice, slice], Grid]:
+    """The (z, y, x) slices of the body's bounding box plus a margin, and the cropped grid.
+
+    Args:
+        body: (Z, Y, X) bool body mask on ``grid`` (identity direction).
+        grid: Its grid.
+        margin_vox: Margin in voxels; ``None`` (or no body voxel): the whole grid.
+    """
+    full = tuple(slice(0, n) for n in body.shape)
+    if margin_vox is None or not body.any():
+        return full, grid  # type: ignore[return-value]
+    idx = np.argwhere(body)
+    lo = np.maximum(idx.min(axis=0) - margin_vox, 0)
+    hi = np.minimum(idx.max(axis=0) + 1 + margin_vox, body.shape)
+    lo_xyz = lo[::-1].astype(np.float64)
+    origin = np.asarray(grid.origin) + lo_xyz * np.asarray(grid.spacing)  # identity direction
+    cropped = Grid(tuple(origin), grid.spacing, grid.direction, tuple(int(v) for v in (hi - lo)[::-1]))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), cropped  # type: ignore[return-value]
+
+
 def prepare_train_volume(
     case_id: str,
     path: Path,
@@ -231,8 +256,14 @@ def prepare_train_volume(
     patient: str = "",
     labels_path: Path | None = None,
     label_names: dict[int, str] | None = None,
+    crop_margin_vox: int | None = 8,
 ) -> TrainVolume:
     """Read, prepare (2 mm, normalised as at inference) and index one volume for view sampling.
+
+    The prepared volume is cropped to the bounding box of its body voxels plus
+    ``crop_margin_vox`` (``None``: not cropped), with the grid's origin moved to match, so a
+    head in a 50 cm field of view keeps a fifth of the memory (views reaching past the crop see
+    air, as outside any field of view).
 
     View centres are (at most ``max_centres`` random) body voxels: valid voxels brighter than
     :func:`body_level` of the modality (all valid voxels when none is). With ``labels_path``
@@ -244,6 +275,8 @@ def prepare_train_volume(
     arr = np.asarray(pv.array, dtype=np.float32)
     valid = np.asarray(pv.valid, dtype=bool)
     body = valid & (arr > body_level(mod))
+    crop, grid = body_crop(body, pv.grid, crop_margin_vox)
+    arr, valid, body = arr[crop], valid[crop], body[crop]
     zyx = np.argwhere(body)
     if len(zyx) == 0:
         zyx = np.argwhere(valid)
@@ -253,13 +286,13 @@ def prepare_train_volume(
     data = torch.from_numpy(np.stack([arr + 1.0, valid.astype(np.float32)]))
     labels, names = None, {}
     if labels_path is not None and Path(labels_path).is_file():
-        lab = prepare_labels(labels_path, pv.grid, valid)
+        lab = prepare_labels(labels_path, grid, valid)
         present = [int(i) for i in np.unique(lab) if i > 0]
         names = {i: (label_names or {}).get(i, f"label_{i}") for i in present}
         labels = torch.from_numpy(lab)
-    logger.info("prepared %s (%s): grid %s, %d body voxels, %d labels", case_id, mod, pv.grid.size, int(body.sum()),
+    logger.info("prepared %s (%s): grid %s, %d body voxels, %d labels", case_id, mod, grid.size, int(body.sum()),
                 len(names))
-    return TrainVolume(case_id, data, zyx[:, ::-1].astype(np.float64).copy(), mod, patient, pv.grid, labels, names)
+    return TrainVolume(case_id, data, zyx[:, ::-1].astype(np.float64).copy(), mod, patient, grid, labels, names)
 
 
 def load_volumes(
@@ -287,13 +320,15 @@ def load_volumes(
     cases = [c for c in read_manifest(data_dir, modalities) if wanted is None or c.case_id in wanted]
     if not cases:
         raise ValueError(f"{data_dir}: no {'/'.join(modalities)} case in manifest.csv")
-    return [
-        prepare_train_volume(
+    volumes = []
+    for c in cases:
+        vol = prepare_train_volume(
             c.case_id, c.image_path, spacing_mm, modality=c.modality, patient=c.patient,
             labels_path=c.labels_path if labels else None, label_names=read_label_names(c.meta_path) if labels else None,
         )
-        for c in cases
-    ]
+        vol.region = c.region
+        volumes.append(vol)
+    return volumes
 
 
 def load_ct_volumes(data_dir: str | Path, spacing_mm: float = 2.0) -> list[TrainVolume]:

@@ -59,7 +59,9 @@ from uae_ray.train.augment import (
     sample_at,
 )
 from uae_ray.train.config_io import config_from_mapping, load_yaml_config
-from uae_ray.train.data import TrainVolume, load_volumes
+from uae_ray.atomic import atomic_path
+from uae_ray.split import DEFAULT_SPLIT, load_split, read_case_patients
+from uae_ray.train.data import TrainVolume, fetch_data, load_volumes
 from uae_ray.train.losses import BACKGROUND, IGNORE, class_prototypes, info_nce, prototype_loss
 from uae_ray.train.pairs import CrossModalPair, build_pairs
 from uae_ray.volume import parse_modality
@@ -121,6 +123,10 @@ class TrainConfig:
         semantic_temperature: Temperature of the prototype loss (UAE: 0.1).
         semantic_points: Anchor voxels per view pair and direction (balanced over organs).
         semantic_min_voxels: Minimum voxels (local map) of an organ in a view for a prototype.
+        region_balance: Exponent ``b`` of the patient sampling weight ``n_region ** -b``
+            (``n_region``: training patients of the patient's manifest region): 0 draws patients
+            uniformly (a cohort of 140 head-neck CTs then fills 86 % of the items), 1 draws
+            regions uniformly, 0.5 lies between.
     """
 
     steps: int = 3000
@@ -155,6 +161,7 @@ class TrainConfig:
     semantic_temperature: float = 0.1
     semantic_points: int = 256
     semantic_min_voxels: int = 4
+    region_balance: float = 0.0
 
     def __post_init__(self) -> None:
         self.crop = tuple(int(c) for c in self.crop)  # type: ignore[assignment]
@@ -169,6 +176,13 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.modality_shift_strength must be in [0, 1); got {self.modality_shift_strength}")
         if self.semantic_weight < 0 or self.semantic_dim < 0:
             raise ValueError(f"TrainConfig.semantic_weight and semantic_dim must be >= 0; got {self.semantic_weight}, {self.semantic_dim}")
+
+
+#: Trainer attributes whose ``R`` generators are part of the resume state.
+_AUGMENT_RNGS = ("views", "intensity", "modality_shift")
+
+#: Config fields that may change between a run and its resumption (the budget may be extended).
+_RESUME_FREE = frozenset({"steps", "seconds", "log_every"})
 
 
 #: Semantic head width added for ``semantic_weight > 0`` when ``semantic_dim`` is 0, per architecture.
@@ -258,6 +272,15 @@ def patient_groups(volumes: Sequence[TrainVolume]) -> list[list[TrainVolume]]:
     return list(groups.values())
 
 
+def region_weights(groups: Sequence[Sequence[TrainVolume]], balance: float) -> list[float] | None:
+    """Sampling weight of each patient group, ``n_region ** -balance`` (``None`` for 0: uniform)."""
+    if balance <= 0:
+        return None
+    regions = [g[0].region for g in groups]
+    counts = {r: regions.count(r) for r in set(regions)}
+    return [counts[r] ** -float(balance) for r in regions]
+
+
 @dataclass
 class TrainState:
     """Progress of a training run (returned by :meth:`Trainer.fit`)."""
@@ -305,6 +328,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.spacing_mm = model.config.input_spacing_mm
         self.groups = patient_groups(volumes)
+        self.group_weights = region_weights(self.groups, config.region_balance)
         if pairs is None:
             pairs = build_pairs(volumes, seed=config.seed) if config.pair_prob > 0 else []
         self.pairs = pairs
@@ -320,6 +344,44 @@ class Trainer:
             )
         if self.semantic and not any(v.has_labels for v in volumes):
             logger.warning("semantic_weight=%g but no training volume has organ labels", config.semantic_weight)
+
+    # -- resume ---------------------------------------------------------------------------------
+
+    def resume_state(self) -> dict[str, Any]:
+        """Everything a resumed run needs: weights, optimiser, progress and every RNG."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": asdict(self.state),
+            "rngs": {"rng": self.rng.bit_generator.state, "torch_gen": self.torch_gen.get_state(),
+                     **{k: getattr(self, k).R.bit_generator.state for k in _AUGMENT_RNGS}},
+            "config": asdict(self.cfg),
+        }
+
+    def save_resume(self, path: str | Path) -> None:
+        """Write :meth:`resume_state` atomically to ``path``."""
+        with atomic_path(path, ".pt") as tmp:
+            torch.save(self.resume_state(), tmp)
+
+    def load_resume(self, path: str | Path) -> None:
+        """Continue from a file written by :meth:`save_resume` (same volumes and config).
+
+        Raises:
+            ValueError: the file was written with another training configuration.
+        """
+        doc = torch.load(path, map_location=self.device, weights_only=False)
+        saved = {k: v for k, v in doc["config"].items() if k not in _RESUME_FREE}
+        now = {k: v for k, v in asdict(self.cfg).items() if k not in _RESUME_FREE}
+        if saved != now:
+            diff = sorted(k for k in now if saved.get(k) != now[k])
+            raise ValueError(f"{path}: written with another training configuration ({', '.join(diff)} differ)")
+        self.model.load_state_dict(doc["model"])
+        self.optimizer.load_state_dict(doc["optimizer"])
+        self.state = TrainState(**doc["state"])
+        self.rng.bit_generator.state = doc["rngs"]["rng"]
+        self.torch_gen.set_state(doc["rngs"]["torch_gen"])
+        for k in _AUGMENT_RNGS:
+            getattr(self, k).R.bit_generator.state = doc["rngs"][k]
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -384,7 +446,11 @@ class Trainer:
         pairs = [self.pairs[i] for i in self.rng.choice(len(self.pairs), n_pairs, replace=False)] if n_pairs else []
         taken = {p.patient for p in pairs}
         free = [g for g in self.groups if g[0].patient_key not in taken]
-        idx = self.rng.choice(len(free), k - n_pairs, replace=False)
+        p = None
+        if self.group_weights is not None:
+            w = np.array([self.group_weights[i] for i, g in enumerate(self.groups) if g[0].patient_key not in taken])
+            p = w / w.sum()
+        idx = self.rng.choice(len(free), k - n_pairs, replace=False, p=p)
         vols = [free[i][0] if len(free[i]) == 1 else free[i][self.rng.integers(len(free[i]))] for i in idx]
         return [self.pair_item(p) for p in pairs] + [self.single_item(v) for v in vols]
 
@@ -580,10 +646,17 @@ class Trainer:
         self.state.step += 1
         return parts
 
-    def fit(self, on_log: Callable[[dict[str, float]], None] | None = None) -> TrainState:
-        """Train until ``steps`` or ``seconds`` is reached; log every ``log_every`` steps."""
+    def fit(self, on_log: Callable[[dict[str, float]], None] | None = None, resume_path: str | Path | None = None,
+            resume_every_s: float = 300.0) -> TrainState:
+        """Train until ``steps`` or ``seconds`` is reached; log every ``log_every`` steps.
+
+        With ``resume_path`` the resume state (:meth:`save_resume`) is written there at the
+        first log line after every ``resume_every_s`` seconds and at the end, so a killed run
+        loses at most that much work.
+        """
         cfg = self.cfg
         t0 = time.perf_counter() - self.state.elapsed_s
+        t_saved = time.perf_counter()
         t_log, s_log = time.perf_counter(), self.state.step
         run = {"loss": 0.0, "local": 0.0, "global": 0.0}
         n_run = 0
@@ -613,11 +686,16 @@ class Trainer:
                     rec["step"], rec["loss"], rec["local"], rec["global"], sem_text, rec["steps_per_s"], rec["lr"],
                     rec["elapsed_s"],
                 )
+                if resume_path is not None and now - t_saved >= resume_every_s:
+                    self.save_resume(resume_path)
+                    t_saved = now
                 if on_log is not None:
                     on_log(rec)
                 t_log, s_log, n_run = now, self.state.step, 0
                 run = dict.fromkeys(run, 0.0)
                 sem_sum, sem_n = 0.0, 0
+        if resume_path is not None:
+            self.save_resume(resume_path)
         return self.state
 
 
@@ -629,6 +707,8 @@ def train(
     command: str | None = None,
     init: str | Path | None = None,
     release: str = "v0",
+    split: str | None = DEFAULT_SPLIT,
+    resume: bool = False,
 ) -> tuple[EmbeddingNet, TrainState]:
     """Prepare the cases of ``data_dir`` (``config.modalities``), train, and optionally save the
     checkpoint and its training report (``<out>.html`` and ``<out>.png``: loss curves).
@@ -641,6 +721,11 @@ def train(
         command: Command line recorded in the checkpoint metadata.
         init: Checkpoint to start from (continue training); ``None``: random initialisation.
         release: Release tag of the version string (``<model>-<release>+<sha8>``).
+        split: Patient split (:mod:`uae_ray.split`) whose *train* side is used; ``None``: every
+            case of ``data_dir`` (then no figure on these patients is leave-patient-out).
+        resume: Continue from ``<out minus .pt>.resume.pt`` where it exists (written every
+            5 minutes and at the end of every run with ``out``); the budget ``seconds`` counts
+            the time of all runs together.
 
     Returns:
         ``(model in eval mode, final TrainState)``.
@@ -649,7 +734,12 @@ def train(
         torch.set_num_threads(int(threads))
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
-    volumes = load_volumes(data_dir, config.modalities, labels=config.semantic_weight > 0)
+    data_dir = fetch_data(data_dir)
+    case_ids = None
+    if split is not None:
+        case_ids = load_split(split).cases(read_case_patients(data_dir), "train")
+        logger.info("split %s: training on the %d cases of its train side", split, len(case_ids))
+    volumes = load_volumes(data_dir, config.modalities, labels=config.semantic_weight > 0, case_ids=case_ids)
     logger.info("prepared %d %s volumes in %.1fs", len(volumes), "/".join(config.modalities), time.perf_counter() - t0)
     if config.semantic_weight > 0:
         logger.info("semantic loss on: %d of %d volumes have organ labels", sum(v.has_labels for v in volumes), len(volumes))
@@ -658,12 +748,17 @@ def train(
         logger.info("starting from %s (%s)", init, model.version)
         model.train()
     trainer = Trainer(model, volumes, config)
-    state = trainer.fit()
+    resume_path = Path(out).with_suffix(".resume.pt") if out is not None else None
+    if resume and resume_path is not None and resume_path.is_file():
+        trainer.load_resume(resume_path)
+        logger.info("resumed from %s at step %d (%.0f s trained)", resume_path, trainer.state.step, trainer.state.elapsed_s)
+    state = trainer.fit(resume_path=resume_path)
     model.eval()
     if out is not None:
         last = state.history[-1] if state.history else {}
         meta = {
             "trained_on": [v.case_id for v in volumes],
+            "split": split or "",
             "cross_modal_pairs": [list(p.case_ids) for p in trainer.pairs],
             "command": command or "",
             "steps": state.step,
@@ -698,6 +793,7 @@ _CONFIG_FLAGS: dict[str, dict[str, Any]] = {
     "pair_prob": {"type": float, "metavar": "P", "help": "per-item probability of an aligned CT-MR pair"},
     "semantic_weight": {"type": float, "metavar": "W", "help": "weight of the UAE semantic (prototype) loss; 0 = off"},
     "semantic_dim": {"type": int, "metavar": "C", "help": "channels of the semantic head (0: architecture default)"},
+    "region_balance": {"type": float, "metavar": "B", "help": "patient sampling weight n_region**-B (0: uniform over patients)"},
 }
 
 
@@ -732,6 +828,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--init", default=None, help="checkpoint to continue training from")
     p.add_argument("--release", default="v0", help="release tag in the version string (default: %(default)s)")
+    p.add_argument("--split", default=DEFAULT_SPLIT,
+                   help="patient split whose train side is used, a name or a .json file; 'none': every case "
+                        "(default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.resume.pt where it exists")
     add_config_arguments(p)
     return p.parse_args(argv)
 
@@ -741,8 +841,9 @@ def main(argv: list[str] | None = None) -> TrainState:
     args = parse_args(argv)
     cfg = config_from_args(args)
     command = "python -m uae_ray.train.loop " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    split = None if args.split.lower() == "none" else args.split
     _, state = train(args.data, cfg, out=args.out, threads=args.threads, command=command, init=args.init,
-                     release=args.release)
+                     release=args.release, split=split, resume=args.resume)
     return state
 
 
