@@ -337,13 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks writing JSON and a table")
     bsub = p.add_subparsers(dest="bench", required=True)
-    b = bsub.add_parser("accuracy", help="synthetic warps and cross-patient landmarks on ../shared/data")
+    b = bsub.add_parser("accuracy", help="landmark accuracy on the test patients of a split of ../shared/data")
     b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
     b.add_argument("--out", default="bench-results/accuracy.json", metavar="JSON")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--points-per-case", type=int, default=20, help="random body points per synthetic warp")
-    b.add_argument("--baseline", action="append", choices=["sitk", "elastix"], dest="baselines",
-                   help="registration baseline to run (repeatable; default: sitk and elastix)")
+    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON",
+                   help="patient split whose test side is measured (default: %(default)s)")
+    b.add_argument("--part", action="append", dest="parts", choices=["a", "b", "d", "e", "abstention"],
+                   help="part to run (repeatable; default: all): a synthetic warps, b cross-patient (+ b' whole "
+                        "structures), d head-neck cross-patient, e CT<->MR, abstention")
+    b.add_argument("--templates", type=int, default=3, help="head-neck templates of d and abstention (default: 3)")
+    b.add_argument("--max-targets", type=int, metavar="N", help="at most N targets per part (quick runs)")
+    b.add_argument("--baseline", action="append", choices=["identity", "sitk", "elastix"], dest="baselines",
+                   help="registration baseline to run (repeatable; default: identity, sitk and elastix)")
     b.add_argument("--no-baseline", action="store_true", help="skip every registration baseline")
     b.add_argument("--method", action="append", choices=MATCHING_METHODS, dest="methods",
                    help="matching method to measure (repeatable; default: all)")

@@ -91,7 +91,9 @@ def test_pair_finder_on_synthetic_rows() -> None:
 
 @pytest.mark.data
 def test_pair_finder_finds_the_sts_pairs(shared_data: Path, sts_pairs: list[CrossModalPair]) -> None:
-    assert find_ct_mr_pairs(read_manifest(shared_data)) == STS_PAIRS
+    found = find_ct_mr_pairs(read_manifest(shared_data))
+    expected = [(f"sts_{n:03d}_ct", f"sts_{n:03d}_mr_t1") for n in (1, 2, *range(4, 14))]
+    assert found == expected  # the 12 STS patients with a CT and an MR, nothing else
     assert [p.case_ids for p in sts_pairs] == STS_PAIRS
     for pair in sts_pairs:
         # offset = difference of the two grid origins, in 2 mm voxels
@@ -242,7 +244,7 @@ def test_cli_run_records_pairs_and_config(tmp_path: Path, monkeypatch, sts_volum
     f.write_text("crop: [32, 32, 32]\nlocal_points: 16\nglobal_points: 4\nk_hard: 4\nk_random: 4\nmax_offset_vox: 2\n")
     out = tmp_path / "m.pt"
     state = loop.main([
-        "--data", "unused", "--config", str(f), "--steps", "1", "--log-every", "1", "--out", str(out),
+        "--data", "unused", "--split", "none", "--config", str(f), "--steps", "1", "--log-every", "1", "--out", str(out),
         "--modalities", "CT", "MR", "--pair-prob", "1", "--modality-shift-prob", "1", "--threads", "1",
     ])
     assert state.step == 1 and math.isfinite(state.history[-1]["loss"])

@@ -49,10 +49,11 @@ def test_train_entry_point_writes_checkpoint(tmp_path: Path, monkeypatch, phanto
 
     monkeypatch.setattr(loop, "load_volumes", lambda data_dir, modalities, **kw: phantom_volumes)
     out = tmp_path / "m.pt"
-    state = loop.main(["--data", "unused", "--steps", "2", "--out", str(out), "--log-every", "1"])
+    state = loop.main(["--data", "unused", "--split", "none", "--steps", "2", "--out", str(out), "--log-every", "1"])
     assert state.step == 2 and out.is_file()
     model = load_model(out)
-    assert model.meta["steps"] == 2 and model.meta["trained_on"] == ["p0", "p1"]
+    assert model.meta["steps"] == 2 and model.meta["trained_on"] == ["p0", "p1"] and model.meta["split"] == ""
+    assert (tmp_path / "m.resume.pt").is_file()  # a killed run of the same command continues with --resume
     assert "--steps 2" in model.meta["command"]
 
 

@@ -97,10 +97,11 @@ def transfer_points(transform: sitk.Transform, moving_points: np.ndarray) -> np.
     return np.array([inverse.TransformPoint(tuple(map(float, p))) for p in moving_points]).reshape(-1, 3)
 
 
-#: Registration baselines of the accuracy benchmark: SimpleITK (rigid, affine) and elastix
-#: (affine, affine + B-spline).
-BASELINES = ("sitk", "elastix")
+#: Registration baselines of the accuracy benchmark: identity (the template's world coordinates
+#: unchanged), SimpleITK (rigid, affine) and elastix (affine, affine + B-spline).
+BASELINES = ("identity", "sitk", "elastix")
 BASELINE_LABELS = {
+    "identity": "identity (same world coordinates)",
     "sitk_rigid": "SimpleITK rigid (MI)",
     "sitk_affine": "SimpleITK affine (MI)",
     "elastix_affine": "elastix affine (MI)",
@@ -129,6 +130,8 @@ def transfer_by_registration(
         the translation between the image centres (what its initialisation gives).
     """
     out: dict[str, dict] = {}
+    if "identity" in baselines:
+        out["identity"] = {"points": np.asarray(points, dtype=np.float64).reshape(-1, 3).copy(), "seconds": 0.0}
     if "sitk" in baselines:
         t0 = time.perf_counter()
         transforms = rigid_affine_registration(target, template, target_modality, seed=seed,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from uae_ray.matching import MatchResult
 
 
-def error_stats(errors_mm: Sequence[float], thresholds: Sequence[float] = (5.0, 10.0)) -> dict[str, float]:
+def error_stats(errors_mm: Sequence[float], thresholds: Sequence[float] = (5.0, 10.0, 20.0)) -> dict[str, float]:
     """Mean radial error, median, max and the % within each threshold."""
     e = np.asarray(errors_mm, dtype=float)
     if e.size == 0:

@@ -137,6 +137,15 @@ def _pool(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
     return out
 
 
+def same_patient_part(
+    cases: list[Case], embedder: Embedder, seed: int, n_points: int, baselines: tuple[str, ...],
+    methods: tuple[str, ...] = METHODS,
+) -> dict[str, Any]:
+    """Part (e): same-patient CT <-> MR (rigidly moved) on these cases only; pooled per method."""
+    rows = same_patient(cases, embedder, seed, n_points, methods, baselines)
+    return {"pairs": rows, "overall": _pool(rows, [*methods, *BASELINE_LABELS])}
+
+
 def ct_mr(
     cases: list[Case],
     embedder: Embedder,
@@ -155,4 +164,4 @@ def ct_mr(
     }
 
 
-__all__ = ["ct_mr"]
+__all__ = ["ct_mr", "same_patient_part"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.tasks.points_io import NamedPoints, read_points_csv
@@ -74,6 +75,36 @@ class Case:
 
     def read(self) -> sitk.Image:
         return read_image(self.image_path)
+
+    @cached_property
+    def whole_structures(self) -> frozenset[str]:
+        """Labelled structures that the field of view does not cut (their centroid is then a
+        corresponding point between patients).
+
+        From ``label_details`` of ``meta.json`` where given (not touching the first or last
+        slice or the in-plane border), else from ``labels.nii.gz``: no voxel of the label on
+        any face of the image. Landmarks without a label are never counted whole.
+        """
+        details = self.meta.get("label_details")
+        if details:
+            flags = ("touches_first_slice", "touches_last_slice", "touches_inplane_border")
+            return frozenset(n for n, d in details.items() if not any(d.get(f) for f in flags))
+        if self.labels_path is None:
+            return frozenset()
+        return whole_labels(sitk.GetArrayFromImage(sitk.ReadImage(str(self.labels_path))), self.label_names)
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Label id -> structure name from ``meta.json``."""
+        return {int(k): str(v) for k, v in (self.meta.get("labels") or {}).items()}
+
+
+def whole_labels(labels: np.ndarray, names: dict[int, str]) -> frozenset[str]:
+    """Names of the labels of a (Z, Y, X) label array present in it and absent from all six faces."""
+    faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
+    on_border = set(np.unique(np.concatenate([f.ravel() for f in faces])).tolist())
+    present = set(np.unique(labels).tolist()) - {0}
+    return frozenset(names[i] for i in present - on_border if i in names)
 
 
 def load_cases(data_dir: str | Path, modality: str | None = None) -> list[Case]:

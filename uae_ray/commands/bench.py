@@ -18,6 +18,24 @@ def _data_dir(arg: str | None) -> Path:
     return path
 
 
+def _trained_on(checkpoint: str | None) -> list[str]:
+    """Training case ids recorded in an embedding checkpoint (the default model's without one).
+
+    Raises:
+        SplitError: the checkpoint records none, so no figure of it can be called
+            leave-patient-out.
+    """
+    from uae_ray.models.checkpoint import read_checkpoint, resolve_checkpoint
+    from uae_ray.split import SplitError
+
+    path = resolve_checkpoint(checkpoint)
+    trained = read_checkpoint(path).get("meta", {}).get("trained_on")
+    if trained is None:
+        raise SplitError(f"{path}: the checkpoint records no training cases (meta 'trained_on'), so its figures "
+                         "cannot be checked to be leave-patient-out")
+    return list(trained)
+
+
 def run(args: argparse.Namespace) -> int:
     from uae_ray.serving import get_embedder
 
@@ -27,10 +45,20 @@ def run(args: argparse.Namespace) -> int:
         from uae_ray.bench.baselines import BASELINES
         from uae_ray.matching import METHODS
 
+        from uae_ray.bench.accuracy import PARTS
+        from uae_ray.split import SplitError
+
         embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
         methods = tuple(args.methods or METHODS)
         baselines = () if args.no_baseline else tuple(args.baselines or BASELINES)
-        result = run_accuracy(data, embedder, args.out, args.seed, args.points_per_case, baselines, methods)
+        try:
+            result = run_accuracy(data, embedder, args.out, args.seed, args.points_per_case, baselines, methods,
+                                  split=args.split, parts=tuple(args.parts or PARTS),
+                                  trained_on=_trained_on(args.checkpoint), n_templates=args.templates,
+                                  max_targets=args.max_targets)
+        except SplitError as exc:
+            logger.error("uae-ray bench accuracy: %s", exc)
+            return 2
         print(accuracy_table(result))
     elif args.bench == "tracking":
         from uae_ray.bench.tracking import TRACK_METHODS, run_tracking, tracking_table

@@ -27,7 +27,7 @@ def run(
     or 2 when the template or points are unusable (nothing is written)."""
     from uae_ray.serving import get_embedder
     from uae_ray.storage.images import read_image_uri
-    from uae_ray.tasks.landmarks import LandmarkDetector
+    from uae_ray.tasks.landmarks import LandmarkDetector, check_points_inside
 
     try:
         named = read_points_csv(points)
@@ -35,6 +35,11 @@ def run(
         template_modality = detect_modality(template_image, template, modality)
     except Exception as e:  # unreadable template or points: nothing to do
         logger.error("%s", one_line(e))
+        return 2
+    try:
+        check_points_inside(named, template_image, "template")
+    except ValueError as e:
+        logger.error("%s: %s", points, one_line(e))
         return 2
     embedder = get_embedder(triton_url, checkpoint=checkpoint)
     detector = LandmarkDetector(embedder, template_image, named, template_modality, method)

@@ -7,12 +7,34 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.matching import DEFAULT_METHOD, EmbeddingMaps, Embedder, embed_image, find_points
 from uae_ray.tasks.points_io import Detection, NamedPoints
+from uae_ray.volume import Grid
 
 logger = logging.getLogger(__name__)
+
+
+def check_points_inside(points: NamedPoints, image: sitk.Image, role: str) -> None:
+    """Refuse points that lie outside an image (e.g. RAS points given as LPS, or a wrong frame).
+
+    A template point outside the template has no embedding to match, so a "found" point in a
+    target would mean nothing.
+
+    Raises:
+        ValueError: naming up to three of the outside points and the image's world box.
+    """
+    grid = Grid.from_image(image)
+    outside = np.flatnonzero(~grid.contains(np.asarray(points.xyz, dtype=np.float64).reshape(-1, 3)))
+    if len(outside):
+        corners = grid.corners_world()
+        box = " .. ".join("(" + ", ".join(f"{v:.0f}" for v in c) + ")" for c in (corners.min(0), corners.max(0)))
+        named = ", ".join(f"{points.names[i]} ({', '.join(f'{v:.1f}' for v in points.xyz[i])})" for i in outside[:3])
+        more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+        raise ValueError(f"{len(outside)} point(s) outside the {role} image (world box {box} mm, LPS): {named}{more}; "
+                         "points must be LPS millimetres in the image's frame (RAS points have x and y negated)")
 
 
 class LandmarkDetector:
@@ -34,6 +56,7 @@ class LandmarkDetector:
         modality: str | None = None,
         method: str = DEFAULT_METHOD,
     ) -> None:
+        check_points_inside(points, template, "template")
         self.embedder = embedder
         self.points = points
         self.method = method
