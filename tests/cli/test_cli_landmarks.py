@@ -67,3 +67,26 @@ def test_landmarks_bad_points_file_exits_2(tmp_path):
     code = main(["landmarks", "--template", str(case / "image.nii.gz"), "--points", str(bad),
                  "--target", str(case / "image.nii.gz"), "--out", str(tmp_path / "d.csv")])
     assert code == 2 and not (tmp_path / "d.csv").exists()
+
+
+@needs_data
+@pytest.mark.parametrize("kind", ["ras", "far"])
+def test_landmarks_points_outside_the_template_exit_2(tmp_path, caplog, kind):
+    """RAS points handed over as LPS (x, y negated), or a point 9 m away: an error, not a 'found'."""
+    case = SHARED / "cases" / "ts_example_ct"
+    rows = (case / "landmarks.csv").read_text().splitlines()[1:4]
+    pts = [r.split(",") for r in rows]
+    if kind == "ras":
+        body = [f"{n},{-float(x)},{-float(y)},{z}" for n, x, y, z in pts]
+    else:
+        body = [",".join(pts[0]), f"{pts[1][0]},{pts[1][1]},{pts[1][2]},9392"]
+    points = tmp_path / "p.csv"
+    points.write_text("name,x,y,z\n" + "\n".join(body) + "\n")
+    out = tmp_path / "d.csv"
+    code = main(["landmarks", "--template", str(case / "image.nii.gz"), "--points", str(points),
+                 "--target", str(case / "image.nii.gz"), "--out", str(out)])
+    assert code == 2 and not out.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and str(points) in errors[0]
+    assert "outside the template image" in errors[0]
+    assert (pts[1][0] in errors[0]) if kind == "far" else all(p[0] in errors[0] for p in pts)
