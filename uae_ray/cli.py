@@ -355,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--method", action="append", choices=MATCHING_METHODS, dest="methods",
                    help="matching method to measure (repeatable; default: all)")
     _add_embedder_args(b)
+    b = bsub.add_parser("calibrate", help="choose the fixed-point found rule on the train patients of a split")
+    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
+    b.add_argument("--out", default="bench-results/calibrate.json", metavar="JSON")
+    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON", help="patient split (default: %(default)s)")
+    b.add_argument("--templates", type=int, default=3, help="train-side head-neck templates (default: 3)")
+    b.add_argument("--targets", type=int, default=20, help="train-side head-neck targets (default: 20)")
+    _add_embedder_args(b)
     b = bsub.add_parser("tracking", help="lesion tracking on synthetic longitudinal pairs of the shared CTs")
     b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
     b.add_argument("--out", default="bench-results/tracking.json", metavar="JSON")
@@ -377,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ctmr-checkpoint", default="tiny-uae-v3", metavar="PATH",
                    help="model for the CT-MR pairs (default: %(default)s, the shipped cross-modality model)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s; SimpleITK runs on 1)")
+    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON",
+                   help="patient split whose test side is measured (default: %(default)s)")
     _add_embedder_args(b)
     b = bsub.add_parser("localization", help="few-shot organ boxes, leave-one-out over ../shared/data")
     b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")

@@ -91,3 +91,23 @@ def test_head_neck_part_on_one_pair(cases) -> None:
     assert fp["n"] == ident["n"] == len(row["names"])
     # Same world coordinates are ~29 mm off for this pair (~60 mm over the cohort); matching is far closer.
     assert ident["mre_mm"] > 20.0 and fp["mre_mm"] < 0.6 * ident["mre_mm"], (fp, ident)
+
+
+def test_calibration_rule_grid_and_choice() -> None:
+    from uae_ray.bench.calibrate import choose_rule, rule_stats
+
+    cons = np.array([0.9, 0.8, 0.3, 0.2, 0.6, 0.1])
+    score = np.array([0.9, 0.8, 0.8, 0.4, 0.9, 0.9])
+    inside = np.array([True, True, True, True, True, False])
+    in_view = np.array([True, True, True, True, False, False])
+    err = np.array([2.0, 5.0, 30.0, 4.0, 0.0, 0.0])
+    loose = rule_stats(cons, score, inside, in_view, err, 0.0, 0.0)
+    assert loose["in_view_found_pct"] == 100.0 and loose["out_of_view_found_pct"] == 50.0
+    assert loose["found_within_20mm_pct"] == 60.0  # 3 of 5 found are in view and within 20 mm
+    strict = rule_stats(cons, score, inside, in_view, err, 0.7, 0.0)
+    assert strict["in_view_found_pct"] == 50.0 and strict["out_of_view_found_pct"] == 0.0
+    assert strict["found_within_20mm_pct"] == 100.0
+    grid = [rule_stats(cons, score, inside, in_view, err, c, s) for c in (0.0, 0.5, 0.7) for s in (0.0, 0.5)]
+    chosen = choose_rule(grid, min_precision=95.0, max_out_found=5.0)
+    assert chosen["found_within_20mm_pct"] >= 95.0 and chosen["out_of_view_found_pct"] <= 5.0
+    assert chosen["in_view_found_pct"] == 50.0 and chosen["min_consistent"] == 0.7

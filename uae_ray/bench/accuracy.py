@@ -36,8 +36,8 @@ from uae_ray.bench.ct_mr import same_patient_part
 from uae_ray.bench.cross_patient import HEAD_NECK_PREFIX, abstention, head_neck, pick_templates
 from uae_ray.bench.dataset import MIN_SHARED, Case, load_cases
 from uae_ray.bench.synthetic import synthetic_warp
-from uae_ray.split import DEFAULT_SPLIT, PatientSplit, check_unseen, load_split
 from uae_ray.matching import METHODS, EmbeddingMaps, Embedder, MatchResult, embed_image, find_points
+from uae_ray.split import DEFAULT_SPLIT, PatientSplit, check_unseen, load_split
 from uae_ray.volume import Grid
 
 logger = logging.getLogger(__name__)

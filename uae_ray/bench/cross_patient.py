@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from uae_ray.bench.baselines import transfer_by_registration
 from uae_ray.bench.common import error_stats, method_stats
 from uae_ray.bench.dataset import Case
-from uae_ray.matching import EmbeddingMaps, find_points
+from uae_ray.matching import EmbeddingMaps, FixedPointConfig, find_points
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,12 @@ def view_status(full: np.ndarray, cropped: np.ndarray, names: dict[int, str]) ->
     return out
 
 
-def _run_methods(a: EmbeddingMaps, src: np.ndarray, b: EmbeddingMaps, methods: tuple[str, ...]) -> dict[str, Any]:
+def _run_methods(a: EmbeddingMaps, src: np.ndarray, b: EmbeddingMaps, methods: tuple[str, ...],
+                 config: FixedPointConfig | None = None) -> dict[str, Any]:
     out = {}
     for method in methods:
         t0 = time.perf_counter()
-        r = find_points(a, src, b, method)
+        r = find_points(a, src, b, method, config=config)
         out[method] = (r, time.perf_counter() - t0)
     return out
 
@@ -141,8 +142,9 @@ def abstention(
     methods: tuple[str, ...],
     embed: Callable[[Case], tuple[sitk.Image, EmbeddingMaps]],
     embed_image_fn: Callable[[sitk.Image, str], EmbeddingMaps],
+    config: FixedPointConfig | None = None,
 ) -> dict[str, Any]:
-    """The abstention part (see the module docstring)."""
+    """The abstention part (see the module docstring); ``config``: of fixed-point matching."""
     rows: list[dict[str, Any]] = []
     stats: dict[str, dict[str, list]] = {m: {"in_found": [], "out_found": [], "in_err": []} for m in methods}
     crops: dict[str, tuple[EmbeddingMaps, dict[str, str]]] = {}
@@ -168,7 +170,7 @@ def abstention(
             inview = np.array([status[n] == "in" for n in names])
             row: dict[str, Any] = {"template": tpl.case_id, "target": tgt.case_id, "names": names,
                                    "in_view": inview.tolist()}
-            for method, (r, _) in _run_methods(t_maps, src, maps, methods).items():
+            for method, (r, _) in _run_methods(t_maps, src, maps, methods, config).items():
                 err = np.linalg.norm(r.points - truth, axis=1)
                 stats[method]["in_found"].extend(r.found[inview].tolist())
                 stats[method]["out_found"].extend(r.found[~inview].tolist())

@@ -43,6 +43,7 @@ from uae_ray.bench.baselines import rigid_affine_registration
 from uae_ray.bench.common import body_points, format_table, machine_info, write_json
 from uae_ray.bench.dataset import Case, load_cases
 from uae_ray.matching import Embedder
+from uae_ray.split import DEFAULT_SPLIT, check_unseen, load_split
 from uae_ray.tasks.register import Registrar, RegistrationError
 from uae_ray.volume import Grid
 
@@ -274,6 +275,8 @@ def run_registration(
     cases: tuple[str, ...] | None = None,
     max_trials: int | None = None,
     threads: int | None = 1,
+    split: str | Path | None = DEFAULT_SPLIT,
+    trained_on: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Runs the benchmark and writes the JSON; returns it.
 
@@ -282,6 +285,9 @@ def run_registration(
         ctmr_embedder: For the CT-MR pairs (``None``: skip them).
         cases: Only these case ids (CT cases; an STS MR case id selects its CT-MR pair).
         max_trials: At most this many trials per pair (smoke runs).
+        split: Patient split whose test side is measured (``None``: every case).
+        trained_on: ``{"ct_ct": case ids, "ct_mr": case ids}`` of the two models' training data;
+            a model trained on a measured patient is refused (:class:`~uae_ray.split.SplitError`).
         threads: torch intra-op threads (``None``: leave as is). SimpleITK always runs on one
             thread here (its multi-threaded registration does not repeat exactly), so one torch
             thread compares like with like; on this project's shared 2-core machines it was also
@@ -294,15 +300,30 @@ def run_registration(
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        return _run(data_dir, embedder, out, seed, n_points, baselines, refine, ctmr_embedder, cases, max_trials)
+        return _run(data_dir, embedder, out, seed, n_points, baselines, refine, ctmr_embedder, cases, max_trials,
+                    split, trained_on or {})
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_threads)
         torch.set_num_threads(torch_threads)
 
 
-def _run(data_dir, embedder, out, seed, n_points, baselines, refine, ctmr_embedder, cases, max_trials):
+def _run(data_dir, embedder, out, seed, n_points, baselines, refine, ctmr_embedder, cases, max_trials, split,
+         trained_on):
     methods = OURS[: 4 if refine else 2] + (BASELINE_METHODS if baselines else ())
-    ct_cases = [c for c in load_cases(data_dir, "CT") if not cases or c.case_id in cases]
+    the_split = load_split(split) if split is not None else None
+    all_cases = [c for c in load_cases(data_dir) if the_split is None or the_split.is_test(c.patient)]
+    patients = {c.case_id: c.patient for c in all_cases}
+    ct_cases = [c for c in all_cases if c.modality == "CT" and (not cases or c.case_id in cases)]
+    by_patient: dict[str, dict[str, Case]] = {}
+    for c in all_cases:
+        by_patient.setdefault(c.patient, {})[c.modality] = c
+    pairs = [(p["CT"], p["MR"]) for p in by_patient.values() if {"CT", "MR"} <= set(p)]
+    pairs = [(ct, mr) for ct, mr in pairs if not cases or ct.case_id in cases or mr.case_id in cases]
+    if "ct_ct" in trained_on:
+        check_unseen(trained_on["ct_ct"], [c.case_id for c in ct_cases], patients, f"model {embedder.version}")
+    if "ct_mr" in trained_on and ctmr_embedder is not None:
+        check_unseen(trained_on["ct_mr"], [c.case_id for p in pairs for c in p], patients,
+                     f"CT-MR model {ctmr_embedder.version}")
     groups: dict[str, list[dict[str, Any]]] = {"ct_ct": [], "ct_mr": []}
     for i, case in enumerate(ct_cases):
         rng = np.random.default_rng([seed, i])
@@ -314,13 +335,7 @@ def _run(data_dir, embedder, out, seed, n_points, baselines, refine, ctmr_embedd
             groups["ct_ct"].append(row)
             _log(row, methods)
     if ctmr_embedder is not None:
-        by_patient: dict[str, dict[str, Case]] = {}
-        for c in load_cases(data_dir):
-            by_patient.setdefault(c.patient, {})[c.modality] = c
-        pairs = [(p["CT"], p["MR"]) for p in by_patient.values() if {"CT", "MR"} <= set(p)]
         for i, (ct, mr) in enumerate(sorted(pairs, key=lambda p: p[0].case_id)):
-            if cases and ct.case_id not in cases and mr.case_id not in cases:
-                continue
             rng = np.random.default_rng([seed, 1000 + i])
             ct_img, mr_img = ct.read(), mr.read()
             registrar = Registrar(ctmr_embedder, ct_img, "CT", fixed_name=ct.case_id)
@@ -331,6 +346,7 @@ def _run(data_dir, embedder, out, seed, n_points, baselines, refine, ctmr_embedd
                 _log(row, methods)
     result: dict[str, Any] = {
         "benchmark": "registration",
+        "split": the_split.name if the_split is not None else None,
         "machine": machine_info(),
         "seed": seed,
         "model_version": embedder.version,

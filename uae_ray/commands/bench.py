@@ -1,4 +1,4 @@
-"""``uae-ray bench accuracy|tracking|registration|localization|segmentation|speed``: run a benchmark, write JSON, print a table."""
+"""``uae-ray bench accuracy|calibrate|tracking|registration|localization|segmentation|speed``: run a benchmark, write JSON, print a table."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
             logger.error("uae-ray bench accuracy: %s", exc)
             return 2
         print(accuracy_table(result))
+    elif args.bench == "calibrate":
+        from uae_ray.bench.calibrate import calibration_table, run_calibration
+
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
+        result = run_calibration(data, embedder, args.out, args.split, args.templates, args.targets)
+        print(calibration_table(result))
     elif args.bench == "tracking":
         from uae_ray.bench.tracking import TRACK_METHODS, run_tracking, tracking_table
 
@@ -74,11 +80,20 @@ def run(args: argparse.Namespace) -> int:
         embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
         # CT-MR needs the cross-modality model, in-process (a Triton server serves one model).
         ctmr = None if args.no_ct_mr else get_embedder(None, checkpoint=args.ctmr_checkpoint)
-        result = run_registration(
-            data, embedder, args.out, args.seed, args.points, baselines=not args.no_baseline,
-            refine=not args.no_refine, ctmr_embedder=ctmr, cases=tuple(args.cases) if args.cases else None,
-            max_trials=args.trials, threads=args.threads,
-        )
+        from uae_ray.split import SplitError
+
+        try:
+            trained = {"ct_ct": _trained_on(args.checkpoint)}
+            if ctmr is not None:
+                trained["ct_mr"] = _trained_on(args.ctmr_checkpoint)
+            result = run_registration(
+                data, embedder, args.out, args.seed, args.points, baselines=not args.no_baseline,
+                refine=not args.no_refine, ctmr_embedder=ctmr, cases=tuple(args.cases) if args.cases else None,
+                max_trials=args.trials, threads=args.threads, split=args.split, trained_on=trained,
+            )
+        except SplitError as exc:
+            logger.error("uae-ray bench registration: %s", exc)
+            return 2
         print(registration_table(result))
     elif args.bench == "localization":
         from uae_ray.bench.localization import BENCH_METHODS, EMBEDDING_VARIANTS, localization_table, per_organ_table

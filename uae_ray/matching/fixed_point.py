@@ -14,8 +14,8 @@ For each query point ``q`` in the template A:
 4. Fit a robust affine map (IRLS, :func:`~uae_ray.matching.fit.fit_points`) from the kept
    ``a1`` to ``b2`` (translation or rigid when they are too few or too flat) and map ``q``.
 
-A point is ``found`` when enough of its cube survives and the mapped point lies in the
-target's field of view; otherwise the result is still the best estimate (the query's own
+A point is ``found`` when enough of its cube survives, its score is high enough, and the mapped
+point lies in the target's field of view; otherwise the result is still the best estimate (the query's own
 nearest neighbour) but flagged ``found=False``. World points are (N, 3) x, y, z (LPS, mm).
 """
 
@@ -41,6 +41,9 @@ class FixedPointConfig:
         tolerance_mm: Round-trip tolerance (about one local-map voxel).
         min_score: Forward similarity below which a cube point is dropped.
         min_consistent: Fraction of the cube that must survive for ``found=True``.
+        min_found_score: Score (mean forward similarity of the surviving cube points) below
+            which a point is not ``found`` (0: no such test). ``min_consistent`` and this are
+            the ``found`` rule, chosen on training patients by ``uae-ray bench calibrate``.
         round_trips: 2 for A->B->A->B->A (DESIGN.md), 1 for A->B->A (half the cost).
         chunk: Queries per similarity batch (see :class:`Matcher`).
         subvoxel: Stages of sub-voxel refinement of every nearest-neighbour peak (each halves
@@ -53,6 +56,7 @@ class FixedPointConfig:
     tolerance_mm: float = 6.0
     min_score: float = 0.5
     min_consistent: float = 0.4
+    min_found_score: float = 0.0
     round_trips: int = 1
     chunk: int = 32
     subvoxel: int = 4
@@ -154,7 +158,7 @@ class FixedPointMatcher:
             kind = "affine" if m.sum() >= 8 and well_spread(src, 0.25 * cfg.radius_mm) else "translation"
             out[i] = fit_points(src, dst, kind=kind, scale_mm=tol)(q[i])[0]
             scores[i] = float(s2[i][m].mean())
-        found = (consistency >= cfg.min_consistent) & _inside(self.target, out)
+        found = (consistency >= cfg.min_consistent) & (scores >= cfg.min_found_score) & _inside(self.target, out)
         return MatchResult(points=out, scores=scores.astype(np.float32), found=found, consistency=consistency)
 
 
