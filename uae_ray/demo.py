@@ -51,12 +51,25 @@ def _upload_archive(samples, archive: str, scratch: Path) -> int:
     return count + 1
 
 
-def _summary_rows(detections, scan_names: dict[str, str]) -> list[dict]:
+def _truth_text(samples, scan: str, name: str, xyz: np.ndarray) -> tuple[str, float | None]:
+    """What the scan's own labels say of a detection: its error, or why there is no truth."""
+    key = next((k for k in samples.truth if k.rstrip("/") == scan), None)
+    if key is None:
+        return "no labels", None
+    truth = samples.truth[key]
+    if name in truth.names:
+        err = float(np.linalg.norm(truth.xyz[truth.names.index(name)] - xyz))
+        return f"{err:.1f} mm", err
+    return ("cut by the field of view" if name in samples.cut[key] else "not labelled"), None
+
+
+def _summary_rows(detections, scan_names: dict[str, str], samples) -> list[dict]:
     rows = []
     for r in detections.to_pylist():
-        rows.append({"scan": scan_names.get(r["scan_id"], r["scan_id"]), "point": r["name"],
-                     "x": r["x"], "y": r["y"], "z": r["z"], "score": r["score"],
-                     "found": "yes" if r["found"] else "no (abstained)"})
+        scan = scan_names.get(r["scan_id"], r["scan_id"])
+        truth, _ = _truth_text(samples, scan, r["name"], np.array([r["x"], r["y"], r["z"]]))
+        rows.append({"scan": scan, "point": r["name"], "x": r["x"], "y": r["y"], "z": r["z"], "score": r["score"],
+                     "found": "yes" if r["found"] else "no (abstained)", "error vs its labels": truth})
     return rows
 
 
@@ -105,7 +118,8 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
         _step(6, "summary and HTML report")
         scans = {s.scan_id: s.uri.split(f"{archive}/", 1)[-1] for s in discover_scans(archive)}
         table = read_table(lm["detections_uri"])
-        print(format_table(_summary_rows(table, scans), ["scan", "point", "x", "y", "z", "score", "found"]))
+        print(format_table(_summary_rows(table, scans, samples),
+                           ["scan", "point", "x", "y", "z", "score", "found", "error vs its labels"]))
         template_image = read_image_uri(template_uri)
         views = []
         by_scan: dict[str, list[Detection]] = {}

@@ -12,13 +12,14 @@ import os
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.tasks.points_io import NamedPoints
+from uae_ray.volume import labels_on_border
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,16 @@ TEMPLATE_POINTS = {
     "kidney_left": 3,
     "vertebrae_T12": 32,
     "vertebrae_L3": 29,
+}
+
+
+#: Label maps that come with some of the demo's target scans (TotalSegmentator predictions shipped
+#: as test references): sample name -> (package, member, {point name: label id}); a member ending
+#: in ``.nii.gz`` with no ids is one binary mask per point, ``{member}{name}.nii.gz``.
+TRUTH_LABELS = {
+    "upper_abdomen_dicom/": ("totalsegmentator", _TS + "example_seg_dicom.nii.gz", TEMPLATE_POINTS),
+    "abdomen_crop_ct.nii.gz": ("totalsegmentator", _TS + "example_seg.nii.gz", TEMPLATE_POINTS),
+    "chest_cta.nii.gz": ("totalsegmentator", _TS + "aorta_report/test_result/models/", {"vertebrae_T12": 1}),
 }
 
 
@@ -82,11 +93,20 @@ def _extract(tar: tarfile.TarFile, member: str, dest: Path) -> None:
 @dataclass
 class SampleSet:
     """The extracted samples: ``folder/<name>`` per :data:`SAMPLES` entry, plus the template's
-    label map and points."""
+    label map and points, and the truth of the targets that come with labels.
+
+    Attributes:
+        truth: Sample name -> the centroids of the template's point structures that its own
+            label map holds *whole* (no voxel on a face of the label image: the centroid of an
+            organ the field of view cuts is not the same anatomical point).
+        cut: Sample name -> structures its label map holds but the field of view cuts.
+    """
 
     folder: Path
     template_labels: Path
     template_points: NamedPoints
+    truth: dict[str, NamedPoints] = field(default_factory=dict)
+    cut: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def scans(self) -> dict[str, Path]:
@@ -121,8 +141,42 @@ def prepare_samples(cache: Path | None = None) -> SampleSet:
                 _extract(opened[package], member, dest)
         if not labels_path.exists():
             _extract(opened[TEMPLATE_LABELS[0]], TEMPLATE_LABELS[1], labels_path)
+        truth, cut = _target_truth(opened, cache / "truth")
     finally:
         for t in opened.values():
             t.close()
     points = label_centroids(sitk.ReadImage(str(labels_path)), TEMPLATE_POINTS)
-    return SampleSet(folder, labels_path, points)
+    return SampleSet(folder, labels_path, points, truth, cut)
+
+
+def whole_centroids(masks: dict[str, sitk.Image]) -> tuple[NamedPoints, tuple[str, ...]]:
+    """World centroids of the binary masks that touch no face of their image, and the names of
+    the others (cut by the field of view). Empty masks are left out."""
+    names, points, cut = [], [], []
+    for name, mask in masks.items():
+        arr = sitk.GetArrayFromImage(mask) > 0
+        if not arr.any():
+            continue
+        if True in labels_on_border(arr):
+            cut.append(name)
+            continue
+        idx = np.argwhere(arr).mean(axis=0)[::-1]
+        names.append(name)
+        points.append(mask.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in idx)))
+    return NamedPoints(tuple(names), np.array(points).reshape(-1, 3)), tuple(cut)
+
+
+def _target_truth(opened: dict[str, tarfile.TarFile], folder: Path) -> tuple[dict[str, NamedPoints], dict[str, tuple[str, ...]]]:
+    truth, cut = {}, {}
+    for sample, (package, member, ids) in TRUTH_LABELS.items():
+        masks, read = {}, {}
+        for name, label in ids.items():
+            is_folder = member.endswith("/")
+            dest = folder / sample.rstrip("/") / (f"{name}.nii.gz" if is_folder else Path(member).name)
+            if not dest.exists():
+                _extract(opened[package], member + f"{name}.nii.gz" if is_folder else member, dest)
+            if dest not in read:
+                read[dest] = sitk.ReadImage(str(dest))
+            masks[name] = read[dest] > 0 if is_folder else read[dest] == label
+        truth[sample], cut[sample] = whole_centroids(masks)
+    return truth, cut

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.tasks.points_io import NamedPoints, read_points_csv
-from uae_ray.volume import read_image
+from uae_ray.volume import labels_on_border, read_image
 
 # Landmark names that are not anatomy shared between patients (tumours, planning volumes).
 NON_ANATOMICAL = frozenset({"gtv", "ptv"})
@@ -101,8 +101,7 @@ class Case:
 
 def whole_labels(labels: np.ndarray, names: dict[int, str]) -> frozenset[str]:
     """Names of the labels of a (Z, Y, X) label array present in it and absent from all six faces."""
-    faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
-    on_border = set(np.unique(np.concatenate([f.ravel() for f in faces])).tolist())
+    on_border = labels_on_border(labels)
     present = set(np.unique(labels).tolist()) - {0}
     return frozenset(names[i] for i in present - on_border if i in names)
 

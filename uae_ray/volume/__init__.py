@@ -7,6 +7,7 @@ continuous x, y, z indices; numpy volumes are (Z, Y, X).
 from uae_ray.volume.errors import VolumeError
 from uae_ray.volume.grid import Grid, model_grid, resample_to_grid
 from uae_ray.volume.io import read_dicom_series, read_image, read_labels
+from uae_ray.volume.labels import labels_on_border
 from uae_ray.volume.modality import MODALITIES, Modality, detect_modality, parse_modality
 from uae_ray.volume.normalize import (
     AIR_VALUE,
@@ -20,6 +21,7 @@ from uae_ray.volume.normalize import (
 from uae_ray.volume.validate import validate_image
 
 __all__ = [
+    "labels_on_border",
     "AIR_VALUE",
     "Grid",
     "MODALITIES",
