@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from uae_ray.bench.accuracy import part_cases, run_accuracy
-from uae_ray.bench.cross_patient import abstention_stats, crop_z, head_neck, pick_templates, view_status
+from uae_ray.bench.cross_patient import CaseEmbeddings, abstention_stats, crop_z, head_neck, pick_templates, view_status
 from uae_ray.bench.dataset import load_cases, whole_labels
 from uae_ray.split import SplitError, load_split
 
@@ -69,22 +69,13 @@ def test_bench_refuses_a_model_trained_on_a_test_patient(shared_data: Path, tmp_
 @pytest.mark.slow
 def test_head_neck_part_on_one_pair(cases) -> None:
     """One train template -> one test target with the shipped model: real errors, a real bound."""
-    from uae_ray.matching import embed_image
     from uae_ray.serving.local import LocalEmbedder
 
     split = load_split()
     by_id = {c.case_id: c for c in cases}
     tpl = pick_templates([c for c in cases if not split.is_test(c.patient)], 1)
     target = [by_id["openkbp_pt112"]]
-    emb = LocalEmbedder()
-    memo: dict = {}
-
-    def embed(c):
-        if c.case_id not in memo:
-            memo[c.case_id] = (c.read(), embed_image(c.read(), emb, c.modality))
-        return memo[c.case_id]
-
-    res = head_neck(tpl, target, ("fixed-point",), ("identity",), 0, embed)
+    res = head_neck(tpl, target, ("fixed-point",), ("identity",), 0, CaseEmbeddings(LocalEmbedder()))
     (row,) = res["pairs"]
     assert len(row["names"]) >= 4
     fp, ident = res["overall"]["fixed-point"], res["overall"]["identity"]

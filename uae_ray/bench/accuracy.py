@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from uae_ray.bench.baselines import BASELINE_LABELS, BASELINES, transfer_by_registration
 from uae_ray.bench.common import body_points, error_stats, format_table, machine_info, method_stats, write_json
 from uae_ray.bench.ct_mr import same_patient_part
-from uae_ray.bench.cross_patient import HEAD_NECK_PREFIX, abstention, head_neck, pick_templates
+from uae_ray.bench.cross_patient import HEAD_NECK_PREFIX, CaseEmbeddings, abstention, head_neck, pick_templates
 from uae_ray.bench.dataset import MIN_SHARED, Case, load_cases
 from uae_ray.bench.synthetic import synthetic_warp
 from uae_ray.matching import METHODS, EmbeddingMaps, Embedder, MatchResult, embed_image, find_points
@@ -244,14 +244,7 @@ def run_accuracy(
         for part in parts:
             check_unseen(trained_on, [c.case_id for c in chosen[part]], patients,
                          f"model {embedder.version} (part {part})")
-    cache: dict[str, tuple[sitk.Image, EmbeddingMaps]] = {}
-
-    def embed(case: Case) -> tuple[sitk.Image, EmbeddingMaps]:
-        if case.case_id not in cache:
-            image = case.read()
-            cache[case.case_id] = (image, embed_image(image, embedder, case.modality))
-        return cache[case.case_id]
-
+    embed = CaseEmbeddings(embedder)
     t0 = time.perf_counter()
     result: dict[str, Any] = {
         "benchmark": "accuracy",
@@ -275,8 +268,7 @@ def run_accuracy(
     if "d" in parts:
         result["head_neck"] = head_neck(chosen["templates"], chosen["d"], methods, baselines, seed, embed)
     if "abstention" in parts:
-        result["abstention"] = abstention(chosen["templates"], chosen["abstention"], methods, embed,
-                                          lambda image, modality: embed_image(image, embedder, modality))
+        result["abstention"] = abstention(chosen["templates"], chosen["abstention"], methods, embed, embed.image)
     if "e" in parts:
         result["ct_mr"] = {"same_patient": same_patient_part(chosen["e"], embedder, seed, points_per_case,
                                                              baselines, methods)}
@@ -297,7 +289,7 @@ def accuracy_table(result: dict[str, Any]) -> str:
         if key in result and sub in result[key]:
             parts.append((label, {"overall": result[key][sub]}))
     if "ct_mr" in result:
-        parts += [(f"(e) CT<->MR same patient" if k == "same_patient" else "(c) CT<->MR cross-patient", v)
+        parts += [("(e) CT<->MR same patient" if k == "same_patient" else "(c) CT<->MR cross-patient", v)
                   for k, v in result["ct_mr"].items()]
     for part, section in parts:
         overall = section["overall"]

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from uae_ray.bench.common import format_table, machine_info, write_json
-from uae_ray.bench.cross_patient import HEAD_NECK_PREFIX, abstention, pick_templates
+from uae_ray.bench.cross_patient import HEAD_NECK_PREFIX, CaseEmbeddings, abstention, pick_templates
 from uae_ray.bench.dataset import Case, load_cases
-from uae_ray.matching import EmbeddingMaps, Embedder, FixedPointConfig, embed_image
+from uae_ray.matching import Embedder, FixedPointConfig
 from uae_ray.split import DEFAULT_SPLIT, load_split
 
 logger = logging.getLogger(__name__)
@@ -84,19 +83,11 @@ def run_calibration(data_dir: str | Path, embedder: Embedder, out: str | Path, s
     t0 = time.perf_counter()
     templates, targets = calibration_cases(load_cases(data_dir), split, n_templates, n_targets)
     default = FixedPointConfig()
-    memo: dict[str, tuple[sitk.Image, EmbeddingMaps]] = {}
-
-    def embed(case: Case) -> tuple[sitk.Image, EmbeddingMaps]:
-        if case.case_id not in memo:
-            image = case.read()
-            memo[case.case_id] = (image, embed_image(image, embedder, case.modality))
-        return memo[case.case_id]
-
+    embed = CaseEmbeddings(embedder)
     # Matched with no consistency or score test: ``found`` is then "inside the target" alone, and
     # every rule of the grid is evaluated on the same matches.
     loose = replace(default, min_consistent=0.0, min_found_score=0.0)
-    res = abstention(templates, targets, ("fixed-point",), embed,
-                     lambda image, modality: embed_image(image, embedder, modality), config=loose)
+    res = abstention(templates, targets, ("fixed-point",), embed, embed.image, config=loose)
     rows = [r for r in res["pairs"] if "fixed-point" in r]
     cat = lambda key: np.concatenate([np.asarray(r["fixed-point"][key], float) for r in rows])  # noqa: E731
     cons, score, err = cat("consistency"), cat("scores"), cat("errors_mm")

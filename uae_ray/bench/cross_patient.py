@@ -30,12 +30,34 @@ import SimpleITK as sitk
 from uae_ray.bench.baselines import transfer_by_registration
 from uae_ray.bench.common import error_stats, method_stats
 from uae_ray.bench.dataset import Case
-from uae_ray.matching import EmbeddingMaps, FixedPointConfig, find_points
+from uae_ray.matching import EmbeddingMaps, Embedder, FixedPointConfig, embed_image, find_points
 
 logger = logging.getLogger(__name__)
 
 #: Case-id prefix of the head-neck cohort of ``../shared/data``.
 HEAD_NECK_PREFIX = "openkbp_pt"
+
+
+class CaseEmbeddings:
+    """Images and embedding maps of cases, each computed once (callable: case -> (image, maps)).
+
+    Args:
+        embedder: The model.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self._memo: dict[str, tuple[sitk.Image, EmbeddingMaps]] = {}
+
+    def __call__(self, case: Case) -> tuple[sitk.Image, EmbeddingMaps]:
+        if case.case_id not in self._memo:
+            image = case.read()
+            self._memo[case.case_id] = (image, embed_image(image, self.embedder, case.modality))
+        return self._memo[case.case_id]
+
+    def image(self, image: sitk.Image, modality: str) -> EmbeddingMaps:
+        """Maps of an image that is not a case (e.g. a cropped target); not cached."""
+        return embed_image(image, self.embedder, modality)
 
 
 def pick_templates(train_cases: list[Case], n: int) -> list[Case]:
@@ -204,4 +226,4 @@ def abstention_stats(in_found: np.ndarray, out_found: np.ndarray, in_err_found: 
     }
 
 
-__all__ = ["HEAD_NECK_PREFIX", "abstention", "abstention_stats", "crop_z", "head_neck", "pick_templates", "view_status"]
+__all__ = ["CaseEmbeddings", "HEAD_NECK_PREFIX", "abstention", "abstention_stats", "crop_z", "head_neck", "pick_templates", "view_status"]
