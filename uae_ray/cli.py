@@ -370,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--method", action="append", choices=TRACKING_BENCH_METHODS, dest="methods",
                    help="tracking method to measure (repeatable; default: all)")
     b.add_argument("--case", action="append", dest="cases", metavar="CASE_ID", help="only these cases (repeatable)")
+    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON",
+                   help="patient split whose test side is measured (default: %(default)s)")
     _add_embedder_args(b)
     b = bsub.add_parser("registration", help="rigid/affine registration against known transforms (CT-CT, CT-MR)")
     b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")

@@ -102,3 +102,17 @@ def test_calibration_rule_grid_and_choice() -> None:
     chosen = choose_rule(grid, min_precision=95.0, max_out_found=5.0)
     assert chosen["found_within_20mm_pct"] >= 95.0 and chosen["out_of_view_found_pct"] <= 5.0
     assert chosen["in_view_found_pct"] == 50.0 and chosen["min_consistent"] == 0.7
+
+
+def test_tracking_and_registration_benches_refuse_seen_patients(shared_data: Path, tmp_path: Path) -> None:
+    from uae_ray.bench.registration import run_registration
+    from uae_ray.bench.tracking import run_tracking
+    from uae_ray.serving.local import LocalEmbedder
+
+    emb = LocalEmbedder()
+    with pytest.raises(SplitError, match="sts_007_ct"):
+        run_tracking(shared_data, emb, tmp_path / "t.json", cases=("sts_007_ct",), trained_on=["sts_007_mr_t1"])
+    with pytest.raises(SplitError, match="CT-MR model"):
+        run_registration(shared_data, emb, tmp_path / "r.json", ctmr_embedder=emb, cases=("sts_007_ct",),
+                         trained_on={"ct_ct": [], "ct_mr": ["sts_007_ct"]})
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "r.json").exists()

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -118,3 +119,27 @@ def load_cases(data_dir: str | Path, modality: str | None = None) -> list[Case]:
             meta = json.loads((folder / "meta.json").read_text())
             cases.append(Case(row["case_id"], row["modality"].upper(), row["patient"], folder, meta))
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def measured_cases(cases: list[Case], split: str | Path | None, trained_on: list[str] | None = None,
+                   model: str = "model", keep: Callable[[Case], bool] | None = None) -> list[Case]:
+    """The cases of a split's test side (``split=None``: all) that ``keep`` selects, after
+    refusing a model trained on one of their patients.
+
+    Args:
+        cases: Every case of the data folder (the patients of ``trained_on`` are looked up here).
+        split: Split name or file.
+        trained_on: The model's training case ids; ``None``: not checked.
+        model: Model name for the message.
+        keep: Which test-side cases are measured (default: all).
+
+    Raises:
+        SplitError: see :func:`uae_ray.split.check_unseen`.
+    """
+    from uae_ray.split import check_unseen, load_split
+
+    test = cases if split is None else [c for c in cases if load_split(split).is_test(c.patient)]
+    chosen = [c for c in test if keep is None or keep(c)]
+    if trained_on is not None:
+        check_unseen(trained_on, [c.case_id for c in chosen], {c.case_id: c.patient for c in cases}, model)
+    return chosen

@@ -41,9 +41,9 @@ import SimpleITK as sitk
 
 from uae_ray.bench.baselines import rigid_affine_registration
 from uae_ray.bench.common import body_points, format_table, machine_info, write_json
-from uae_ray.bench.dataset import Case, load_cases
+from uae_ray.bench.dataset import Case, load_cases, measured_cases
 from uae_ray.matching import Embedder
-from uae_ray.split import DEFAULT_SPLIT, check_unseen, load_split
+from uae_ray.split import DEFAULT_SPLIT
 from uae_ray.tasks.register import Registrar, RegistrationError
 from uae_ray.volume import Grid
 
@@ -310,20 +310,18 @@ def run_registration(
 def _run(data_dir, embedder, out, seed, n_points, baselines, refine, ctmr_embedder, cases, max_trials, split,
          trained_on):
     methods = OURS[: 4 if refine else 2] + (BASELINE_METHODS if baselines else ())
-    the_split = load_split(split) if split is not None else None
-    all_cases = [c for c in load_cases(data_dir) if the_split is None or the_split.is_test(c.patient)]
-    patients = {c.case_id: c.patient for c in all_cases}
-    ct_cases = [c for c in all_cases if c.modality == "CT" and (not cases or c.case_id in cases)]
+    loaded = load_cases(data_dir)
+    ct_cases = measured_cases(loaded, split, trained_on.get("ct_ct"), f"model {embedder.version}",
+                              keep=lambda c: c.modality == "CT" and (not cases or c.case_id in cases))
     by_patient: dict[str, dict[str, Case]] = {}
-    for c in all_cases:
+    for c in measured_cases(loaded, split):
         by_patient.setdefault(c.patient, {})[c.modality] = c
     pairs = [(p["CT"], p["MR"]) for p in by_patient.values() if {"CT", "MR"} <= set(p)]
     pairs = [(ct, mr) for ct, mr in pairs if not cases or ct.case_id in cases or mr.case_id in cases]
-    if "ct_ct" in trained_on:
-        check_unseen(trained_on["ct_ct"], [c.case_id for c in ct_cases], patients, f"model {embedder.version}")
-    if "ct_mr" in trained_on and ctmr_embedder is not None:
-        check_unseen(trained_on["ct_mr"], [c.case_id for p in pairs for c in p], patients,
-                     f"CT-MR model {ctmr_embedder.version}")
+    if ctmr_embedder is not None:
+        in_pairs = {c.case_id for p in pairs for c in p}
+        measured_cases(loaded, split, trained_on.get("ct_mr"), f"CT-MR model {ctmr_embedder.version}",
+                       keep=lambda c: c.case_id in in_pairs)
     groups: dict[str, list[dict[str, Any]]] = {"ct_ct": [], "ct_mr": []}
     for i, case in enumerate(ct_cases):
         rng = np.random.default_rng([seed, i])
@@ -346,7 +344,7 @@ def _run(data_dir, embedder, out, seed, n_points, baselines, refine, ctmr_embedd
                 _log(row, methods)
     result: dict[str, Any] = {
         "benchmark": "registration",
-        "split": the_split.name if the_split is not None else None,
+        "split": str(split) if split is not None else None,
         "machine": machine_info(),
         "seed": seed,
         "model_version": embedder.version,

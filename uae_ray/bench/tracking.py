@@ -52,9 +52,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.common import body_points, format_table, machine_info, write_json
-from uae_ray.bench.dataset import Case, load_cases
+from uae_ray.bench.dataset import Case, load_cases, measured_cases
 from uae_ray.bench.synthetic import SyntheticWarp, synthetic_warp
 from uae_ray.matching import Embedder, embed_image
+from uae_ray.split import DEFAULT_SPLIT
 from uae_ray.tasks.points_io import LesionPoints
 from uae_ray.tasks.track import TrackConfig, track_lesions
 from uae_ray.volume import Grid, read_labels
@@ -442,12 +443,17 @@ def run_tracking(
     points_per_case: int = 8,
     methods: tuple[str, ...] = tuple(TRACK_METHODS),
     cases: tuple[str, ...] | None = None,
+    split: str | Path | None = DEFAULT_SPLIT,
+    trained_on: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Runs the benchmark on every CT of ``data_dir`` (or the named ``cases``), writes JSON."""
+    """Runs the benchmark on every test-side CT of ``split`` (``None``: every CT; or the named
+    ``cases`` among them), writes JSON. A model trained on a measured patient (``trained_on``)
+    is refused (:class:`~uae_ray.split.SplitError`)."""
     unknown = [m for m in methods if m not in TRACK_METHODS]
     if unknown:
         raise ValueError(f"unknown tracking method(s) {unknown}; expected {list(TRACK_METHODS)}")
-    chosen = [c for c in load_cases(data_dir, modality="CT") if not cases or c.case_id in cases]
+    chosen = measured_cases(load_cases(data_dir), split, trained_on, f"model {embedder.version}",
+                            keep=lambda c: c.modality == "CT" and (not cases or c.case_id in cases))
     if not chosen:
         raise ValueError(f"{data_dir}: no CT cases{' named ' + ', '.join(cases) if cases else ''}")
     t0 = time.perf_counter()
@@ -457,6 +463,7 @@ def run_tracking(
         "model_version": embedder.version,
         "data_dir": str(data_dir),
         "seed": seed,
+        "split": str(split) if split is not None else None,
         "points_per_case": points_per_case,
         "methods": list(methods),
         "cases": [c.case_id for c in chosen],

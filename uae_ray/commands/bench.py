@@ -69,10 +69,17 @@ def run(args: argparse.Namespace) -> int:
     elif args.bench == "tracking":
         from uae_ray.bench.tracking import TRACK_METHODS, run_tracking, tracking_table
 
+        from uae_ray.split import SplitError
+
         embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
         methods = tuple(args.methods or TRACK_METHODS)
-        result = run_tracking(data, embedder, args.out, args.seed, args.points_per_case, methods,
-                              tuple(args.cases) if args.cases else None)
+        try:
+            result = run_tracking(data, embedder, args.out, args.seed, args.points_per_case, methods,
+                                  tuple(args.cases) if args.cases else None, split=args.split,
+                                  trained_on=_trained_on(args.checkpoint))
+        except SplitError as exc:
+            logger.error("uae-ray bench tracking: %s", exc)
+            return 2
         print(tracking_table(result))
     elif args.bench == "registration":
         from uae_ray.bench.registration import registration_table, run_registration
