@@ -54,11 +54,18 @@ class TemplateQuery:
 def build_query(
     template: str, points: NamedPoints, out: str, method: str, triton_url: str | None, checkpoint: str | None
 ) -> TemplateQuery:
-    """Embeds the template (with the same model as the cohort) and stores its maps under ``out``."""
+    """Embeds the template (with the same model as the cohort) and stores its maps under ``out``.
+
+    Raises:
+        ValueError: a point lies outside the template image (see
+            :func:`~uae_ray.tasks.landmarks.check_points_inside`); nothing is embedded.
+    """
     from uae_ray.matching import embed_image
+    from uae_ray.tasks.landmarks import check_points_inside
     from uae_ray.volume import detect_modality
 
     image = read_image_uri(template)
+    check_points_inside(points, image, "template")
     maps = embed_image(image, get_embedder(triton_url, checkpoint=checkpoint), detect_modality(image, template))
     digest = hashlib.sha256(
         template.encode() + points.xyz.tobytes() + "\n".join(points.names).encode() + method.encode()

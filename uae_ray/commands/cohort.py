@@ -82,10 +82,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         from uae_ray.cohort.landmarks import run_cohort_landmarks
 
-        summary = run_cohort_landmarks(
-            args.archive, args.out, args.template, args.points, triton, args.embeddings, ray_address,
-            force=args.force, limit=args.limit, method=args.method,
-        )
+        try:
+            summary = run_cohort_landmarks(
+                args.archive, args.out, args.template, args.points, triton, args.embeddings, ray_address,
+                force=args.force, limit=args.limit, method=args.method,
+            )
+        except ValueError as e:  # unusable template points (e.g. outside the template): nothing to do
+            logger.error("%s: %s", args.points, e)
+            return 2
     print(json.dumps(summary, indent=2))
     if summary.get("failed"):
         what = "pair" if args.job in ("track", "register") else "scan"

@@ -121,11 +121,23 @@ def sample_at(volume: torch.Tensor, points_xyz: torch.Tensor, pad_value: float =
         Tensor (C, ...) of interpolated values.
     """
     c = volume.shape[0]
-    sizes = torch.tensor(volume.shape[1:][::-1], dtype=points_xyz.dtype, device=points_xyz.device)  # X, Y, Z
-    norm = 2.0 * points_xyz / (sizes - 1).clamp(min=1) - 1.0
     lead = points_xyz.shape[:-1]
+    # Only the block the points touch (their floor/ceil neighbours) is interpolated: a view of a
+    # large volume does not copy the whole volume. Positions shift with the block's corner.
+    flat = points_xyz.reshape(-1, 3)
+    full = torch.tensor(volume.shape[1:][::-1], device=points_xyz.device)  # X, Y, Z
+    if flat.numel():
+        lo = torch.clamp(torch.floor(flat.min(dim=0).values).long(), min=0)
+        hi = torch.minimum(torch.ceil(flat.max(dim=0).values).long() + 1, full)
+        lo = torch.minimum(lo, (hi - 1).clamp(min=0))
+    else:
+        lo, hi = torch.zeros(3, dtype=torch.long), full
+    (x0, y0, z0), (x1, y1, z1) = lo.tolist(), hi.tolist()
+    block = volume[:, z0:z1, y0:y1, x0:x1]
+    sizes = torch.tensor(block.shape[1:][::-1], dtype=points_xyz.dtype, device=points_xyz.device)
+    norm = 2.0 * (flat - lo.to(flat.dtype)) / (sizes - 1).clamp(min=1) - 1.0
     grid = norm.reshape(1, 1, 1, -1, 3).to(volume.dtype)
-    out = F.grid_sample((volume - pad_value)[None], grid, mode=mode, padding_mode="zeros", align_corners=True)
+    out = F.grid_sample((block - pad_value)[None], grid, mode=mode, padding_mode="zeros", align_corners=True)
     return out.reshape(c, *lead) + pad_value
 
 
