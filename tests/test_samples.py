@@ -24,3 +24,19 @@ def test_whole_centroids_skip_cut_and_empty_masks() -> None:
     assert points.names == ("inside",) and cut_names == ("cut",)
     # voxel centre mean (x 4.5, y 3.5, z 2.5) -> world
     np.testing.assert_allclose(points.xyz[0], [10 + 2 * 4.5, 20 + 2 * 3.5, 30 + 3 * 2.5])
+
+
+def test_demo_truth_text_reports_error_or_why_not() -> None:
+    from pathlib import Path
+
+    from uae_ray.demo import _truth_text
+    from uae_ray.samples import SampleSet
+    from uae_ray.tasks.points_io import NamedPoints
+
+    samples = SampleSet(Path("."), Path("l.nii.gz"), NamedPoints((), np.zeros((0, 3))),
+                        truth={"scan_a/": NamedPoints(("liver",), np.array([[0.0, 0.0, 0.0]]))},
+                        cut={"scan_a/": ("spleen",)})
+    assert _truth_text(samples, "scan_a", "liver", np.array([3.0, 4.0, 0.0])) == ("5.0 mm", 5.0)
+    assert _truth_text(samples, "scan_a", "spleen", np.zeros(3))[0] == "cut by the field of view"
+    assert _truth_text(samples, "scan_a", "kidney_left", np.zeros(3))[0] == "not labelled"
+    assert _truth_text(samples, "other.nii.gz", "liver", np.zeros(3))[0] == "no labels"
