@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="part to run (repeatable; default: all): a synthetic warps, b cross-patient (+ b' whole "
                         "structures), d head-neck cross-patient, e CT<->MR, abstention")
     b.add_argument("--templates", type=int, default=3, help="head-neck templates of d and abstention (default: 3)")
-    b.add_argument("--max-targets", type=int, metavar="N", help="at most N targets per part (quick runs)")
+    b.add_argument("--max-targets", type=int, metavar="N", help="at most N head-neck targets in d and abstention (the first by case id)")
     b.add_argument("--baseline", action="append", choices=["identity", "sitk", "elastix"], dest="baselines",
                    help="registration baseline to run (repeatable; default: identity, sitk and elastix)")
     b.add_argument("--no-baseline", action="store_true", help="skip every registration baseline")

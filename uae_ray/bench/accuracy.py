@@ -239,7 +239,7 @@ def run_accuracy(
     the_split = load_split(split)
     chosen = part_cases(all_cases, the_split, n_templates)
     if max_targets:
-        chosen.update({k: v[:max_targets] for k, v in chosen.items() if k != "templates"})
+        chosen.update({k: chosen[k][:max_targets] for k in ("d", "abstention")})
     if trained_on is not None:
         for part in parts:
             check_unseen(trained_on, [c.case_id for c in chosen[part]], patients,

@@ -19,7 +19,6 @@ import hashlib
 import itertools
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +83,12 @@ def run_calibration(data_dir: str | Path, embedder: Embedder, out: str | Path, s
     templates, targets = calibration_cases(load_cases(data_dir), split, n_templates, n_targets)
     default = FixedPointConfig()
     embed = CaseEmbeddings(embedder)
-    # Matched with no consistency or score test: ``found`` is then "inside the target" alone, and
-    # every rule of the grid is evaluated on the same matches.
-    loose = replace(default, min_consistent=0.0, min_found_score=0.0)
-    res = abstention(templates, targets, ("fixed-point",), embed, embed.image, config=loose)
+    # Every rule of the grid is evaluated on the same matches (``inside``: found under the loosest rule).
+    res = abstention(templates, targets, ("fixed-point",), embed, embed.image)
     rows = [r for r in res["pairs"] if "fixed-point" in r]
     cat = lambda key: np.concatenate([np.asarray(r["fixed-point"][key], float) for r in rows])  # noqa: E731
     cons, score, err = cat("consistency"), cat("scores"), cat("errors_mm")
-    base = cat("found").astype(bool)
+    base = cat("inside").astype(bool)
     in_view = np.concatenate([np.asarray(r["in_view"], bool) for r in rows])
     grid = [rule_stats(cons, score, base, in_view, err, c, s)
             for c, s in itertools.product(CONSISTENCY_GRID, SCORE_GRID)]

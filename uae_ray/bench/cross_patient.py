@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -49,11 +50,16 @@ class CaseEmbeddings:
         self.embedder = embedder
         self._memo: dict[str, tuple[sitk.Image, EmbeddingMaps]] = {}
 
-    def __call__(self, case: Case) -> tuple[sitk.Image, EmbeddingMaps]:
-        if case.case_id not in self._memo:
-            image = case.read()
-            self._memo[case.case_id] = (image, embed_image(image, self.embedder, case.modality))
-        return self._memo[case.case_id]
+    def __call__(self, case: Case, keep: bool = True) -> tuple[sitk.Image, EmbeddingMaps]:
+        """Image and maps of a case; ``keep=False``: not cached (a head-neck CT's maps are
+        about 0.4 GB, so only templates are kept)."""
+        if case.case_id in self._memo:
+            return self._memo[case.case_id]
+        image = case.read()
+        out = (image, embed_image(image, self.embedder, case.modality))
+        if keep:
+            self._memo[case.case_id] = out
+        return out
 
     def image(self, image: sitk.Image, modality: str) -> EmbeddingMaps:
         """Maps of an image that is not a case (e.g. a cropped target); not cached."""
@@ -119,13 +125,14 @@ def head_neck(
     pooled: dict[str, list[float]] = {}
     found_all: dict[str, list[bool]] = {m: [] for m in methods}
     per_name: dict[str, dict[str, list[float]]] = {}
-    for tpl in templates:
-        t_img, t_maps = embed(tpl)
-        for tgt in targets:
+    for tgt in targets:  # targets outer: one target's maps in memory at a time
+        target_maps = None
+        for tpl in templates:
             names = sorted(tpl.whole_structures & tgt.whole_structures & set(tgt.landmarks.names if tgt.landmarks else ()))
             if not names:
                 continue
-            g_img, g_maps = embed(tgt)
+            t_img, t_maps = embed(tpl)
+            g_img, g_maps = target_maps = target_maps or embed(tgt, keep=False)
             src, truth = _points(tpl, names), _points(tgt, names)
             row: dict[str, Any] = {"template": tpl.case_id, "target": tgt.case_id, "names": names}
             for method, (r, seconds) in _run_methods(t_maps, src, g_maps, methods).items():
@@ -166,38 +173,41 @@ def abstention(
     embed_image_fn: Callable[[sitk.Image, str], EmbeddingMaps],
     config: FixedPointConfig | None = None,
 ) -> dict[str, Any]:
-    """The abstention part (see the module docstring); ``config``: of fixed-point matching."""
+    """The abstention part (see the module docstring); ``config``: fixed-point matching and its
+    ``found`` rule (default :class:`~uae_ray.matching.FixedPointConfig`)."""
+    rule = config or FixedPointConfig()
+    # Matched with no consistency or score test, so ``inside`` (found under the loosest rule) is
+    # kept per point and any rule can be evaluated again from the JSON; ``found`` is ``rule``'s.
+    loose = replace(rule, min_consistent=0.0, min_found_score=0.0)
     rows: list[dict[str, Any]] = []
     stats: dict[str, dict[str, list]] = {m: {"in_found": [], "out_found": [], "in_err": []} for m in methods}
-    crops: dict[str, tuple[EmbeddingMaps, dict[str, str]]] = {}
-    for i, tgt in enumerate(targets):
+    for i, tgt in enumerate(targets):  # targets outer: one cropped target's maps at a time
         if tgt.labels_path is None or tgt.landmarks is None:
             continue
-        image = tgt.read()
-        cropped, lab = crop_z(image, sitk.ReadImage(str(tgt.labels_path)), upper=i % 2 == 0)
-        status = view_status(sitk.GetArrayFromImage(sitk.ReadImage(str(tgt.labels_path))), lab, tgt.label_names)
-        crops[tgt.case_id] = (embed_image_fn(cropped, tgt.modality), status)
-    for tpl in templates:
-        _, t_maps = embed(tpl)
-        for tgt in targets:
-            if tgt.case_id not in crops:
-                continue
-            maps, status = crops[tgt.case_id]
-            whole = tgt.whole_structures  # whole in the uncropped target: in/out below is about the crop
-            names = sorted(n for n in tpl.whole_structures & whole if status.get(n) in ("in", "out"))
+        labels = sitk.ReadImage(str(tgt.labels_path))
+        cropped, lab = crop_z(tgt.read(), labels, upper=i % 2 == 0)
+        status = view_status(sitk.GetArrayFromImage(labels), lab, tgt.label_names)
+        maps = None
+        for tpl in templates:
+            # whole in the uncropped target: in / out below is about the crop
+            names = sorted(n for n in tpl.whole_structures & tgt.whole_structures if status.get(n) in ("in", "out"))
             if not names:
                 continue
-            src = _points(tpl, names)
-            truth = _points(tgt, names)
+            _, t_maps = embed(tpl)
+            maps = maps or embed_image_fn(cropped, tgt.modality)
+            src, truth = _points(tpl, names), _points(tgt, names)
             inview = np.array([status[n] == "in" for n in names])
             row: dict[str, Any] = {"template": tpl.case_id, "target": tgt.case_id, "names": names,
                                    "in_view": inview.tolist()}
-            for method, (r, _) in _run_methods(t_maps, src, maps, methods, config).items():
+            for method, (r, _) in _run_methods(t_maps, src, maps, methods, loose).items():
                 err = np.linalg.norm(r.points - truth, axis=1)
-                stats[method]["in_found"].extend(r.found[inview].tolist())
-                stats[method]["out_found"].extend(r.found[~inview].tolist())
-                stats[method]["in_err"].extend(np.where(r.found[inview], err[inview], np.nan).tolist())
-                row[method] = {"found": r.found.tolist(), "errors_mm": err.round(2).tolist(),
+                found = r.found.copy()
+                if method == "fixed-point":
+                    found &= (r.consistency >= rule.min_consistent) & (r.scores >= rule.min_found_score)
+                stats[method]["in_found"].extend(found[inview].tolist())
+                stats[method]["out_found"].extend(found[~inview].tolist())
+                stats[method]["in_err"].extend(np.where(found[inview], err[inview], np.nan).tolist())
+                row[method] = {"found": found.tolist(), "inside": r.found.tolist(), "errors_mm": err.round(2).tolist(),
                                "scores": np.round(r.scores, 4).tolist(),
                                "consistency": np.round(r.consistency, 3).tolist()}
             rows.append(row)
