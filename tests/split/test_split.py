@@ -58,3 +58,17 @@ def test_check_unseen_refuses_a_seen_test_patient() -> None:
 def test_split_side_must_be_known() -> None:
     with pytest.raises(SplitError, match="train, test or all"):
         PatientSplit("x", frozenset()).cases({}, "val")
+
+
+def test_shipped_leave_patient_out_model_saw_no_test_patient(shared_data: Path) -> None:
+    from uae_ray.models import read_checkpoint, resolve_checkpoint
+
+    meta = read_checkpoint(resolve_checkpoint("tiny-lpo-a"))["meta"]
+    cp = read_case_patients(shared_data)
+    assert meta["split"] == DEFAULT_SPLIT
+    assert set(meta["trained_on"]) == set(load_split().cases(cp, "train"))
+    check_unseen(meta["trained_on"], load_split().cases(cp, "test"), cp, "tiny-lpo-a")  # does not raise
+    # The earlier default saw two of the test patients: the benchmarks refuse it on them.
+    v3 = read_checkpoint(resolve_checkpoint("tiny-uae-v3"))["meta"]["trained_on"]
+    with pytest.raises(SplitError, match="ts_aorta_cta, ts_upper_abdomen"):
+        check_unseen(v3, load_split().cases(cp, "test"), cp, "tiny-uae-v3")
