@@ -9,7 +9,8 @@ import SimpleITK as sitk
 
 from uae_ray.models.sam2d import SAM_VIT_TINY, preprocess_shape
 from uae_ray.tasks.segment import (OrganPrompt, SliceSegmenter, TargetSlices, mask_slice_boxes, orient,
-                                   segment_prompts, write_label_map)
+                                   segment_prompts)
+from uae_ray.api.outputs import write_segmentation
 
 
 class BoxNet:
@@ -67,7 +68,7 @@ def test_label_map_in_the_targets_geometry(shared_data, tmp_path):
     assert net.encoded == len(set(mask_slice_boxes(liver)) | set(mask_slice_boxes(spleen)))  # once per slice
     assert [o.status for o in result.organs] == ["ok", "no_support", "ok"]
     assert [o.label for o in result.organs] == [1, 2, 3]
-    path, sidecar = write_label_map(result, str(tmp_path / "seg" / "labels.nii.gz"))
+    path, sidecar = write_segmentation(result, str(tmp_path / "seg" / "labels.nii.gz"))
     assert sidecar == str(tmp_path / "seg" / "labels.json")
     assert json.loads(open(sidecar).read()) == {"1": "liver", "2": "missing", "3": "spleen"}
     back = sitk.ReadImage(path)

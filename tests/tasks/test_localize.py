@@ -80,7 +80,7 @@ ORGANS = ["liver", "spleen", "kidney_left"]
 
 @pytest.fixture(scope="module")
 def case(shared_data):
-    from uae_ray.tasks.support import load_support
+    from uae_ray.api.inputs import load_support
 
     d = shared_data / "cases" / "ts_example_ct"
     return load_support(f"{d}/image.nii.gz:{d}/labels.nii.gz")

@@ -11,13 +11,13 @@ from uae_ray.tasks.support import (
     SupportSpec,
     box_of_points,
     extreme_points,
-    load_support,
     organ_volume_ml,
     parse_support,
     partial_supports,
     read_label_names,
     sidecar_paths,
 )
+from uae_ray.api.inputs import load_support
 from uae_ray.volume import VolumeError
 
 

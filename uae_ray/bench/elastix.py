@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from uae_ray.bench.baselines import _prepare
+from uae_ray.tasks.mi import prepare_for_mi as _prepare
 
 PointTransfer = Callable[[np.ndarray], np.ndarray]
 

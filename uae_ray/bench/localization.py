@@ -52,7 +52,8 @@ from uae_ray.tasks.localize import (
     estimate_organs,
     vote,
 )
-from uae_ray.tasks.support import Support, SupportSpec, image_box, load_support
+from uae_ray.api.inputs import load_support
+from uae_ray.tasks.support import Support, SupportSpec, image_box
 
 logger = logging.getLogger(__name__)
 

@@ -158,7 +158,8 @@ def run_segmentation(
         support_modality: of the supports (default: ``modality``).
     """
     from uae_ray.tasks.segment import TargetSlices, localize_both, localize_prompts, segment_prompts
-    from uae_ray.tasks.support import SupportSpec, load_support
+    from uae_ray.api.inputs import load_support
+    from uae_ray.tasks.support import SupportSpec
 
     unknown = sorted(set(modes) - set(MODES))
     if unknown:

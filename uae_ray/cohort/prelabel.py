@@ -213,7 +213,7 @@ def _models(settings: PrelabelSettings) -> tuple:
            settings.sam_checkpoint, settings.sam_kind)
     state = _MODELS.get(key)
     if state is None:
-        from uae_ray.commands.segment import make_localizer_factory, make_segmenter
+        from uae_ray.api.models import make_localizer_factory, make_segmenter
 
         segmenter = make_segmenter(settings.triton_url, settings.sam_checkpoint, settings.sam_kind)
         if segmenter.version != settings.sam_version:
@@ -277,7 +277,8 @@ def _prelabel(scan: ScanRef, source: str, settings: PrelabelSettings) -> tuple[s
     """The work of :func:`prelabel_scan` on ``source`` (the scan's URI or a local copy of it);
     returns the label map's URI and the scan's rows."""
     from uae_ray.storage.images import read_image_uri
-    from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts, write_label_map
+    from uae_ray.api.outputs import write_segmentation
+    from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts
     from uae_ray.volume import detect_modality
 
     segmenter, factory = _models(settings)
@@ -288,7 +289,7 @@ def _prelabel(scan: ScanRef, source: str, settings: PrelabelSettings) -> tuple[s
                                modality)
     result = segment_prompts(segmenter, prepared, prompts)
     mask_uri = labels_uri(settings.out, scan.scan_id)
-    write_label_map(result, mask_uri)
+    write_segmentation(result, mask_uri)
     seg_uri = _write_dicom_seg(scan, source, image, result, settings)
     rows = organ_rows(scan.scan_id, result, prompts, mask_uri, settings, seg_uri)
     write_table_atomic(prelabel_table(rows), part_uri(settings.out, scan.scan_id))
@@ -307,12 +308,12 @@ def _write_dicom_seg(scan: ScanRef, source: str, image, result, settings: Prelab
         logger.warning("scan %s: not a DICOM series, no DICOM SEG", scan.scan_id)
         return None
     from uae_ray.storage.images import image_pseudonym
-    from uae_ray.tasks.segment import write_dicom_seg
+    from uae_ray.api.outputs import write_segmentation_seg
     from uae_ray.volume import VolumeError
 
     uri = dicom_seg_uri(settings.out, scan.scan_id)
     try:
-        return write_dicom_seg(result, source, uri, image_pseudonym(image, scan.scan_id))
+        return write_segmentation_seg(result, source, uri, image_pseudonym(image, scan.scan_id))
     except (VolumeError, ValueError) as e:
         cause = one_line(e).replace(source, f"scan {scan.scan_id}").replace(scan.uri, f"scan {scan.scan_id}")
         logger.warning("scan %s: no DICOM SEG: %s", scan.scan_id, cause)
@@ -365,7 +366,7 @@ def _models_on_driver(supports, method, triton_url, checkpoint, medlam_checkpoin
     Raises:
         PrelabelError: a model cannot be loaded or reached.
     """
-    from uae_ray.commands.segment import make_localizer_factory, make_segmenter
+    from uae_ray.api.models import make_localizer_factory, make_segmenter
 
     try:
         sam_version = make_segmenter(triton_url, sam_checkpoint, sam_kind).version
@@ -426,7 +427,7 @@ def run_cohort_prelabel(
         PrelabelError: nothing can be done (no organ, no usable support, no support with any of
             the organs, a model that cannot be loaded); nothing is written then.
     """
-    from uae_ray.commands.localize import load_supports, parse_organs
+    from uae_ray.api.inputs import load_supports, parse_organs
 
     if boxes not in ("spl", "wpl"):
         raise PrelabelError(f"unknown box mode {boxes!r}; expected spl or wpl")

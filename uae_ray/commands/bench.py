@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 print(per_organ_table(result, method))
     elif args.bench == "segmentation":
         from uae_ray.bench.segmentation import MODES, per_organ_table, run_segmentation, segmentation_table
-        from uae_ray.commands.segment import make_localizer_factory, make_segmenter
+        from uae_ray.api.models import make_localizer_factory, make_segmenter
 
         if args.threads:
             import torch

@@ -25,8 +25,9 @@ def run(
 ) -> int:
     """Runs the verb. Returns the exit code: 0, or 1 when a target failed (others still run),
     or 2 when the template or points are unusable (nothing is written)."""
-    from uae_ray.serving import get_embedder
-    from uae_ray.storage.images import read_image_uri
+    from uae_ray.api.inputs import read_image_uri
+    from uae_ray.api.models import get_embedder
+    from uae_ray.api.outputs import write_output
     from uae_ray.tasks.landmarks import LandmarkDetector, check_points_inside
 
     try:
@@ -68,11 +69,11 @@ def run(
         logger.info(
             "[%d/%d] %s: %d/%d points found in %.1f s", i, len(targets), target, n_found, len(found), time.perf_counter() - t0
         )
-    write_detections_csv(out, detections)
+    write_output(out, lambda path: write_detections_csv(path, detections))
     logger.info("wrote %d detections to %s (%d target(s) failed)", len(detections), out, failed)
     if report:
         from uae_ray.report.landmarks import landmark_report
 
-        landmark_report(report, template_image, template_modality, named, views)
+        write_output(report, lambda path: landmark_report(path, template_image, template_modality, named, views))
         logger.info("wrote report %s", report)
     return 1 if failed else 0

@@ -48,35 +48,6 @@ def read_boxes_csv(path: str | Path) -> dict[str, list[float]]:
         return {r["name"]: [float(r[c]) for c in BOX_HEADER[1:]] for r in reader}
 
 
-def parse_organs(text: str) -> list[str]:
-    """``"a,b"`` -> ``["a", "b"]`` (blanks stripped, duplicates dropped in order)."""
-    seen: list[str] = []
-    for part in text.split(","):
-        name = part.strip()
-        if name and name not in seen:
-            seen.append(name)
-    return seen
-
-
-def load_supports(supports: list[str], label_names: str | None, modality: str | None) -> tuple[list, int]:
-    """Loads every ``IMAGE:LABELS`` support; one that cannot be used is logged (one line naming
-    the file) and counted, and the others go on.
-
-    Returns:
-        ``(loaded supports, number that failed)``.
-    """
-    from uae_ray.tasks.support import load_support, parse_support
-
-    loaded, failed = [], 0
-    for text in supports:
-        try:
-            loaded.append(load_support(parse_support(text), label_names, modality))
-        except Exception as e:  # one bad support is reported; the others still run
-            logger.error("%s", one_line(e))
-            failed += 1
-    return loaded, failed
-
-
 def load_inputs(supports: list[str], target: str, organs: str, label_names: str | None, modality: str | None):
     """Organ names, the usable supports, the target image and its modality, for localize/segment.
 
@@ -85,7 +56,7 @@ def load_inputs(supports: list[str], target: str, organs: str, label_names: str 
         line) when there is nothing to do: no organ named, no usable support, unreadable target.
         A support that cannot be used is logged and counted in ``n_failed``; the others go on.
     """
-    from uae_ray.storage.images import read_image_uri
+    from uae_ray.api.inputs import load_supports, parse_organs, read_image_uri
     from uae_ray.volume import detect_modality
 
     names = parse_organs(organs)
@@ -133,27 +104,19 @@ def run(
         return 2
     names, loaded, failed, image, target_modality = inputs
     t0 = time.perf_counter()
-    if method == "medlam":
-        from uae_ray.models.medlam import load_medlam
-        from uae_ray.tasks.localize import MedLAMLocalizer
+    from uae_ray.api.models import make_localizer
+    from uae_ray.api.outputs import write_output
 
-        try:
-            model = load_medlam(medlam_checkpoint)
-        except (OSError, ValueError) as e:
-            logger.error("%s", one_line(e))
-            return 2
-        localizer = MedLAMLocalizer(model, loaded)
-    else:
-        from uae_ray.serving import get_embedder
-        from uae_ray.tasks.localize import DEFAULT_EMBEDDING_MODE, EmbeddingLocalizer, EmbeddingLocalizerConfig
-
-        config = EmbeddingLocalizerConfig(mode=embedding_mode or DEFAULT_EMBEDDING_MODE)
-        localizer = EmbeddingLocalizer(get_embedder(triton_url, checkpoint=checkpoint), loaded, config)
+    try:
+        localizer = make_localizer(method, loaded, triton_url, checkpoint, medlam_checkpoint, embedding_mode)
+    except (OSError, ValueError) as e:
+        logger.error("%s", one_line(e))
+        return 2
     boxes = localizer.localize(image, names, target_modality)
     for b in boxes:
         if b.status != "ok":
             logger.warning("%s [%s]", b.message or b.name, b.status)
-    write_boxes_csv(out, boxes)
+    write_output(out, lambda path: write_boxes_csv(path, boxes))
     n_ok = sum(b.status in ("ok", "partial_fov") for b in boxes)
     logger.info("wrote %d box(es) to %s (%d localized, %d marked; %s, %d support(s), model %s) in %.1f s",
                 len(boxes), out, n_ok, len(boxes) - n_ok, method, len(loaded), localizer.model_version,
@@ -162,6 +125,7 @@ def run(
         from uae_ray.report.boxes import box_report
 
         truth_boxes = read_boxes_csv(truth) if truth else None
-        box_report(report, image, target_modality, boxes, truth_boxes, title=f"uae-ray localize QC: {target}")
+        write_output(report, lambda path: box_report(path, image, target_modality, boxes, truth_boxes,
+                                                      title=f"uae-ray localize QC: {target}"))
         logger.info("wrote report %s", report)
     return 1 if failed else 0

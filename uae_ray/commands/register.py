@@ -3,38 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
-from pathlib import Path
 
 from uae_ray.volume.errors import one_line
 
 logger = logging.getLogger(__name__)
-
-
-def _write_image_atomic(image, path: str) -> None:
-    """``sitk.WriteImage`` to a temporary file beside ``path`` (same suffix), then a rename."""
-    import SimpleITK as sitk
-
-    from uae_ray.atomic import atomic_path
-
-    with atomic_path(path, "".join(Path(path).suffixes) or ".nii.gz") as tmp:
-        sitk.WriteImage(image, tmp, useCompression=True)
-
-
-def _write_output(path: str, write_local) -> None:
-    """Writes a local file atomically, or (``s3://``) a local temporary file uploaded atomically."""
-    from uae_ray.storage import is_s3, upload_file
-
-    if not is_s3(path):
-        write_local(path)
-        return
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    with tempfile.TemporaryDirectory(prefix="uae-ray-out-") as tmp:
-        local = os.path.join(tmp, name)
-        write_local(local)
-        upload_file(local, path)
 
 
 def run(
@@ -53,8 +26,9 @@ def run(
     """Runs the verb. Returns the exit code: 0; 1 when the registration itself fails (too few
     correspondences; nothing is written); 2 for unusable input (unreadable image, a modality
     flag that contradicts the image)."""
-    from uae_ray.serving import get_embedder
-    from uae_ray.storage.images import read_image_uri
+    from uae_ray.api.inputs import read_image_uri
+    from uae_ray.api.models import get_embedder
+    from uae_ray.api.outputs import write_image, write_output
     from uae_ray.tasks.register import Registrar, RegistrationError, check_modality, resample_moving
     from uae_ray.tasks.transforms import write_transform_atomic
 
@@ -74,7 +48,7 @@ def run(
     except RegistrationError as e:
         logger.error("%s", one_line(e))
         return 1
-    _write_output(out, lambda p: write_transform_atomic(result.transform, p))
+    write_output(out, lambda p: write_transform_atomic(result.transform, p))
     quality = result.quality()
     logger.info(
         "%s -> %s: %s transform from %d correspondences (%d inliers, %.0f %%), residual %.2f mm, overlap %.0f %%%s, "
@@ -87,14 +61,14 @@ def run(
     if resampled or report:
         moved = resample_moving(fixed_image, moving_image, result.transform, moving_mod)
         if resampled:
-            _write_output(resampled, lambda p: _write_image_atomic(moved, p))
+            write_image(moved, resampled)
             logger.info("wrote the resampled moving image %s", resampled)
         if report:
             from uae_ray.report.registration import RegistrationView, registration_report
 
             view = RegistrationView(fixed, moving, fixed_image, fixed_mod, moved, moving_mod, quality,
                                     result.transform)
-            _write_output(report, lambda p: registration_report(p, [view]))
+            write_output(report, lambda p: registration_report(p, [view]))
             logger.info("wrote report %s", report)
     for key in ("type", "n_points", "n_correspondences", "n_inliers", "inlier_fraction", "residual_mm",
                 "overlap_fraction", "refined", "model_version"):

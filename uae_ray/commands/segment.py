@@ -18,57 +18,6 @@ from uae_ray.volume.errors import one_line
 logger = logging.getLogger(__name__)
 
 
-def make_segmenter(triton_url: str | None = None, sam_checkpoint: str | None = None, sam_kind: str | None = None):
-    """The :class:`~uae_ray.tasks.segment.SliceSegmenter`: Triton's ``sam_image_encoder`` +
-    ``sam_mask_decoder`` with ``triton_url``, else the model in-process."""
-    if triton_url:
-        from uae_ray.serving.sam_triton import TritonSliceSegmenter
-
-        if sam_checkpoint is not None:
-            logger.warning("--sam-checkpoint %s ignored: Triton at %s serves its own model", sam_checkpoint, triton_url)
-        return TritonSliceSegmenter(triton_url)
-    from uae_ray.tasks.segment import LocalSliceSegmenter
-
-    return LocalSliceSegmenter(checkpoint=sam_checkpoint, kind=sam_kind)
-
-
-def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str | None,
-                           medlam_checkpoint: str | None, embedding_mode: str | None,
-                           support_maps: dict | None = None):
-    """``supports -> localizer`` for :func:`~uae_ray.tasks.segment.localize_prompts`.
-
-    Args:
-        support_maps: ``{support image URI: EmbeddingMaps}`` computed beforehand (embedding
-            localizer only; e.g. once on a cohort job's driver); supports not in it are embedded
-            on first use.
-    """
-    if method == "medlam":
-        from uae_ray.models.medlam import load_medlam
-        from uae_ray.tasks.localize import MedLAMLocalizer
-
-        model = load_medlam(medlam_checkpoint)
-        return lambda supports: MedLAMLocalizer(model, supports)
-    from uae_ray.serving import get_embedder
-    from uae_ray.tasks.localize import DEFAULT_EMBEDDING_MODE, EmbeddingLocalizer, EmbeddingLocalizerConfig
-
-    embedder = get_embedder(triton_url, checkpoint=checkpoint)
-    config = EmbeddingLocalizerConfig(mode=embedding_mode or DEFAULT_EMBEDDING_MODE)
-    cache: dict[tuple[str, ...], list] = {}
-    known = dict(support_maps or {})
-
-    def factory(supports):
-        # SPL's derived supports share the images of the originals: reuse their embeddings
-        key = tuple(s.spec.image for s in supports)
-        maps = cache.get(key)
-        if maps is None and key and all(k in known for k in key):
-            maps = [known[k] for k in key]
-        loc = EmbeddingLocalizer(embedder, supports, config, support_maps=maps)
-        cache.setdefault(key, loc.support_maps)
-        return loc
-
-    return factory
-
-
 def run(
     supports: list[str],
     target: str,
@@ -93,8 +42,10 @@ def run(
         it was written but a support could not be used, 2 when nothing could be done
         (unreadable target, no usable support, no organ named, model not loadable).
     """
+    from uae_ray.api.models import make_localizer_factory, make_segmenter
     from uae_ray.commands.localize import load_inputs
-    from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts, write_label_map
+    from uae_ray.api.outputs import write_segmentation
+    from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts
 
     if dicom_seg and _is_image_file(target):
         logger.error("%s: --dicom-seg needs a DICOM series folder as --target (the SEG references the series' "
@@ -116,7 +67,7 @@ def run(
     prompts = localize_prompts(factory, loaded, image, prepared, names, boxes, target_modality)
     t1 = time.perf_counter()
     result = segment_prompts(segmenter, prepared, prompts)
-    label_path, sidecar = write_label_map(result, out)
+    label_path, sidecar = write_segmentation(result, out)
     for o in result.organs:
         if o.status != "ok":
             logger.warning("%s [%s]", o.message or o.name, o.status)
@@ -140,12 +91,12 @@ def _write_seg(result, image, target: str, out: str) -> bool:
     """The DICOM SEG of ``result`` over the target series; False (logged) when it cannot be written."""
     from uae_ray.storage.images import image_pseudonym
     from uae_ray.storage.uri import uri_hash
-    from uae_ray.tasks.segment import write_dicom_seg
+    from uae_ray.api.outputs import write_segmentation_seg
     from uae_ray.volume import VolumeError
 
     pseudonym = image_pseudonym(image, uri_hash(str(target).rstrip("/")))
     try:
-        write_dicom_seg(result, target, out, pseudonym)
+        write_segmentation_seg(result, target, out, pseudonym)
     except (VolumeError, ValueError, OSError) as e:
         logger.error("%s: DICOM SEG not written: %s", out, one_line(e))
         return False

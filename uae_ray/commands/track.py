@@ -52,8 +52,9 @@ def run(
     """Runs the verb. Returns the exit code: 0; 1 when a lesion could not be tracked (e.g. it
     lies outside the baseline: its row carries the error, the others are tracked); 2 when an
     input is unusable (nothing is written)."""
-    from uae_ray.serving import get_embedder
-    from uae_ray.storage.images import read_image_uri
+    from uae_ray.api.inputs import read_image_uri
+    from uae_ray.api.models import get_embedder
+    from uae_ray.api.outputs import write_output
     from uae_ray.tasks.points_io import write_tracks_csv
     from uae_ray.tasks.track import LesionTracker, TrackConfig
 
@@ -70,7 +71,7 @@ def run(
     embedder = get_embedder(triton_url, checkpoint=checkpoint)
     tracker = LesionTracker(embedder, base_image, named, base_modality, method, TrackConfig(extent=extent))
     tracks = tracker.track(follow_image, follow_modality)
-    write_tracks_csv(out, tracks)
+    write_output(out, lambda path: write_tracks_csv(path, tracks))
     failed = [t for t in tracks if t.error]
     for t in failed:
         logger.error("%s: %s", baseline, t.error)
@@ -83,7 +84,8 @@ def run(
     if report:
         from uae_ray.report.tracks import track_report
 
-        track_report(report, base_image, base_modality, follow_image, follow_modality, tracks,
-                     title=f"uae-ray lesion tracking QC ({method}{'+extent' if extent else ''})")
+        write_output(report, lambda path: track_report(
+            path, base_image, base_modality, follow_image, follow_modality, tracks,
+            title=f"uae-ray lesion tracking QC ({method}{'+extent' if extent else ''})"))
         logger.info("wrote report %s", report)
     return 1 if failed else 0

@@ -9,7 +9,6 @@ A checkpoint is a ``torch.save`` dict::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from uae_ray.models.digest import file_sha256, version_string
 from uae_ray.models.config import EmbeddingConfig
 from uae_ray.models.resnet_fpn import EmbeddingNet
 
@@ -50,15 +50,6 @@ def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
     return Path(checkpoint).expanduser()
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(
     model: EmbeddingNet, path: str | Path, meta: dict[str, Any] | None = None, half: bool = True
 ) -> str:
@@ -83,7 +74,7 @@ def save_checkpoint(
         for k, v in model.state_dict().items()
     }
     torch.save({"config": model.config.to_dict(), "state_dict": state, "meta": meta}, path)
-    version = f"{meta['version']}+{file_sha256(path)[:8]}"
+    version = version_string(meta["version"], path)
     logger.info("saved checkpoint %s (%s)", path, version)
     return version
 

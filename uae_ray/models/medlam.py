@@ -205,7 +205,7 @@ def save_medlam(model: MedLAMNet, path, meta: dict[str, Any] | None = None) -> s
     ``"<meta version>+<sha8>"``."""
     from pathlib import Path
 
-    from uae_ray.models.checkpoint import file_sha256
+    from uae_ray.models.digest import version_string
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def save_medlam(model: MedLAMNet, path, meta: dict[str, Any] | None = None) -> s
     state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
              for k, v in model.state_dict().items()}
     torch.save({"config": model.config.to_dict(), "state_dict": state, "meta": meta}, path)
-    return f"{meta['version']}+{file_sha256(path)[:8]}"
+    return version_string(meta['version'], path)
 
 
 def load_medlam(checkpoint=None) -> MedLAMNet:
@@ -226,7 +226,7 @@ def load_medlam(checkpoint=None) -> MedLAMNet:
     """
     from pathlib import Path
 
-    from uae_ray.models.checkpoint import file_sha256
+    from uae_ray.models.digest import version_string
 
     path = Path(checkpoint) if checkpoint is not None else default_medlam_checkpoint()
     if not path.is_file():
@@ -239,7 +239,7 @@ def load_medlam(checkpoint=None) -> MedLAMNet:
     model = MedLAMNet(MedLAMConfig.from_dict(data["config"]))
     model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in data["state_dict"].items()})
     meta = data.get("meta", {})
-    model.version = f"{meta.get('version', model.config.name + '-v0')}+{file_sha256(path)[:8]}"
+    model.version = version_string(meta.get('version', model.config.name + '-v0'), path)
     model.meta = meta  # type: ignore[attr-defined]
     return model.eval()
 

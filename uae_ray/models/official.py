@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from uae_ray.models.checkpoint import file_sha256
+from uae_ray.models.digest import file_sha256
 from uae_ray.models.sam_r18 import ARCH, SamR18, sam_r18_config
 
 logger = logging.getLogger(__name__)

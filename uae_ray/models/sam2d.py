@@ -27,7 +27,6 @@ Shapes: slices are ``(S, H, W)`` (rows = image y, columns = image x); boxes ``(N
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from uae_ray.models.digest import version_string
 from uae_ray.models.sam_import import sam_build, sam_modeling
 
 logger = logging.getLogger(__name__)
@@ -322,18 +322,6 @@ class Sam2D(nn.Module):
 # -- checkpoints ------------------------------------------------------------------------------------
 
 
-def _sha8(path: Path, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        read = 0
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-            read += len(block)
-            if limit is not None and read >= limit:
-                break
-    return h.hexdigest()[:8]
-
-
 def save_sam2d(model: Sam2D, path: str | Path, meta: dict[str, Any] | None = None, half: bool = True) -> str:
     """Writes ``{"format": "uae-ray-sam2d", "config", "state_dict" (float16), "meta"}``.
 
@@ -349,7 +337,7 @@ def save_sam2d(model: Sam2D, path: str | Path, meta: dict[str, Any] | None = Non
     torch.save(payload, tmp)
     tmp.replace(path)
     release = (meta or {}).get("release", model.config.name)
-    return f"{release}+{_sha8(path)}"
+    return version_string(release, path)
 
 
 def resolve_sam_checkpoint(checkpoint: str | Path | None) -> Path:
@@ -415,7 +403,7 @@ def load_sam2d(checkpoint: str | Path | None = None, kind: str | None = None) ->
             raise ValueError(f"{path}: keys differ from the {config.name} architecture "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         release = data.get("meta", {}).get("release", config.name)
-        model.version = f"{release}+{_sha8(path)}"
+        model.version = version_string(release, path)
         return model.eval()
     state = _official_state(data, path)
     kind = official_kind(state, path, kind)
@@ -425,7 +413,7 @@ def load_sam2d(checkpoint: str | Path | None = None, kind: str | None = None) ->
     if missing or unexpected:
         raise ValueError(f"{path}: keys differ from segment-anything {kind} "
                          f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    version = f"{kind}:{path.name}+{_sha8(path, limit=64 << 20)}"
+    version = version_string(f"{kind}:{path.name}", path, limit=64 << 20)
     return Sam2D(official_config(kind), sam, version).eval()
 
 

@@ -101,7 +101,7 @@ def read_points_csv(path: str | Path) -> NamedPoints:
 def write_csv_atomic(path: str | Path, header: tuple[str, ...], rows: list[tuple]) -> None:
     """Writes a CSV to a temporary file beside ``path`` and renames it into place."""
     with atomic_path(path, ".tmp") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 

@@ -614,82 +614,6 @@ def localize_both(
             t1 - t0, t2 - t1)
 
 
-def write_label_map(result: SegmentationResult, out: str) -> tuple[str, str]:
-    """Writes the label map (NIfTI) and its sidecar ``<out minus .nii.gz>.json``, each atomically
-    (``s3://`` outputs are uploaded atomically).
-
-    Returns:
-        ``(label map path, sidecar path)``.
-    """
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from uae_ray.atomic import atomic_path
-    from uae_ray.storage import is_s3, upload_file
-
-    text = str(out)
-    stem = text[: -len(".nii.gz")] if text.endswith(".nii.gz") else text.rsplit(".", 1)[0] if text.endswith(".nii") else text
-    sidecar = stem + ".json"
-    payload = (json.dumps(result.sidecar(), indent=2) + "\n").encode()
-
-    def _write_local(path: str, image: sitk.Image | None, data: bytes | None) -> None:
-        suffix = ".nii.gz" if path.endswith(".nii.gz") else "".join(Path(path).suffixes[-1:]) or ".tmp"
-        with atomic_path(path, suffix) as tmp:
-            if image is not None:
-                sitk.WriteImage(image, tmp, useCompression=True)
-            else:
-                Path(tmp).write_bytes(data or b"")
-
-    if is_s3(text):
-        with tempfile.TemporaryDirectory() as d:
-            local = os.path.join(d, "labels.nii.gz")
-            side = os.path.join(d, "labels.json")
-            _write_local(local, result.labels, None)
-            _write_local(side, None, payload)
-            upload_file(local, text)
-            upload_file(side, sidecar)
-    else:
-        _write_local(text, result.labels, None)
-        _write_local(sidecar, None, payload)
-    return text, sidecar
-
-
-def write_dicom_seg(result: SegmentationResult, series: str, out: str, pseudonym: str,
-                    series_uid: str | None = None) -> str:
-    """Writes the label map as a DICOM SEG over its target's DICOM series
-    (:func:`~uae_ray.volume.dicom_seg.dicom_seg`), atomically (``s3://`` outputs are uploaded
-    atomically).
-
-    Args:
-        series: The target's DICOM series folder (local, or an ``s3://`` prefix).
-        out: The SEG file (``.dcm``), local or ``s3://``.
-        pseudonym: Replaces the patient's name and ID in the SEG.
-
-    Raises:
-        VolumeError: The series cannot be read or referenced, or no organ was segmented.
-    """
-    import os
-    import tempfile
-
-    from uae_ray.atomic import atomic_path
-    from uae_ray.storage import is_s3, upload_file
-    from uae_ray.storage.images import with_local_copy
-    from uae_ray.volume.dicom_seg import dicom_seg
-
-    seg = with_local_copy(series, lambda folder: dicom_seg(result.labels, result.names, folder, pseudonym,
-                                                            result.model_version, series_uid))
-    if is_s3(out):
-        with tempfile.TemporaryDirectory() as d:
-            local = os.path.join(d, "seg.dcm")
-            seg.save_as(local, enforce_file_format=True)
-            upload_file(local, out)
-    else:
-        with atomic_path(out, ".dcm") as tmp:
-            seg.save_as(tmp, enforce_file_format=True)
-    return out
-
-
 __all__ = [
     "BOX_MODES",
     "DEFAULT_BOX_MODE",
@@ -717,6 +641,4 @@ __all__ = [
     "window_slices",
     "wpl_slice_boxes",
     "world_box_to_index",
-    "write_dicom_seg",
-    "write_label_map",
 ]

@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -108,14 +109,10 @@ def _strip_label_suffix(name: str) -> str:
     return name
 
 
-def _read_text(uri: str) -> str | None:
-    """Text of a local file or s3:// object, None when it does not exist."""
-    if uri[:5].lower() == "s3://":
-        from uae_ray.storage.objects import exists, read_bytes
-
-        return read_bytes(uri).decode("utf-8") if exists(uri) else None
-    path = Path(os.path.expanduser(uri.removeprefix("file://")))
-    return path.read_text() if path.is_file() else None
+def read_local_text(path: str) -> str | None:
+    """Text of a local file (``file://`` and ``~`` allowed), None when it does not exist."""
+    p = Path(os.path.expanduser(path.removeprefix("file://")))
+    return p.read_text() if p.is_file() else None
 
 
 def _names_from_mapping(mapping: object, source: str) -> dict[int, str]:
@@ -150,26 +147,29 @@ def sidecar_paths(labels: str) -> tuple[str, str]:
     return prefix + _strip_label_suffix(name) + ".json", prefix + "meta.json"
 
 
-def read_label_names(labels: str, label_names: str | None = None) -> tuple[dict[int, str], str]:
+def read_label_names(labels: str, label_names: str | None = None,
+                     read_text: Callable[[str], str | None] = read_local_text) -> tuple[dict[int, str], str]:
     """Organ names of a label file: ``{label id: name}`` and where they came from.
 
     Args:
-        labels: The label file (local path or s3:// URI).
+        labels: The label file.
         label_names: An explicit JSON file ``{"1": "liver", ...}`` (``--label-names``); wins.
+        read_text: ``uri -> text or None`` (default: local files; the API layer passes one that
+            also reads ``s3://``).
 
     Raises:
         SupportError: none of the three sources exists, or the one found is malformed.
     """
     if label_names:
-        text = _read_text(label_names)
+        text = read_text(label_names)
         if text is None:
             raise SupportError(f"{label_names}: label-names file not found")
         return _names_from_mapping(_parse_json(text, label_names), label_names), label_names
     sidecar, meta = sidecar_paths(labels)
-    text = _read_text(sidecar)
+    text = read_text(sidecar)
     if text is not None:
         return _names_from_mapping(_parse_json(text, sidecar), sidecar), sidecar
-    text = _read_text(meta)
+    text = read_text(meta)
     if text is not None:
         data = _parse_json(text, meta)
         if not (isinstance(data, dict) and isinstance(data.get("labels"), dict)):
@@ -403,25 +403,15 @@ def _cut_sides(zyx: np.ndarray, shape_zyx: tuple[int, ...], grid: Grid) -> np.nd
     return cut
 
 
-def load_support(
-    spec: SupportSpec | str, label_names: str | None = None, modality: str | None = None
-) -> Support:
-    """Reads a support's image and label map and finds its organ names.
-
-    Raises:
-        SupportError / VolumeError: a one-line message naming the file and the cause.
-    """
-    from uae_ray.storage.images import read_image_uri, read_labels_uri
+def make_support(spec: SupportSpec, image: sitk.Image, labels: sitk.Image, names: dict[int, str], source: str,
+                 modality: str | None = None) -> Support:
+    """A :class:`Support` from an image and label map already read (``modality``: the
+    ``--modality`` flag or ``None`` to detect it); warns when the two grids differ."""
     from uae_ray.volume import detect_modality
 
-    if isinstance(spec, str):
-        spec = parse_support(spec)
-    image = read_image_uri(spec.image)
-    labels = read_labels_uri(spec.labels)
     if labels.GetSize() != image.GetSize() or not np.allclose(labels.GetOrigin(), image.GetOrigin(), atol=1e-2):
         logger.warning("%s: label map is on a different grid than %s (extreme points use its own geometry)",
                        spec.labels, spec.image)
-    names, source = read_label_names(spec.labels, label_names)
     return Support(spec, image, labels, names, source, detect_modality(image, spec.image, modality))
 
 
@@ -436,12 +426,13 @@ __all__ = [
     "extreme_points",
     "image_box",
     "label_of",
-    "load_support",
+    "make_support",
     "organ_volume_ml",
     "organ_voxels",
     "parse_support",
     "partial_supports",
     "read_label_names",
+    "read_local_text",
     "sidecar_paths",
     "slab_thickness",
 ]

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uae_ray.models.checkpoint import init_from_checkpoint, save_checkpoint
+from uae_ray.models.checkpoint import init_from_checkpoint, read_checkpoint, save_checkpoint
 from uae_ray.models.ops import upsample_aligned
 from uae_ray.models.registry import ARCHITECTURES, build_model
 from uae_ray.models.resnet_fpn import EmbeddingNet
@@ -757,7 +757,8 @@ def train(
     if out is not None:
         last = state.history[-1] if state.history else {}
         meta = {
-            "trained_on": [v.case_id for v in volumes],
+            "trained_on": sorted({v.case_id for v in volumes} | set(_init_trained_on(init))),
+            "init": str(init) if init is not None else "",
             "split": split or "",
             "cross_modal_pairs": [list(p.case_ids) for p in trainer.pairs],
             "command": command or "",
@@ -776,6 +777,13 @@ def train(
                                   "train_config": asdict(config)})
         logger.info("wrote %s (version %s) and %s", out, model.version, report)
     return model, state
+
+
+def _init_trained_on(init: str | Path | None) -> list[str]:
+    """Case ids the ``--init`` checkpoint was trained on (its lineage counts as seen data)."""
+    if init is None:
+        return []
+    return list(read_checkpoint(init).get("meta", {}).get("trained_on", []))
 
 
 #: TrainConfig fields settable on the command line (``--field-name``), with argparse options.
