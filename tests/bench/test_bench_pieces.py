@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from uae_ray.bench.baselines import affine_registration, transfer_points
 from uae_ray.bench.common import error_stats, format_table
-from uae_ray.bench.dataset import NON_ANATOMICAL, load_cases
+from uae_ray.data.cases import NON_ANATOMICAL, load_cases
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -34,7 +34,7 @@ def test_lesion_label_names():
 @needs_data
 @pytest.mark.data
 def test_follow_up_ground_truth_is_exact_and_lesions_are_real():
-    from uae_ray.bench.dataset import load_cases
+    from uae_ray.data.cases import load_cases
     from uae_ray.bench.tracking import make_pair
 
     case = next(c for c in load_cases(SHARED, modality="CT") if c.case_id == "pyradiomics_lung2")

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from uae_ray.bench.accuracy import part_cases, run_accuracy
 from uae_ray.bench.cross_patient import CaseEmbeddings, abstention_stats, crop_z, head_neck, pick_templates, view_status
-from uae_ray.bench.dataset import load_cases, whole_labels
+from uae_ray.data.cases import load_cases, whole_labels
 from uae_ray.split import SplitError, load_split
 
 

@@ -32,7 +32,7 @@ def test_track_needs_some_lesions(tmp_path):
 
 @pytest.fixture(scope="module")
 def followup(tmp_path_factory):
-    from uae_ray.bench.synthetic import synthetic_warp
+    from uae_ray.data.synthetic import synthetic_warp
     from uae_ray.volume import read_image, read_labels
 
     image = read_image(CASE / "image.nii.gz")

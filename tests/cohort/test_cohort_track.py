@@ -31,7 +31,7 @@ def test_pair_lesions_name_the_bad_input(tmp_path):
 @pytest.mark.stack
 @pytest.mark.data
 def test_cohort_track_over_the_stack(services, submit_job, shared_data, tmp_path):
-    from uae_ray.bench.synthetic import synthetic_warp
+    from uae_ray.data.synthetic import synthetic_warp
     from uae_ray.volume import read_image, read_labels
 
     folder = shared_data / "cases" / CASE

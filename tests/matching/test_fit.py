@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from uae_ray.matching.fit import fit_points, well_spread
-from uae_ray.train.augment import rotation_matrix
+from uae_ray.volume.rotation import rotation_matrix
 
 
 def _data(n: int = 60, outliers: float = 0.3, noise: float = 0.3, seed: int = 0):

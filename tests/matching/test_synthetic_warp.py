@@ -1,11 +1,11 @@
-"""Synthetic warps (uae_ray.bench.synthetic): exact inversion and consistency with the image."""
+"""Synthetic warps (uae_ray.data.synthetic): exact inversion and consistency with the image."""
 
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
 
-from uae_ray.bench.synthetic import synthetic_warp
+from uae_ray.data.synthetic import synthetic_warp
 from uae_ray.volume import Grid
 
 

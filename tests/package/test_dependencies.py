@@ -23,6 +23,12 @@ def test_library_does_not_import_the_cli() -> None:
     assert violations(module_files(), LIBRARY, ("uae_ray.commands", "uae_ray.cli")) == []
 
 
+def test_training_and_benchmarking_share_data_not_each_other() -> None:
+    files = module_files()
+    assert violations(files, ("uae_ray.train", "uae_ray.data"), ("uae_ray.bench",)) == []
+    assert violations(files, ("uae_ray.bench", "uae_ray.data"), ("uae_ray.train",)) == []
+
+
 def test_no_import_circles() -> None:
     assert cycles(graph()) == []
 

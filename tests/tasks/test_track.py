@@ -89,7 +89,7 @@ def real_case(shared_data: Path):
 
 @pytest.mark.data
 def test_tracks_the_real_gtv_under_a_known_warp(real_case):
-    from uae_ray.bench.synthetic import synthetic_warp
+    from uae_ray.data.synthetic import synthetic_warp
 
     image, gtv, _, tracker = real_case
     warp = synthetic_warp(image, seed=2, max_fov_crop=0.0)

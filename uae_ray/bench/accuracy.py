@@ -6,7 +6,7 @@ training cases is refused before anything runs. Templates may be train-side scan
 annotated template is a scan the model may have seen); targets never are.
 
 (a) Same-scan synthetic warps of the test CTs: every CT is warped (random affine + smooth
-    elastic warp + intensity change + field-of-view crop, :mod:`uae_ray.bench.synthetic`); the
+    elastic warp + intensity change + field-of-view crop, :mod:`uae_ray.data.synthetic`); the
     case's landmarks plus random points inside the body are matched from the original into the
     warp, where their true position is known exactly.
 (b) Cross-patient organ centroids between the earlier (non head-neck-cohort) CTs that share at
@@ -31,14 +31,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.baselines import BASELINE_LABELS, BASELINES, transfer_by_registration
-from uae_ray.bench.common import body_points, error_stats, format_table, machine_info, method_stats, write_json
+from uae_ray.bench.common import error_stats, format_table, machine_info, method_stats, write_json
 from uae_ray.bench.ct_mr import same_patient_part
 from uae_ray.bench.cross_patient import HEAD_NECK_PREFIX, CaseEmbeddings, abstention, head_neck, pick_templates
-from uae_ray.bench.dataset import MIN_SHARED, Case, load_cases
-from uae_ray.bench.synthetic import synthetic_warp
+from uae_ray.data.cases import MIN_SHARED, Case, load_cases
+from uae_ray.data.synthetic import synthetic_warp
 from uae_ray.matching import METHODS, EmbeddingMaps, Embedder, MatchResult, embed_image, find_points
 from uae_ray.split import DEFAULT_SPLIT, PatientSplit, check_unseen, load_split
 from uae_ray.volume import Grid
+from uae_ray.data.synthetic import body_points
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def cross_patient(
     landmarks; ``targets``: only pairs whose target is one of these case ids.
 
     ``overall_whole`` is part (b'): the same pairs restricted to the structures whole in both
-    fields of view (:attr:`~uae_ray.bench.dataset.Case.whole_structures`).
+    fields of view (:attr:`~uae_ray.data.cases.Case.whole_structures`).
     """
     with_lm = [c for c in cases if c.anatomical_landmarks() is not None]
     maps: dict[str, tuple[EmbeddingMaps, float]] = {}

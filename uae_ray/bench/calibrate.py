@@ -26,7 +26,7 @@ import numpy as np
 
 from uae_ray.bench.common import format_table, machine_info, write_json
 from uae_ray.bench.cross_patient import HEAD_NECK_PREFIX, CaseEmbeddings, abstention, pick_templates
-from uae_ray.bench.dataset import Case, load_cases
+from uae_ray.data.cases import Case, load_cases
 from uae_ray.matching import Embedder, FixedPointConfig
 from uae_ray.split import DEFAULT_SPLIT, load_split
 

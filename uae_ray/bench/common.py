@@ -47,28 +47,6 @@ def method_stats(err: np.ndarray, result: "MatchResult") -> dict[str, Any]:
     }
 
 
-def body_points(
-    image: sitk.Image, n: int, rng: np.random.Generator, level: float = -300.0, margin_frac: float = 0.1
-) -> np.ndarray:
-    """Samples ``n`` world points at voxels brighter than ``level`` (CT: HU; inside the body),
-    at least ``margin_frac`` of each axis (and one voxel) from the image border when
-    ``margin_frac > 0``.
-
-    Returns:
-        (n, 3) world points (LPS mm), or fewer if the body is small.
-    """
-    from uae_ray.volume import Grid
-
-    arr = sitk.GetArrayViewFromImage(image)  # z, y, x
-    margin = [max(1, int(margin_frac * s)) if margin_frac > 0 else 0 for s in arr.shape]
-    inner = arr[tuple(slice(m, s - m) for m, s in zip(margin, arr.shape))]
-    zyx = np.argwhere(inner > level)
-    if len(zyx) == 0:
-        return np.zeros((0, 3))
-    pick = zyx[rng.choice(len(zyx), size=min(n, len(zyx)), replace=False)] + np.array(margin)
-    return Grid.from_image(image).index_to_world(pick[:, ::-1].astype(float))
-
-
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:
     """Runs ``fn`` ``repeats`` times; returns the median and all wall times in seconds."""
     times = []

@@ -3,7 +3,7 @@
 (d) Head-neck: from each of ``n_templates`` train-side head-neck patients (``openkbp_pt<N>``;
     the ones with the most structures whole in the field of view, ties by case id) to every
     test-side head-neck patient, the centroids of the structures whole in both scans
-    (:attr:`~uae_ray.bench.dataset.Case.whole_structures`) are matched and compared with the
+    (:attr:`~uae_ray.data.cases.Case.whole_structures`) are matched and compared with the
     target's own centroids.
 Abstention: the same template points in the test targets cropped along z (every other target
     keeps its upper half, the others the lower half, so some structures leave the field of
@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 from uae_ray.bench.baselines import transfer_by_registration
 from uae_ray.bench.common import error_stats, method_stats
-from uae_ray.bench.dataset import Case
+from uae_ray.data.cases import Case
 from uae_ray.matching import EmbeddingMaps, Embedder, FixedPointConfig, embed_image, find_points
 
 logger = logging.getLogger(__name__)

@@ -3,14 +3,14 @@
 Same patient: for every patient with a CT and an MR in one physical frame (the STS pairs of
 ``../shared/data``; nominal ground truth = identity, curators' co-registration), the target
 scan is moved by a random rigid transform (up to 10 deg and 20 mm, no crop, no intensity
-change; :func:`uae_ray.bench.synthetic.synthetic_warp`) and points of the other scan are matched
+change; :func:`uae_ray.data.synthetic.synthetic_warp`) and points of the other scan are matched
 into it, both directions. Points: random points inside the body of the template that lie in
 the target's field of view, plus the template's landmarks. The truth is the rigid transform's
 inverse applied to the template point, so the residual co-registration error of the pair (a few
 mm, see the data README) is part of every method's error.
 
 Cross-patient: CT and MR cases of different patients that share at least
-:data:`~uae_ray.bench.dataset.MIN_SHARED` anatomical landmark names (organ centroids),
+:data:`~uae_ray.data.cases.MIN_SHARED` anatomical landmark names (organ centroids),
 both directions.
 
 The registration baselines (SimpleITK Mattes-MI rigid/affine, elastix affine and B-spline;
@@ -28,9 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.baselines import BASELINE_LABELS, transfer_by_registration
-from uae_ray.bench.common import body_points, error_stats, method_stats
-from uae_ray.bench.dataset import MIN_SHARED, Case
-from uae_ray.bench.synthetic import synthetic_warp
+from uae_ray.bench.common import error_stats, method_stats
+from uae_ray.data.cases import MIN_SHARED, Case
+from uae_ray.data.synthetic import body_points, synthetic_warp
 from uae_ray.matching import METHODS, Embedder, embed_image, find_points
 from uae_ray.volume import Grid
 

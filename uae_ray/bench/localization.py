@@ -2,7 +2,7 @@
 
 Every labelled case of one modality (CT by default; MR supports only for MR targets) is a
 target in turn. Its organs (labels with at least :data:`MIN_VOXELS` voxels, tumours and
-planning volumes excluded, see :data:`~uae_ray.bench.dataset.NON_ANATOMICAL`) that at least one
+planning volumes excluded, see :data:`~uae_ray.data.cases.NON_ANATOMICAL`) that at least one
 *other patient's* case also has are localized from those cases as supports: for k = 1 .. up
 to ``max_k`` supports, every k-subset of the available supports (at most ``max_subsets``,
 seeded, when there are more). Ground truth: the box of the target's own label voxels (equal to
@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from uae_ray.bench.common import format_table, machine_info, write_json
-from uae_ray.bench.dataset import NON_ANATOMICAL, Case, load_cases
+from uae_ray.data.cases import NON_ANATOMICAL, Case, load_cases
 from uae_ray.matching import Embedder, EmbeddingMaps, embed_image
 from uae_ray.tasks.localize import (
     CUT_POLICIES,

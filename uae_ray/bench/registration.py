@@ -15,7 +15,7 @@ Pairs (all on ``../shared/data``; seeded, so every run draws the same transforms
   ground truth, so of every method's error.
 
 The true fixed -> moving transform is ``S^-1``. TRE of a pair: the mean, over up to
-``n_points`` random body points of the fixed image (:func:`~uae_ray.bench.common.body_points`)
+``n_points`` random body points of the fixed image (:func:`~uae_ray.data.synthetic.body_points`)
 that lie in the overlap (their true position inside the moving field of view), of
 ``|T(p) - S^-1(p)|``. Success: TRE < 10 mm; a registration that raises counts as a failure.
 
@@ -40,12 +40,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.baselines import rigid_affine_registration
-from uae_ray.bench.common import body_points, format_table, machine_info, write_json
-from uae_ray.bench.dataset import Case, load_cases, measured_cases
+from uae_ray.bench.common import format_table, machine_info, write_json
+from uae_ray.data.cases import Case, load_cases, measured_cases
 from uae_ray.matching import Embedder
 from uae_ray.split import DEFAULT_SPLIT
 from uae_ray.tasks.register import Registrar, RegistrationError
 from uae_ray.volume import Grid
+from uae_ray.data.synthetic import body_points
 
 logger = logging.getLogger(__name__)
 

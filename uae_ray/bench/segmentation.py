@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.common import format_table, machine_info, write_json
-from uae_ray.bench.dataset import NON_ANATOMICAL, load_cases
+from uae_ray.data.cases import NON_ANATOMICAL, load_cases
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.common import format_table, machine_info, median_time, write_json
-from uae_ray.bench.common import body_points
-from uae_ray.bench.dataset import load_cases
+from uae_ray.data.cases import load_cases
 from uae_ray.matching import METHODS, Embedder, embed_image, find_points
 from uae_ray.volume import prepare_volume
+from uae_ray.data.synthetic import body_points
 
 logger = logging.getLogger(__name__)
 

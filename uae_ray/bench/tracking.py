@@ -10,7 +10,7 @@ For every CT of the curated cases (``../shared/data``) one pair is made:
   where a case has too few organs, points inside the body (CT > -300 HU). Centres are kept at
   least :data:`MIN_SEPARATION_MM` apart.
 * **follow-up**: the baseline deformed by an anatomical change ``D`` and then by a random
-  synthetic warp ``S`` (:func:`~uae_ray.bench.synthetic.synthetic_warp`: affine up to
+  synthetic warp ``S`` (:func:`~uae_ray.data.synthetic.synthetic_warp`: affine up to
   10 deg / 10 % / 20 mm, B-spline warp, intensity change and noise, field-of-view crop):
   ``F(q) = f(I(D(S(q))))``. ``D`` (a displacement field, pull-back convention
   ``D(y) = y + u(y)``) sums
@@ -25,7 +25,7 @@ For every CT of the curated cases (``../shared/data``) one pair is made:
 
   The ground truth of a baseline point ``p`` is exact: ``y = D^-1(p)`` (fixed-point
   iteration, residual < 0.01 mm) and then ``q = S^-1(y)``
-  (:meth:`~uae_ray.bench.synthetic.SyntheticWarp.to_warped`). Lesion centres are fixed points
+  (:meth:`~uae_ray.data.synthetic.SyntheticWarp.to_warped`). Lesion centres are fixed points
   of their own growth field, so growth changes the lesion's appearance, not its true centre.
 
 Methods (all on the same lesions and maps): ``nn``, ``fixed-point`` (centre only) and their
@@ -52,8 +52,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.bench.common import body_points, format_table, machine_info, write_json
-from uae_ray.bench.dataset import Case, load_cases, measured_cases
-from uae_ray.bench.synthetic import SyntheticWarp, synthetic_warp
+from uae_ray.data.cases import Case, load_cases, measured_cases
+from uae_ray.data.synthetic import SyntheticWarp, synthetic_warp
 from uae_ray.matching import Embedder, embed_image
 from uae_ray.split import DEFAULT_SPLIT
 from uae_ray.tasks.points_io import LesionPoints

@@ -10,7 +10,7 @@ logger = logging.getLogger(__name__)
 
 
 def _data_dir(arg: str | None) -> Path:
-    from uae_ray.bench.dataset import default_data_dir
+    from uae_ray.data.cases import default_data_dir
 
     path = Path(arg) if arg else default_data_dir()
     if path is None or not (path / "manifest.csv").is_file():

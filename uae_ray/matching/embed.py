@@ -68,6 +68,16 @@ class EmbeddingMaps:
         if self.semantic is not None and (self.semantic.ndim != 4 or self.semantic.shape[1:] != self.local.shape[1:]):
             raise ValueError(f"semantic map shape {self.semantic.shape} does not match the local map {self.local.shape}")
 
+    def in_view(self, points_world: np.ndarray) -> np.ndarray:
+        """(N,) True where a world point's (N, 3; LPS mm) nearest local-map voxel is valid
+        (inside the image's field of view)."""
+        idx = np.rint(self.local_grid.world_to_index(np.asarray(points_world, np.float64).reshape(-1, 3))).astype(int)
+        shape = np.array(self.valid.shape[::-1])  # x, y, z
+        ok = np.all((idx >= 0) & (idx < shape), axis=1)
+        out = np.zeros(len(idx), dtype=bool)
+        out[ok] = self.valid[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
+        return out
+
     @property
     def has_semantic(self) -> bool:
         """Whether the maps carry a semantic level."""

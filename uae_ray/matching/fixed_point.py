@@ -75,16 +75,6 @@ def _nn(matcher: Matcher, source: EmbeddingMaps, points: np.ndarray, centres: np
     return matcher.predict(source, points, centres, radius_mm)
 
 
-def _inside(maps: EmbeddingMaps, points: np.ndarray) -> np.ndarray:
-    """True where a world point's nearest local-map voxel is valid (inside the field of view)."""
-    idx = np.rint(maps.local_grid.world_to_index(points)).astype(int)  # x, y, z
-    shape = np.array(maps.valid.shape[::-1])
-    ok = np.all((idx >= 0) & (idx < shape), axis=1)
-    out = np.zeros(len(points), dtype=bool)
-    out[ok] = maps.valid[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
-    return out
-
-
 class FixedPointMatcher:
     """Fixed-point matching of template points into a target (both as embedding maps).
 
@@ -139,7 +129,7 @@ class FixedPointMatcher:
             (np.linalg.norm(a1 - p0, axis=1) <= tol)
             & (np.linalg.norm(a2 - a1, axis=1) <= tol)
             & (np.minimum(s1, s2) >= cfg.min_score)
-            & _inside(self.template, p0)
+            & self.template.in_view(p0)
         ).reshape(n, k)
         a1, b2, s2 = a1.reshape(n, k, 3), b2.reshape(n, k, 3), s2.reshape(n, k)
         out = b1.reshape(n, k, 3)[:, 0].copy()  # the query's own nearest neighbour
@@ -158,7 +148,7 @@ class FixedPointMatcher:
             kind = "affine" if m.sum() >= 8 and well_spread(src, 0.25 * cfg.radius_mm) else "translation"
             out[i] = fit_points(src, dst, kind=kind, scale_mm=tol)(q[i])[0]
             scores[i] = float(s2[i][m].mean())
-        found = (consistency >= cfg.min_consistent) & (scores >= cfg.min_found_score) & _inside(self.target, out)
+        found = (consistency >= cfg.min_consistent) & (scores >= cfg.min_found_score) & self.target.in_view(out)
         return MatchResult(points=out, scores=scores.astype(np.float32), found=found, consistency=consistency)
 
 

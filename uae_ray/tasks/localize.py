@@ -350,7 +350,7 @@ def estimate_organs(
         score = float(np.mean(fwd.scores[sl][use]))
         # Check: organ voxels carried into the target's view, matched back, must land on the organ.
         moved = mapped(vox[_sample_rows(len(vox), 4 * config.n_verify, rng)])
-        inside = _in_view(target_maps, moved)
+        inside = target_maps.in_view(moved)
         results.append((g, ext, score, moved[inside][: config.n_verify]))
     checks = [r[3] for r in results]
     verified = np.zeros(0)
@@ -366,16 +366,6 @@ def estimate_organs(
         found = bool(len(check) and share >= config.min_verified)
         chance = g.volume_ml / max(float(np.prod(image_box(support.image)[3:] - image_box(support.image)[:3])) / 1000.0, 1e-6)
         out[g.name] = SupportEstimate(support.name, ext, np.full(6, score), np.full(6, found), g.cut, share, chance)
-    return out
-
-
-def _in_view(maps: EmbeddingMaps, points: np.ndarray) -> np.ndarray:
-    """True where a world point's nearest local-map voxel is inside the image's field of view."""
-    idx = np.rint(maps.local_grid.world_to_index(points)).astype(int)
-    shape = np.array(maps.valid.shape[::-1])
-    ok = np.all((idx >= 0) & (idx < shape), axis=1)
-    out = np.zeros(len(points), dtype=bool)
-    out[ok] = maps.valid[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
     return out
 
 

@@ -346,16 +346,6 @@ def ransac_fit(
 # --------------------------------------------------------------------------- registration
 
 
-def _inside(maps: EmbeddingMaps, points: np.ndarray) -> np.ndarray:
-    """True where a world point's nearest local-map voxel is valid (inside the field of view)."""
-    idx = np.rint(maps.local_grid.world_to_index(points)).astype(int)
-    shape = np.array(maps.valid.shape[::-1])
-    ok = np.all((idx >= 0) & (idx < shape), axis=1)
-    out = np.zeros(len(points), dtype=bool)
-    out[ok] = maps.valid[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
-    return out
-
-
 @dataclass
 class Correspondences:
     """Fixed-space grid points and their found matches in the moving image.
@@ -533,7 +523,7 @@ def _result(
         n_inliers=int(inliers.sum()),
         inlier_fraction=float(inliers.mean()),
         residual_mm=float(np.median(residual[inliers])),
-        overlap_fraction=float(_inside(moving_maps, points @ matrix.T + offset).mean()) if len(points) else 0.0,
+        overlap_fraction=float(moving_maps.in_view(points @ matrix.T + offset).mean()) if len(points) else 0.0,
         refined=False,
         model_version=moving_maps.model_version,
         seconds=dict(seconds),

@@ -87,16 +87,6 @@ class TrackConfig:
     fixed_point: FixedPointConfig = field(default_factory=FixedPointConfig)
 
 
-def _inside_maps(maps: EmbeddingMaps, points: np.ndarray) -> np.ndarray:
-    """True where a world point's nearest local-map voxel lies inside the image's field of view."""
-    idx = np.rint(maps.local_grid.world_to_index(np.asarray(points).reshape(-1, 3))).astype(int)
-    shape = np.array(maps.valid.shape[::-1])
-    ok = np.all((idx >= 0) & (idx < shape), axis=1)
-    out = np.zeros(len(idx), dtype=bool)
-    out[ok] = maps.valid[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
-    return out
-
-
 def _farthest_points(points: np.ndarray, k: int, start: np.ndarray) -> np.ndarray:
     """``k`` of ``points`` spread out by farthest-point sampling, starting far from ``start``."""
     chosen: list[int] = []
@@ -195,7 +185,7 @@ def track_lesions(
         )
     n = len(lesions)
     xyz = lesions.xyz.reshape(-1, 3)
-    inside = baseline_grid.contains(xyz) if baseline_grid is not None else _inside_maps(baseline, xyz)
+    inside = baseline_grid.contains(xyz) if baseline_grid is not None else baseline.in_view(xyz)
     queries: list[np.ndarray] = []
     offsets: dict[int, np.ndarray] = {}
     for i in range(n):
@@ -203,7 +193,7 @@ def track_lesions(
             continue
         offs = vote_offsets(lesions, i, cfg)
         pts = xyz[i] + offs
-        keep = (baseline_grid.contains(pts) if baseline_grid is not None else _inside_maps(baseline, pts))
+        keep = (baseline_grid.contains(pts) if baseline_grid is not None else baseline.in_view(pts))
         keep[0] = True
         offsets[i] = offs[keep]
         queries.append(pts[keep])
@@ -231,7 +221,7 @@ def track_lesions(
         else:
             v = vote(c, offs, sub, cfg)
             p, score, consistency, n_votes = v["xyz"], v["score"], v["consistency"], v["votes"]
-            found = bool(consistency >= cfg.min_vote_fraction and _inside_maps(followup, p)[0])
+            found = bool(consistency >= cfg.min_vote_fraction and followup.in_view(p)[0])
         tracks.append(Track(name, float(p[0]), float(p[1]), float(p[2]), score, found,
                             float(c[0]), float(c[1]), float(c[2]), radius, consistency, n_votes))
     return tracks

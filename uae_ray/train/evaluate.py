@@ -1,6 +1,6 @@
 """Accuracy of an embedding checkpoint on synthetic warps of the CT cases of a data folder.
 
-For every CT case: warp it (:func:`uae_ray.bench.synthetic.synthetic_warp`, seeded by the
+For every CT case: warp it (:func:`uae_ray.data.synthetic.synthetic_warp`, seeded by the
 case id), pick ``n_points`` random body points (plus the case's ``landmarks.csv``) whose exact
 warped position lies inside the warped field of view, match them original -> warped with
 :func:`uae_ray.matching.nn.match_points` and report the radial errors (mm).
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from uae_ray.bench.synthetic import synthetic_warp
+from uae_ray.data.synthetic import body_points, synthetic_warp
 from uae_ray.matching.embed import Embedder, EmbeddingMaps, embed_image
 from uae_ray.matching.nn import match_points
 from uae_ray.serving.local import LocalEmbedder
@@ -61,20 +61,6 @@ def read_landmarks(path: Path) -> np.ndarray:
     return np.array([[float(r["x"]), float(r["y"]), float(r["z"])] for r in rows]).reshape(-1, 3)
 
 
-def body_points(image: sitk.Image, n: int, rng: np.random.Generator, margin_vox: int = 3) -> np.ndarray:
-    """``n`` random world points (N, 3) at voxels above :data:`POINT_HU`, away from the borders."""
-    arr = sitk.GetArrayViewFromImage(image)
-    mask = arr > POINT_HU
-    m = [min(margin_vox, s // 4) for s in arr.shape]
-    inner = np.zeros_like(mask)
-    inner[m[0] : arr.shape[0] - m[0], m[1] : arr.shape[1] - m[1], m[2] : arr.shape[2] - m[2]] = True
-    zyx = np.argwhere(mask & inner)
-    if len(zyx) == 0:
-        return np.zeros((0, 3))
-    pick = zyx[rng.choice(len(zyx), min(n, len(zyx)), replace=False)]
-    return Grid.from_image(image).index_to_world(pick[:, ::-1].astype(np.float64))
-
-
 def evaluate_case(
     case_id: str, image: sitk.Image, embedder: Embedder, landmarks: np.ndarray, n_points: int = 20, seed: int = 0
 ) -> CaseResult:
@@ -82,7 +68,7 @@ def evaluate_case(
     case_seed = zlib.crc32(case_id.encode()) + seed
     warp = synthetic_warp(image, seed=case_seed)
     rng = np.random.default_rng(case_seed)
-    pts = body_points(image, 4 * n_points, rng)
+    pts = body_points(image, 4 * n_points, rng, level=POINT_HU, margin_frac=0.0, margin_vox=3)
     gt = warp.to_warped(pts)
     keep = Grid.from_image(warp.image).contains(gt, margin_vox=-3.0)
     pts, gt = pts[keep][:n_points], gt[keep][:n_points]

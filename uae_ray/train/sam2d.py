@@ -238,7 +238,7 @@ def summarize(rows: list[dict[str, Any]], min_ml: float = 20.0) -> dict[str, dic
 
 def training_cases(data: str | Path, modalities: Sequence[str]) -> list[Any]:
     """The cases of ``data`` of ``modalities`` (labelled or not), sorted by id."""
-    from uae_ray.bench.dataset import load_cases
+    from uae_ray.data.cases import load_cases
 
     return [c for c in load_cases(data) if c.modality in {m.upper() for m in modalities}]
 

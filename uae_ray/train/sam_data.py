@@ -145,7 +145,7 @@ def pseudo_objects(image: np.ndarray, size: tuple[int, int], classes: int = 5, m
 
 def prepare_training_slices(cases: Sequence[Any], config: Sam2DConfig, margin: int = 3,
                             context_every: int = 0) -> SliceSet:
-    """Prepares the slices of ``cases`` (``bench.dataset.Case``; labelled or not), see module docstring."""
+    """Prepares the slices of ``cases`` (``uae_ray.data.cases.Case``; labelled or not), see module docstring."""
     import SimpleITK as sitk
 
     from uae_ray.tasks.segment import TargetSlices, orient

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from uae_ray.train.augment import rotation_matrix
+from uae_ray.volume import Grid
+
+from uae_ray.volume.rotation import rotation_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +210,24 @@ def synthetic_warp(
     if image.GetPixelID() != sitk.sitkFloat32:
         warped = sitk.Cast(sitk.Round(warped) if hasattr(sitk, "Round") else warped, image.GetPixelID())
     return SyntheticWarp(image=warped, transform=transform, params=params, _linear_inv=np.linalg.inv(matrix))
+
+
+def body_points(
+    image: sitk.Image, n: int, rng: np.random.Generator, level: float = -300.0, margin_frac: float = 0.1,
+    margin_vox: int = 0,
+) -> np.ndarray:
+    """Samples ``n`` world points at voxels brighter than ``level`` (CT: HU; inside the body),
+    at least ``margin_frac`` of each axis (and one voxel) from the image border when
+    ``margin_frac > 0``, else ``margin_vox`` voxels (at most a quarter of the axis).
+
+    Returns:
+        (n, 3) world points (LPS mm), or fewer if the body is small.
+    """
+    arr = sitk.GetArrayViewFromImage(image)  # z, y, x
+    margin = [max(1, int(margin_frac * s)) if margin_frac > 0 else min(margin_vox, s // 4) for s in arr.shape]
+    inner = arr[tuple(slice(m, s - m) for m, s in zip(margin, arr.shape))]
+    zyx = np.argwhere(inner > level)
+    if len(zyx) == 0:
+        return np.zeros((0, 3))
+    pick = zyx[rng.choice(len(zyx), size=min(n, len(zyx)), replace=False)] + np.array(margin)
+    return Grid.from_image(image).index_to_world(pick[:, ::-1].astype(float))
