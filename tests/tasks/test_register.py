@@ -85,7 +85,7 @@ def test_grid_points_keep_five_layers_on_a_slab():
 
 
 def test_second_pass_points_are_a_central_copy_of_the_grid_box():
-    from uae_ray.tasks.register import _central
+    from uae_ray.tasks.register.registrar import _central
 
     axes = [np.arange(0.0, 200.0, 10.0), np.arange(0.0, 100.0, 10.0), np.arange(0.0, 50.0, 10.0)]
     pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)  # a 200 x 100 x 50 mm grid
@@ -99,7 +99,7 @@ def test_second_pass_points_are_a_central_copy_of_the_grid_box():
 
 
 def test_second_pass_crop_is_sized_for_the_network_and_keeps_every_point():
-    from uae_ray.tasks.register import _resample_nan
+    from uae_ray.tasks.register.registrar import _resample_nan
 
     rng = np.random.default_rng(0)
     img = sitk.Image([100, 90, 40], sitk.sitkFloat32)
@@ -190,7 +190,7 @@ def _moved(fixed, angle_deg, translation, crop_z=0.0):
 
 
 def _tre(transform, truth, fixed, moving):
-    from uae_ray.bench.common import body_points
+    from uae_ray.data.synthetic import body_points
     from uae_ray.volume import Grid
 
     pts = body_points(fixed, 200, np.random.default_rng(0), margin_frac=0.0)

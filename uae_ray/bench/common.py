@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from uae_ray.atomic import write_text_atomic
 

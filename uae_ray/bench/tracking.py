@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from uae_ray.bench.common import body_points, format_table, machine_info, write_json
+from uae_ray.bench.common import format_table, machine_info, write_json
+from uae_ray.data.synthetic import body_points
 from uae_ray.data.cases import Case, load_cases, measured_cases
 from uae_ray.data.synthetic import SyntheticWarp, synthetic_warp
 from uae_ray.matching import Embedder, embed_image

@@ -82,6 +82,27 @@ def pending_scans(scans: list[ScanRef], manifest: Manifest, model_version: str, 
     return [s for s in scans if s.scan_id not in done]
 
 
+def embed_scans(scans: list[ScanRef], embeddings: str, model_version: str, triton_url: str | None,
+                checkpoint: str | None, ray_address: str | None) -> tuple[set[str], Manifest, int]:
+    """Embeds the scans that lack stored embeddings of ``model_version`` (``cohort embed``'s
+    task, its manifest under ``embeddings``).
+
+    Returns:
+        ``(ids of the scans that have them now, the embed manifest, number embedded now)``.
+    """
+    embed_manifest = Manifest(join(embeddings, EMBED_MANIFEST))
+    embedded = embed_manifest.done_ids(model_version)
+    to_embed = [s for s in scans if s.scan_id not in embedded]
+    if to_embed:
+        init_ray(ray_address)
+        logger.info("embedding %d of %d scans without stored embeddings first", len(to_embed), len(scans))
+        embed_settings = EmbedSettings(embeddings, embed_manifest.uri, triton_url, checkpoint, worker_env())
+        fan_out(embed_scan, to_embed, (embed_settings,), add_record(embed_manifest), "cohort embed")
+        embed_manifest.save()
+        embedded = embed_manifest.done_ids(model_version)
+    return set(embedded), embed_manifest, len(to_embed)
+
+
 def run_cohort_embed(
     archive: str,
     out: str,

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from uae_ray.cohort.embed import EMBED_MANIFEST, EmbedSettings, add_record, embed_scan, pending_scans, persist_record
+from uae_ray.cohort.embed import add_record, embed_scans, pending_scans, persist_record
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps, write_maps
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
-from uae_ray.storage import DETECTIONS, Manifest, ScanRef, discover_scans, join, read_table, write_table_atomic
+from uae_ray.storage import DETECTIONS, Manifest, ScanRef, discover_scans, join, read_files, write_table_atomic
 from uae_ray.storage.images import read_image_uri
 from uae_ray.tasks.points_io import NamedPoints, read_points_csv
 
@@ -154,15 +154,9 @@ def run_cohort_landmarks(
     logger.info("cohort landmarks: %d points, %d scans, model %s", len(points), len(scans), query.model_version)
     summary: dict[str, Any] = {"scans": len(scans), "points": len(points), "model_version": query.model_version}
 
-    embed_manifest = Manifest(join(embeddings, EMBED_MANIFEST))
-    to_embed = pending_scans(scans, embed_manifest, query.model_version, force=False)
-    if to_embed:
-        init_ray(ray_address)
-        logger.info("embedding %d scans without stored embeddings first", len(to_embed))
-        settings = EmbedSettings(embeddings, embed_manifest.uri, triton_url, checkpoint, worker_env())
-        fan_out(embed_scan, to_embed, (settings,), add_record(embed_manifest), "cohort embed")
-        embed_manifest.save()
-    embedded = embed_manifest.done_ids(query.model_version)
+    embedded, embed_manifest, n_embedded = embed_scans(scans, embeddings, query.model_version, triton_url, checkpoint,
+                                                       ray_address)
+    summary["scans_embedded"] = n_embedded
     failed_embed = [s for s in scans if s.scan_id not in embedded]
 
     manifest = Manifest(join(out, LANDMARKS_MANIFEST))
@@ -181,8 +175,8 @@ def run_cohort_landmarks(
     manifest.save()
 
     done = manifest.done_ids(job_version)
-    parts = [read_table(part_uri(out, s.scan_id)) for s in scans if s.scan_id in done]
-    table = pa.concat_tables(parts) if parts else DETECTIONS.empty_table()
+    parts = [part_uri(out, s.scan_id) for s in scans if s.scan_id in done]
+    table = read_files(parts, DETECTIONS)
     detections = join(out, "landmarks", "detections.parquet")
     write_table_atomic(table, detections)
     summary.update(done=len(parts), failed=len(scans) - len(parts), detections_uri=detections, rows=table.num_rows)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from uae_ray.cohort.embed import EMBED_MANIFEST, EmbedSettings, add_record, embed_scan
+from uae_ray.cohort.embed import embed_scans
 from uae_ray.cohort.pairs import ScanPair
-from uae_ray.cohort.runner import fan_out, init_ray, worker_env
-from uae_ray.storage import Manifest, ScanRef, basename, join
+from uae_ray.storage import ScanRef, basename
 from uae_ray.storage.images import is_image_name
 
 logger = logging.getLogger(__name__)
@@ -45,17 +44,8 @@ def embed_missing(
     Returns:
         ``(ready pairs, [(failed pair, one-line error)], number of scans embedded now)``.
     """
-    scans = scan_refs(pairs)
-    embed_manifest = Manifest(join(embeddings, EMBED_MANIFEST))
-    embedded = embed_manifest.done_ids(model_version)
-    to_embed = [s for s in scans if s.scan_id not in embedded]
-    if to_embed:
-        init_ray(ray_address)
-        logger.info("embedding %d of %d scans without stored embeddings first", len(to_embed), len(scans))
-        embed_settings = EmbedSettings(embeddings, embed_manifest.uri, triton_url, checkpoint, worker_env())
-        fan_out(embed_scan, to_embed, (embed_settings,), add_record(embed_manifest), "cohort embed")
-        embed_manifest.save()
-        embedded = embed_manifest.done_ids(model_version)
+    embedded, embed_manifest, n_embedded = embed_scans(scan_refs(pairs), embeddings, model_version, triton_url,
+                                                       checkpoint, ray_address)
     ready: list[ScanPair] = []
     failed: list[tuple[ScanPair, str]] = []
     for p in pairs:
@@ -67,4 +57,4 @@ def embed_missing(
         previous = embed_manifest.get(sid)
         error = previous.error if previous and previous.error else "no embeddings"
         failed.append((p, f"{role} embedding failed: {error}"))
-    return ready, failed, len(to_embed)
+    return ready, failed, n_embedded

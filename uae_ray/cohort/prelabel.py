@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from uae_ray.cohort.embed import add_record, pending_scans, persist_record
-from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
+from uae_ray.cohort.runner import apply_worker_env, fan_out_actors, init_ray, one_line, worker_env
 from uae_ray.storage import (
     Manifest,
     ScanRef,
@@ -203,32 +203,32 @@ class _AlreadyReported(logging.Filter):
         return not (record.levelno == logging.WARNING and record.getMessage().startswith(self.prefixes))
 
 
-_MODELS: dict[tuple, tuple] = {}
+class PrelabelWorker:
+    """A Ray actor of ``cohort prelabel``: loads the job's segmenter and localizer once, then
+    pre-labels scans one at a time (:meth:`run`)."""
 
-
-def _models(settings: PrelabelSettings) -> tuple:
-    """``(segmenter, localizer factory)`` of the job, made once per worker process (Ray reuses
-    workers across tasks)."""
-    key = (settings.version, settings.triton_url, settings.checkpoint, settings.medlam_checkpoint,
-           settings.sam_checkpoint, settings.sam_kind)
-    state = _MODELS.get(key)
-    if state is None:
+    def __init__(self, settings: PrelabelSettings) -> None:
         from uae_ray.api.models import make_localizer_factory, make_segmenter
 
-        segmenter = make_segmenter(settings.triton_url, settings.sam_checkpoint, settings.sam_kind)
-        if segmenter.version != settings.sam_version:
-            raise ValueError(f"segment-anything model {segmenter.version} in the worker, {settings.sam_version} "
-                             "on the driver (did the server's model change?)")
-        factory = make_localizer_factory(settings.method, settings.triton_url, settings.checkpoint,
-                                         settings.medlam_checkpoint, settings.embedding_mode,
-                                         support_maps=settings.support_maps)
-        quiet = logging.getLogger("uae_ray.tasks.localize")
-        for f in [f for f in quiet.filters if isinstance(f, _AlreadyReported)]:
-            quiet.removeFilter(f)
-        quiet.addFilter(_AlreadyReported([f"{labels}: " for labels in settings.reported]))
-        _MODELS.clear()
-        state = _MODELS[key] = (segmenter, factory)
-    return state
+        apply_worker_env(settings.env)
+        self.settings = settings
+        self.segmenter = make_segmenter(settings.triton_url, settings.sam_checkpoint, settings.sam_kind)
+        self.factory = make_localizer_factory(settings.method, settings.triton_url, settings.checkpoint,
+                                              settings.medlam_checkpoint, settings.embedding_mode,
+                                              support_maps=settings.support_maps)
+        # the driver already named the support label files with problems: not once per scan again
+        quiet = _AlreadyReported([f"{labels}: " for labels in settings.reported])
+        for name in ("uae_ray.tasks.localize.embedding", "uae_ray.tasks.localize.medlam"):
+            logging.getLogger(name).addFilter(quiet)
+
+    def run(self, scan: ScanRef) -> dict[str, Any]:
+        """:func:`prelabel_scan` with this actor's models."""
+        if self.segmenter.version != self.settings.sam_version:
+            record = {"scan_id": scan.scan_id, "uri": scan.uri, "status": STATUS_ERROR,
+                      "error": f"segment-anything model {self.segmenter.version} in the worker, "
+                               f"{self.settings.sam_version} on the driver (did the server's model change?)"}
+            return persist_record(self.settings.manifest, record)
+        return prelabel_scan(scan, self.settings, (self.segmenter, self.factory))
 
 
 def write_qc_images(out: str, scan_id: str, image, modality: str, result) -> int:
@@ -250,9 +250,10 @@ def write_qc_images(out: str, scan_id: str, image, modality: str, result) -> int
     return n
 
 
-def prelabel_scan(scan: ScanRef, settings: PrelabelSettings) -> dict[str, Any]:
-    """Localizes and segments the organs in one scan; writes its label map, part table, QC
-    images and (``settings.dicom_seg``) DICOM SEG. Never raises: returns a manifest record."""
+def prelabel_scan(scan: ScanRef, settings: PrelabelSettings, models: tuple) -> dict[str, Any]:
+    """Localizes and segments the organs in one scan with ``models`` ``(segmenter, localizer
+    factory)``; writes its label map, part table, QC images and (``settings.dicom_seg``) DICOM
+    SEG. Never raises: returns a manifest record."""
     apply_worker_env(settings.env)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"scan_id": scan.scan_id, "uri": scan.uri}
@@ -260,9 +261,9 @@ def prelabel_scan(scan: ScanRef, settings: PrelabelSettings) -> dict[str, Any]:
         from uae_ray.storage.images import with_local_copy
 
         if settings.dicom_seg and scan.kind == "dicom":  # one download serves the image and the SEG's references
-            mask_uri, rows = with_local_copy(scan.uri, lambda local: _prelabel(scan, local, settings))
+            mask_uri, rows = with_local_copy(scan.uri, lambda local: _prelabel(scan, local, settings, models))
         else:
-            mask_uri, rows = _prelabel(scan, scan.uri, settings)
+            mask_uri, rows = _prelabel(scan, scan.uri, settings, models)
         record.update(status=STATUS_OK, model_version=settings.version, output_uri=mask_uri, n_bytes=size(mask_uri))
         marked = [r for r in rows if r["status"] != "ok"]
         if marked:  # the scan is done; its marked organs are rows with a status and message
@@ -273,7 +274,7 @@ def prelabel_scan(scan: ScanRef, settings: PrelabelSettings) -> dict[str, Any]:
     return persist_record(settings.manifest, record)
 
 
-def _prelabel(scan: ScanRef, source: str, settings: PrelabelSettings) -> tuple[str, list[dict]]:
+def _prelabel(scan: ScanRef, source: str, settings: PrelabelSettings, models: tuple) -> tuple[str, list[dict]]:
     """The work of :func:`prelabel_scan` on ``source`` (the scan's URI or a local copy of it);
     returns the label map's URI and the scan's rows."""
     from uae_ray.storage.images import read_image_uri
@@ -281,7 +282,7 @@ def _prelabel(scan: ScanRef, source: str, settings: PrelabelSettings) -> tuple[s
     from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts
     from uae_ray.volume import detect_modality
 
-    segmenter, factory = _models(settings)
+    segmenter, factory = models
     image = read_image_uri(source)
     modality = detect_modality(image, scan.uri, settings.modality)
     prepared = TargetSlices(image, modality, segmenter.config)
@@ -463,7 +464,7 @@ def run_cohort_prelabel(
     }
     if todo:
         init_ray(ray_address)
-        fan_out(prelabel_scan, todo, (settings,), add_record(manifest), "cohort prelabel")
+        fan_out_actors(PrelabelWorker, (settings,), todo, add_record(manifest), "cohort prelabel")
     manifest.save()
 
     done = manifest.done_ids(settings.version)

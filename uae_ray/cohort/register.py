@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from uae_ray.cohort.embed import add_record, persist_record
+from uae_ray.cohort.embed import persist_record
+from uae_ray.cohort.job import PairJob, run_pair_job
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps
-from uae_ray.cohort.pair_embeddings import embed_missing
 from uae_ray.cohort.pairs import PairsError, ScanPair, load_pairs
-from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
+from uae_ray.cohort.runner import apply_worker_env, one_line, worker_env
 from uae_ray.serving import get_embedder
-from uae_ray.storage import Manifest, ScanRef, basename, join, read_table, write_bytes_atomic, write_table_atomic
+from uae_ray.storage import ScanRef, basename, join, write_bytes_atomic, write_table_atomic
 from uae_ray.storage.images import SCAN_ID_HEX, is_image_name
-from uae_ray.storage.schemas import STATUS_OK, TRANSFORMS
+from uae_ray.storage.schemas import TRANSFORMS
 from uae_ray.storage.uri import uri_hash
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def tfm_uri(out: str, pair_id: str) -> str:
 
 
 def part_uri(out: str, pair_id: str) -> str:
-    return join(out, "transforms", "parts", f"{pair_id}.parquet")
+    return REGISTER_JOB.part_uri(out, pair_id)
 
 
 def pair_version(settings: RegisterSettings, pair: ScanPair) -> str:
@@ -199,16 +199,6 @@ def register_pair(pair: ScanPair, settings: RegisterSettings) -> dict[str, Any]:
     return persist_record(settings.manifest, record)
 
 
-def _done(manifest: Manifest, pair: ScanPair, settings: RegisterSettings) -> bool:
-    rec = manifest.get(pair.pair_id)
-    if rec is None or rec.status != STATUS_OK:
-        return False
-    try:
-        return rec.model_version == pair_version(settings, pair)
-    except ValueError:
-        return False
-
-
 def run_cohort_register(
     pairs_csv: str | None,
     out: str,
@@ -249,26 +239,15 @@ def run_cohort_register(
     logger.info("cohort register: %d pairs, %s, model %s", len(pairs), settings.label, model_version)
     summary: dict[str, Any] = {"pairs": len(pairs), "transform": settings.label, "model_version": model_version}
 
-    ready, failed, n_embedded = embed_missing(pairs, embeddings, model_version, triton_url, checkpoint,
-                                              ray_address, ("fixed", "moving"))
-    summary["scans_embedded"] = n_embedded
-    manifest = Manifest(settings.manifest)
-    for p, error in failed:
-        manifest.record(p.pair_id, p.uri, "error", error, f"{model_version}|{settings.label}")
-    todo = [p for p in ready if force or not _done(manifest, p, settings)]
-    summary["skipped"] = len(ready) - len(todo)
-    if todo:
-        init_ray(ray_address)
-        fan_out(register_pair, todo, (settings,), add_record(manifest), "cohort register")
-    manifest.save()
-
-    done = [p for p in pairs if _done(manifest, p, settings)]
-    parts = [read_table(part_uri(out, p.pair_id)) for p in done]
-    table = pa.concat_tables(parts) if parts else TRANSFORMS.empty_table()
-    table_uri = join(out, "transforms", "transforms.parquet")
-    write_table_atomic(table, table_uri)
-    summary.update(done=len(done), failed=len(pairs) - len(done), transforms_uri=table_uri, rows=table.num_rows)
+    job_summary, _ = run_pair_job(REGISTER_JOB, pairs, settings, settings.manifest, out, embeddings, model_version,
+                                  triton_url, checkpoint, ray_address, force)
+    summary.update(job_summary)
+    summary["transforms_uri"] = summary.pop("table_uri")
     return summary
+
+
+#: ``cohort register`` on the pair-job skeleton.
+REGISTER_JOB = PairJob("cohort register", "transforms", TRANSFORMS, ("fixed", "moving"), register_pair, pair_version)
 
 
 __all__ = ["REGISTER_MANIFEST", "RegisterSettings", "check_same_patient", "register_pair", "run_cohort_register",

@@ -73,6 +73,39 @@ def init_ray(address: str | None) -> None:
     ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True)
 
 
+def _drain(items: Sequence[Any], submit: Callable[[Any], Any], release: Callable[[Any, bool], None],
+           on_result: Callable[[dict[str, Any]], None], label: str, max_in_flight: int) -> Progress:
+    """The driver loop shared by tasks and actors: keep at most ``max_in_flight`` calls
+    running (``submit(item) -> ObjectRef``), hand each finished record to ``on_result``; a call
+    that died becomes an error record (``release(ref, died)`` is told, e.g. to replace an actor)."""
+    import ray
+
+    progress = Progress(len(items), label)
+    pending: dict[Any, Any] = {}
+    queue = list(items)
+    while queue or pending:
+        while queue and len(pending) < max_in_flight:
+            item = queue.pop(0)
+            pending[submit(item)] = item
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=30.0)
+        for ref in ready:
+            item = pending.pop(ref)
+            died = False
+            try:
+                record = ray.get(ref)
+            except Exception as e:  # the task / actor itself died; the scan is recorded as failed
+                died = True
+                record = {"scan_id": getattr(item, "scan_id", str(item)), "uri": getattr(item, "uri", ""),
+                          "status": "error", "error": f"task failed: {one_line(e)}"}
+            release(ref, died)
+            progress.update(record.get("status") == "ok")
+            if record.get("status") != "ok":
+                where, error = record.get("uri") or record.get("scan_id"), str(record.get("error"))
+                logger.error("%s", error if error.startswith(str(where)) else f"{where}: {error}")
+            on_result(record)
+    return progress
+
+
 def fan_out(
     fn: Callable[..., dict[str, Any]],
     items: Sequence[Any],
@@ -91,24 +124,55 @@ def fan_out(
 
     remote = ray.remote(num_cpus=num_cpus, max_retries=1)(fn)
     shared = [ray.put(a) for a in args]
-    progress = Progress(len(items), label)
-    pending: dict[Any, Any] = {}
-    queue = list(items)
-    while queue or pending:
-        while queue and len(pending) < max_in_flight:
-            item = queue.pop(0)
-            pending[remote.remote(item, *shared)] = item
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=30.0)
-        for ref in ready:
-            item = pending.pop(ref)
-            try:
-                record = ray.get(ref)
-            except Exception as e:  # the task itself died; the scan is recorded as failed
-                record = {"scan_id": getattr(item, "scan_id", str(item)), "uri": getattr(item, "uri", ""),
-                          "status": "error", "error": f"task failed: {one_line(e)}"}
-            progress.update(record.get("status") == "ok")
-            if record.get("status") != "ok":
-                where, error = record.get("uri") or record.get("scan_id"), str(record.get("error"))
-                logger.error("%s", error if error.startswith(str(where)) else f"{where}: {error}")
-            on_result(record)
-    return progress
+    return _drain(items, lambda item: remote.remote(item, *shared), lambda ref, died: None, on_result, label,
+                  max_in_flight)
+
+
+def fan_out_actors(
+    worker: type,
+    worker_args: tuple,
+    items: Sequence[Any],
+    on_result: Callable[[dict[str, Any]], None],
+    label: str,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    n_actors: int | None = None,
+) -> Progress:
+    """Runs ``worker(*worker_args).run(item)`` on a pool of Ray actors: each actor loads its
+    models once (in ``__init__``) and serves many items, one at a time. ``run`` must catch its
+    own per-scan errors and return a record; an actor that dies is replaced and its item
+    recorded as failed.
+
+    Args:
+        num_cpus, num_gpus: Resources each actor holds (``num_gpus`` > 0 where the models run
+            in-process on a GPU).
+        n_actors: Pool size; default: as many as the cluster's free CPUs allow (at most one per item).
+    """
+    import ray
+
+    actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(worker)
+    if n_actors is None:
+        n_actors = max(1, int(ray.available_resources().get("CPU", 1.0) // max(num_cpus, 1e-9)))
+    n_actors = max(1, min(n_actors, len(items)))
+    shared = [ray.put(a) for a in worker_args]
+    free = [actor_cls.remote(*shared) for _ in range(n_actors)]
+    owner: dict[Any, Any] = {}
+
+    def submit(item: Any) -> Any:
+        actor = free.pop()
+        ref = actor.run.remote(item)
+        owner[ref] = actor
+        return ref
+
+    def release(ref: Any, died: bool) -> None:
+        actor = owner.pop(ref)
+        if died:
+            ray.kill(actor, no_restart=True)
+            actor = actor_cls.remote(*shared)
+        free.append(actor)
+
+    try:
+        return _drain(items, submit, release, on_result, label, n_actors)
+    finally:
+        for actor in free + list(owner.values()):
+            ray.kill(actor, no_restart=True)

@@ -27,24 +27,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from uae_ray.cohort.embed import add_record, persist_record
+from uae_ray.cohort.embed import persist_record
+from uae_ray.cohort.job import PairJob, run_pair_job
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps
-from uae_ray.cohort.pair_embeddings import embed_missing
 from uae_ray.cohort.pairs import ScanPair, load_pairs
-from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
+from uae_ray.cohort.runner import apply_worker_env, one_line, worker_env
 from uae_ray.serving import get_embedder
 from uae_ray.storage import (
-    Manifest,
     basename,
     exists,
     join,
     parent,
     read_bytes,
-    read_table,
     write_table_atomic,
 )
 from uae_ray.storage.images import is_image_name, read_labels_uri
-from uae_ray.storage.schemas import STATUS_OK, TRACKS
+from uae_ray.storage.schemas import TRACKS
 from uae_ray.storage.uri import uri_hash
 
 if TYPE_CHECKING:
@@ -76,7 +74,7 @@ class TrackSettings:
 
 
 def part_uri(out: str, pair_id: str) -> str:
-    return join(out, "tracks", "parts", f"{pair_id}.parquet")
+    return TRACK_JOB.part_uri(out, pair_id)
 
 
 def lesion_inputs(pair: ScanPair) -> tuple[str | None, str | None]:
@@ -226,30 +224,14 @@ def run_cohort_track(
     logger.info("cohort track: %d pairs, method %s, model %s", len(pairs), settings.method_label, model_version)
     summary: dict[str, Any] = {"pairs": len(pairs), "method": settings.method_label, "model_version": model_version}
 
-    ready, failed, n_embedded = embed_missing(pairs, embeddings, model_version, triton_url, checkpoint,
-                                              ray_address, ("baseline", "follow-up"))
-    summary["scans_embedded"] = n_embedded
-    manifest = Manifest(settings.manifest)
-    for p, error in failed:
-        manifest.record(p.pair_id, p.uri, "error", error, pair_version(settings, p))
-    todo = [p for p in ready if force or not _done(manifest, p, settings)]
-    summary["skipped"] = len(ready) - len(todo)
-    if todo:
-        init_ray(ray_address)
-        fan_out(track_pair, todo, (settings,), add_record(manifest), "cohort track")
-    manifest.save()
-
-    done = [p for p in pairs if _done(manifest, p, settings)]
-    parts = [read_table(part_uri(out, p.pair_id)) for p in done]
-    table = pa.concat_tables(parts) if parts else TRACKS.empty_table()
-    tracks_uri = join(out, "tracks", "tracks.parquet")
-    write_table_atomic(table, tracks_uri)
+    job_summary, table = run_pair_job(TRACK_JOB, pairs, settings, settings.manifest, out, embeddings, model_version,
+                                      triton_url, checkpoint, ray_address, force)
+    summary.update(job_summary)
     n_found = int(np.sum(table.column("found").to_numpy(zero_copy_only=False))) if table.num_rows else 0
-    summary.update(done=len(done), failed=len(pairs) - len(done), tracks_uri=tracks_uri, rows=table.num_rows,
-                   found=n_found)
+    summary.update(tracks_uri=summary.pop("table_uri"), found=n_found)
     return summary
 
 
-def _done(manifest: Manifest, pair: ScanPair, settings: TrackSettings) -> bool:
-    rec = manifest.get(pair.pair_id)
-    return rec is not None and rec.status == STATUS_OK and rec.model_version == pair_version(settings, pair)
+#: ``cohort track`` on the pair-job skeleton.
+TRACK_JOB = PairJob("cohort track", "tracks", TRACKS, ("baseline", "follow-up"), track_pair, pair_version)
+

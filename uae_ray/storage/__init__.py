@@ -37,6 +37,7 @@ from uae_ray.storage.objects import (
 )
 from uae_ray.storage.parquet import (
     read_dataset,
+    read_files,
     read_embeddings,
     read_table,
     write_embeddings,
@@ -82,6 +83,7 @@ __all__ = [
     "parse_s3",
     "read_bytes",
     "read_dataset",
+    "read_files",
     "read_embeddings",
     "read_image_uri",
     "read_labels_uri",

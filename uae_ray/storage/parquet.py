@@ -162,6 +162,17 @@ def read_dataset(
     return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
 
 
+def read_files(uris: Sequence[str], schema: pa.Schema) -> pa.Table:
+    """Read the given Parquet files (all on one filesystem) as one table in one Arrow dataset
+    scan (files read in parallel); ``schema``: the table's schema, also when ``uris`` is empty."""
+    import pyarrow.dataset as ds
+
+    if not uris:
+        return schema.empty_table()
+    fs, _ = filesystem_for(uris[0])
+    return ds.dataset([filesystem_for(u)[1] for u in uris], filesystem=fs, format="parquet", schema=schema).to_table()
+
+
 def write_embeddings(
     uri: str | os.PathLike[str],
     maps: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]],
