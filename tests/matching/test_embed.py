@@ -32,8 +32,11 @@ def _image() -> sitk.Image:
     return img
 
 
-def test_protocol() -> None:
-    assert isinstance(_ConstEmbedder(), Embedder)
+def test_the_real_embedders_meet_the_protocol() -> None:
+    """The in-process embedder (and so every caller typed on :class:`Embedder`) keeps the protocol."""
+    from uae_ray.serving.local import LocalEmbedder
+
+    assert isinstance(LocalEmbedder(), Embedder) and not isinstance(object(), Embedder)
 
 
 def test_embed_image_grids() -> None:

@@ -36,8 +36,10 @@ class BoxNet:
         return out, np.ones(len(boxes), np.float32)
 
 
-def test_box_net_is_a_slice_segmenter():
-    assert isinstance(BoxNet(), SliceSegmenter)
+def test_the_in_process_segmenter_meets_the_protocol():
+    from uae_ray.tasks.segment import LocalSliceSegmenter
+
+    assert isinstance(LocalSliceSegmenter(), SliceSegmenter) and not isinstance(object(), SliceSegmenter)
 
 
 @pytest.mark.data
