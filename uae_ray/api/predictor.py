@@ -23,6 +23,8 @@ from uae_ray.api.inputs import read_image
 from uae_ray.api.models import get_embedder
 from uae_ray.matching import DEFAULT_METHOD, EmbeddingMaps, Embedder, MatchResult, embed_image, find_points
 from uae_ray.matching.nn import sample_embeddings
+from uae_ray.tasks.landmarks import check_points_inside
+from uae_ray.tasks.points_io import NamedPoints
 from uae_ray.volume import detect_modality
 
 ImageInput = sitk.Image | str | os.PathLike
@@ -59,11 +61,7 @@ class EmbeddedScan:
             ValueError: a point outside this scan, or maps of different models.
         """
         pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
-        outside = ~_inside_image(self.image, pts)
-        if outside.any():
-            i = int(np.flatnonzero(outside)[0])
-            raise ValueError(f"point {i} {pts[i].round(1).tolist()} (LPS mm) lies outside the scan it is given in "
-                             f"({int(outside.sum())} of {len(pts)} outside)")
+        check_points_inside(NamedPoints(tuple(f"point {i}" for i in range(len(pts))), pts), self.image, "template")
         if target.model_version != self.model_version:
             raise ValueError(f"maps of different models: {self.model_version} vs {target.model_version}")
         return find_points(self.maps, pts, target.maps, method)
@@ -77,13 +75,6 @@ class EmbeddedScan:
             return {"local": local, "global": global_, "semantic": semantic}
         local, global_ = sample_embeddings(self.maps, pts)
         return {"local": local, "global": global_}
-
-
-def _inside_image(image: sitk.Image, points: np.ndarray) -> np.ndarray:
-    """(N,) True where a world point lies within half a voxel of the image's voxel grid."""
-    size = np.array(image.GetSize(), dtype=np.float64)
-    idx = np.array([image.TransformPhysicalPointToContinuousIndex(p.tolist()) for p in points]).reshape(-1, 3)
-    return np.all((idx >= -0.5) & (idx <= size - 0.5), axis=1)
 
 
 class UAE:
