@@ -24,6 +24,8 @@ import pytest
 from uae_ray.stack import StackConfig, StackError, client_env, ensure_credentials, stack_down, stack_up
 from uae_ray.stack.process import free_port
 
+from tests.shared import require_data
+
 logger = logging.getLogger(__name__)
 
 # Ray reads these when it is first imported (test modules import it at collection time), and a
@@ -33,7 +35,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,9 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the repository root (skips the test when it is absent)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data not found")
-    return SHARED_DATA
+    return require_data()
 
 
 def make_free_port_config(run_dir: Path, checkpoint: Path | None = None) -> StackConfig:

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +6,8 @@ import SimpleITK as sitk
 from uae_ray.bench.baselines import affine_registration, transfer_points
 from uae_ray.bench.common import error_stats, format_table
 from uae_ray.data.cases import NON_ANATOMICAL, load_cases
+from tests.shared import SHARED_DATA, needs_shared_data
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def test_error_stats():
@@ -43,9 +42,9 @@ def test_affine_baseline_recovers_a_translation():
     np.testing.assert_allclose(transfer_points(transform, p_moving), p_fixed, atol=1.5)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not found")
+@needs_shared_data
 def test_cases_and_anatomical_landmarks():
-    cases = load_cases(SHARED, modality="CT")
+    cases = load_cases(SHARED_DATA, modality="CT")
     assert cases and all(c.modality == "CT" for c in cases)
     by_id = {c.case_id: c for c in cases}
     lm = by_id["nsclc_lung1_001"].anatomical_landmarks()
@@ -55,12 +54,12 @@ def test_cases_and_anatomical_landmarks():
 
 @pytest.mark.data
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not found")
+@needs_shared_data
 def test_synthetic_warps_measure_every_method_on_the_same_points():
     from uae_ray.bench.accuracy import accuracy_table, synthetic_warps
     from uae_ray.serving.local import LocalEmbedder
 
-    cases = [c for c in load_cases(SHARED, modality="CT") if c.case_id == "sts_001_ct"]
+    cases = [c for c in load_cases(SHARED_DATA, modality="CT") if c.case_id == "sts_001_ct"]
     res = synthetic_warps(cases, LocalEmbedder(), seed=0, n_points=15)
     row = res["per_case"][0]
     nn, fp = res["overall"]["nn"], res["overall"]["fixed-point"]

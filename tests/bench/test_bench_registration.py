@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from uae_ray.bench.registration import ANGLE_BINS, TRANSLATION_BINS, draw_trials, make_moving
+from tests.shared import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CASE = "sts_007_ct"  # a test-side patient of the default split
 
 
@@ -33,7 +32,7 @@ def test_trials_cover_every_bin_and_are_seeded():
 
 @pytest.mark.data
 def test_bench_registration_smoke_on_one_case(tmp_path):
-    if not (SHARED / "cases" / CASE / "image.nii.gz").is_file():
+    if not (SHARED_DATA / "cases" / CASE / "image.nii.gz").is_file():
         pytest.skip("../shared/data not found")
     import torch
 
@@ -42,7 +41,7 @@ def test_bench_registration_smoke_on_one_case(tmp_path):
 
     threads = torch.get_num_threads()
     try:
-        result = run_registration(SHARED, get_embedder(None), tmp_path / "r.json", cases=(CASE,), max_trials=1,
+        result = run_registration(SHARED_DATA, get_embedder(None), tmp_path / "r.json", cases=(CASE,), max_trials=1,
                                   n_points=30)
     finally:
         torch.set_num_threads(threads)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from uae_ray.bench.tracking import TRACK_METHODS, is_lesion_label, tracking_stats
+from tests.shared import SHARED_DATA, needs_shared_data
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not found")
 
 
 def test_tracking_stats():
@@ -31,13 +29,13 @@ def test_lesion_label_names():
     assert not any(is_lesion_label(n) for n in ("liver", "ptv", "spinal_cord"))
 
 
-@needs_data
+@needs_shared_data
 @pytest.mark.data
 def test_follow_up_ground_truth_is_exact_and_lesions_are_real():
     from uae_ray.data.cases import load_cases
     from uae_ray.bench.tracking import make_pair
 
-    case = next(c for c in load_cases(SHARED, modality="CT") if c.case_id == "pyradiomics_lung2")
+    case = next(c for c in load_cases(SHARED_DATA, modality="CT") if c.case_id == "pyradiomics_lung2")
     image = case.read()
     pair = make_pair(case, image, np.random.default_rng(7), points_per_case=3)
     les = pair.lesions
@@ -56,7 +54,7 @@ def test_follow_up_ground_truth_is_exact_and_lesions_are_real():
     assert np.linalg.norm(pair.truth - les.lesions.xyz, axis=1).mean() > 5.0
 
 
-@needs_data
+@needs_shared_data
 @pytest.mark.data
 def test_bench_smoke_on_one_case(tmp_path):
     from uae_ray.bench.tracking import run_tracking, tracking_table
@@ -64,7 +62,7 @@ def test_bench_smoke_on_one_case(tmp_path):
 
     out = tmp_path / "tracking.json"
     methods = ("nn", "fixed-point", "nn+extent")
-    result = run_tracking(SHARED, LocalEmbedder(), out, seed=1, points_per_case=2, methods=methods,
+    result = run_tracking(SHARED_DATA, LocalEmbedder(), out, seed=1, points_per_case=2, methods=methods,
                           cases=("sts_007_ct",))  # a test-side patient of the default split
     saved = json.loads(out.read_text())
     assert saved["benchmark"] == "tracking" and saved["cases"] == ["sts_007_ct"] and saved["methods"] == list(methods)

@@ -2,16 +2,14 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from uae_ray.cli import build_parser, main
 from uae_ray.tasks.points_io import read_detections_csv, read_points_csv
+from tests.shared import SHARED_DATA, needs_shared_data
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not found")
 
 
 def test_help_lists_the_verbs():
@@ -32,9 +30,9 @@ def test_console_script_runs():
     assert out.returncode == 0 and "--template" in out.stdout
 
 
-@needs_data
+@needs_shared_data
 def test_landmarks_identity_and_a_bad_target(tmp_path, caplog):
-    case = SHARED / "cases" / "ts_example_ct"
+    case = SHARED_DATA / "cases" / "ts_example_ct"
     points = tmp_path / "points.csv"
     lines = (case / "landmarks.csv").read_text().splitlines()
     points.write_text("\n".join(lines[:6]) + "\n")  # header + 5 organ centroids
@@ -59,9 +57,9 @@ def test_landmarks_identity_and_a_bad_target(tmp_path, caplog):
     assert (tmp_path / "qc.html").read_text().count("data:image/png") == 6 * len(dets)
 
 
-@needs_data
+@needs_shared_data
 def test_landmarks_bad_points_file_exits_2(tmp_path):
-    case = SHARED / "cases" / "ts_example_ct"
+    case = SHARED_DATA / "cases" / "ts_example_ct"
     bad = tmp_path / "p.csv"
     bad.write_text("name,x,y\n")
     code = main(["landmarks", "--template", str(case / "image.nii.gz"), "--points", str(bad),
@@ -69,11 +67,11 @@ def test_landmarks_bad_points_file_exits_2(tmp_path):
     assert code == 2 and not (tmp_path / "d.csv").exists()
 
 
-@needs_data
+@needs_shared_data
 @pytest.mark.parametrize("kind", ["ras", "far"])
 def test_landmarks_points_outside_the_template_exit_2(tmp_path, caplog, kind):
     """RAS points handed over as LPS (x, y negated), or a point 9 m away: an error, not a 'found'."""
-    case = SHARED / "cases" / "ts_example_ct"
+    case = SHARED_DATA / "cases" / "ts_example_ct"
     rows = (case / "landmarks.csv").read_text().splitlines()[1:4]
     pts = [r.split(",") for r in rows]
     if kind == "ras":

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from uae_ray.cli import build_parser, main
+from tests.shared import SHARED_DATA, needs_shared_data
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CASE = SHARED / "cases" / "sts_002_ct" / "image.nii.gz"
-needs_data = pytest.mark.skipif(not CASE.is_file(), reason=f"{CASE} not found (../shared/data)")
+CASE = SHARED_DATA / "cases" / "sts_002_ct" / "image.nii.gz"
 
 
 @pytest.fixture
@@ -33,7 +31,7 @@ def test_register_is_a_verb():
     assert args.transform == "affine" and args.refine and args.resampled is None
 
 
-@needs_data
+@needs_shared_data
 @pytest.mark.data
 def test_register_writes_a_readable_tfm_the_resampled_image_and_the_report(tmp_path, one_thread):
     fixed = sitk.ReadImage(str(CASE))
@@ -61,7 +59,7 @@ def test_register_writes_a_readable_tfm_the_resampled_image_and_the_report(tmp_p
     assert not list(out.parent.glob(".*"))  # no temporary file left behind
 
 
-@needs_data
+@needs_shared_data
 def test_a_contradicting_modality_flag_is_one_line_and_exit_2(tmp_path, caplog):
     code = main(["register", "--fixed", str(CASE), "--moving", str(CASE), "--fixed-modality", "MR",
                  "--out", str(tmp_path / "t.tfm")])

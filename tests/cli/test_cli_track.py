@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +10,9 @@ import SimpleITK as sitk
 
 from uae_ray.cli import build_parser, main
 from uae_ray.tasks.points_io import read_tracks_csv
+from tests.shared import SHARED_DATA, needs_shared_data
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CASE = SHARED / "cases" / "sts_002_ct"
-needs_data = pytest.mark.skipif(not (CASE / "image.nii.gz").is_file(), reason=f"{CASE} not found")
+CASE = SHARED_DATA / "cases" / "sts_002_ct"
 
 
 def test_track_verb_is_listed_and_bench_methods_match():
@@ -45,7 +43,7 @@ def followup(tmp_path_factory):
     return path, warp, centre
 
 
-@needs_data
+@needs_shared_data
 @pytest.mark.data
 def test_track_writes_the_contract_and_the_report(tmp_path, followup, caplog):
     path, warp, centre = followup
@@ -76,7 +74,7 @@ def test_track_writes_the_contract_and_the_report(tmp_path, followup, caplog):
     assert html.count("data:image/png") == 6 * len(tracks) and "not tracked" in html and "gtv" in html
 
 
-@needs_data
+@needs_shared_data
 @pytest.mark.data
 def test_track_from_a_lesion_mask_named_by_meta_json(tmp_path, followup):
     path, warp, centre = followup

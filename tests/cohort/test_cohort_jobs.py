@@ -4,7 +4,6 @@ read back, re-runs skip finished scans, a corrupt scan is reported and the other
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

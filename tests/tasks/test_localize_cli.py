@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from uae_ray.cli import EMBEDDING_MODES, LOCALIZE_DEFAULT_METHOD, LOCALIZE_METHODS, build_parser, main

@@ -3,7 +3,6 @@ transform, partial overlap, too few correspondences; plus the robust fit on synt
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +20,9 @@ from uae_ray.tasks.register import (
     ransac_fit,
 )
 from uae_ray.tasks.transforms import make_transform, matrix_offset, transform_from_bytes, transform_to_bytes
+from tests.shared import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CASE = SHARED / "cases" / "sts_002_ct" / "image.nii.gz"  # small pelvis CT: fast to embed and match
+CASE = SHARED_DATA / "cases" / "sts_002_ct" / "image.nii.gz"  # small pelvis CT: fast to embed and match
 
 
 def _rotation(axis, angle_deg):

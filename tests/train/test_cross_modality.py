@@ -18,7 +18,10 @@ from uae_ray.models.resnet_fpn import EmbeddingNet
 from uae_ray.train.augment import RandomModalityShift, piecewise_linear, sample_at, voxel_grid
 from uae_ray.train.config_io import dump_yaml_config, load_yaml_config
 from uae_ray.train.data import MR_BODY_LEVEL, TrainVolume, body_level, load_volumes, read_manifest
-from uae_ray.train.loop import TrainConfig, Trainer, config_from_args, parse_args
+from uae_ray.train.config import TrainConfig, config_from_args
+from uae_ray.train.items import view_body_mask
+from uae_ray.train.loop import parse_args
+from uae_ray.train.trainer import Trainer
 from uae_ray.train.pairs import CrossModalPair, build_pairs, find_ct_mr_pairs
 from uae_ray.train.sampling import find_correspondences
 from uae_ray.volume import model_grid, prepare_volume, read_image
@@ -120,7 +123,7 @@ def test_cross_modal_correspondences_exact_in_world(sts_volumes, sts_pairs) -> N
             va, vb = item.views
             vb_mr = pair.view_in_mr(vb)
             raw_a, raw_b = item.raw
-            ok = trainer._body_mask(raw_a, (stride,) * 3, item.body_levels[0])
+            ok = view_body_mask(raw_a, (stride,) * 3, item.body_levels[0])
             corr = find_correspondences(va, vb, map_shape, stride, ok, raw_b[1], 64, rng)
             assert len(corr) > 5
             # anchor -> CT voxel -> world, and target -> MR voxel (B's geometry in the MR frame) -> world

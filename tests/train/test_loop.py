@@ -9,7 +9,9 @@ import torch
 
 from uae_ray.models import EmbeddingConfig, load_model
 from uae_ray.models.resnet_fpn import EmbeddingNet
-from uae_ray.train.loop import TrainConfig, Trainer, parse_args
+from uae_ray.train.config import TrainConfig
+from uae_ray.train.loop import parse_args
+from uae_ray.train.trainer import Trainer
 
 from uae_ray.train.data import TrainVolume
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from uae_ray.models import load_model
-from uae_ray.train.loop import TrainConfig
+from uae_ray.train.config import TrainConfig
 
 ray = pytest.importorskip("ray")
 try:

@@ -11,7 +11,9 @@ import torch
 from uae_ray.models.config import EmbeddingConfig
 from uae_ray.models.resnet_fpn import EmbeddingNet
 from uae_ray.train.data import body_crop, load_volumes, prepare_train_volume
-from uae_ray.train.loop import TrainConfig, Trainer, region_weights
+from uae_ray.train.config import TrainConfig
+from uae_ray.train.items import region_weights
+from uae_ray.train.trainer import Trainer
 from uae_ray.volume import Grid
 
 CASES = ["openkbp_pt1", "sts_001_ct"]

@@ -15,7 +15,9 @@ from uae_ray.train.augment import RandomAffineView, ViewGeometry, extract_labels
 from uae_ray.train.config_io import load_yaml_config
 from uae_ray.train.data import TrainVolume, load_volumes
 from uae_ray.train.losses import BACKGROUND, IGNORE, class_prototypes, prototype_loss
-from uae_ray.train.loop import TrainConfig, Trainer, build_train_model, remap_labels
+from uae_ray.train.config import TrainConfig
+from uae_ray.train.items import remap_labels
+from uae_ray.train.trainer import Trainer, build_train_model
 from uae_ray.train.pairs import build_pairs
 from uae_ray.volume import Grid
 

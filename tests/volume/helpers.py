@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests.shared import require_data  # noqa: F401  (re-exported for the volume tests)
+
 
 
 def rotation_direction(ax: float = 0.3, ay: float = -0.2, az: float = 0.5) -> tuple[float, ...]:
@@ -107,13 +107,6 @@ def write_dicom_series(
         files.append(path)
     return files
 
-
-def require_data(*parts: str) -> Path:
-    """Path under ../shared/data, or skip the test when the data is absent."""
-    path = DATA_DIR.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} (expected ../shared/data beside the repo)")
-    return path
 
 
 def read_landmarks(case: str) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ import difflib
 from pathlib import Path
 from typing import Callable
 
-from uae_ray.models.checkpoint import default_checkpoint, load_checkpoint_into, read_checkpoint, resolve_checkpoint
+from uae_ray.models.checkpoint import load_checkpoint_into, read_checkpoint, resolve_checkpoint
 from uae_ray.models.config import EmbeddingConfig
 from uae_ray.models.official import is_official_checkpoint, load_official_checkpoint, read_raw_checkpoint
 from uae_ray.models.resnet_fpn import EmbeddingNet

@@ -2,7 +2,7 @@
 
 Input is the ``history`` a training run logs (one dict per log line with ``step`` and the loss
 parts, e.g. ``loss``, ``local``, ``global``, ``lr``, ``steps_per_s``; see
-:class:`uae_ray.train.loop.TrainState`). No plotting library is needed.
+:class:`uae_ray.train.trainer.TrainState`). No plotting library is needed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Training: the embedding network's self-supervised loop and the small segment-anything model.
 
-``loop`` is the plain torch loop of the embedding (``python -m uae_ray.train.loop``);
+``loop`` is the entry point of the embedding's plain torch training (``python -m uae_ray.train.loop``:
+prepare the cases, train, save checkpoint and report) over ``trainer`` (the :class:`Trainer`:
+batches, losses, optimisation, resume state), ``config`` (:class:`TrainConfig` and its flags),
+``items`` (two views with a known correspondence) and ``semantic_terms`` (the semantic head's loss);
 ``ray_trainer`` wraps it in a Ray Train ``TorchTrainer`` (Ray is imported only there, lazily).
 ``pairs`` relates aligned CT-MR scans of one patient; ``config_io`` reads YAML configs;
 ``losses`` holds the InfoNCE and the UAE prototype loss of the semantic head
@@ -18,7 +21,7 @@ _EXPORTS = {
     "ViewGeometry": "augment", "extract_labels": "augment", "extract_view": "augment",
     "TrainVolume": "data", "list_cases": "data", "load_ct_volumes": "data", "load_volumes": "data",
     "read_manifest": "data",
-    "TrainConfig": "loop", "Trainer": "loop", "build_train_model": "loop", "train": "loop",
+    "TrainConfig": "config", "Trainer": "trainer", "build_train_model": "trainer", "train": "loop",
     "CrossModalPair": "pairs", "build_pairs": "pairs", "find_ct_mr_pairs": "pairs",
 }
 

@@ -1,4 +1,4 @@
-"""Reading dataclass configurations (e.g. :class:`~uae_ray.train.loop.TrainConfig`) from YAML.
+"""Reading dataclass configurations (e.g. :class:`~uae_ray.train.config.TrainConfig`) from YAML.
 
 A YAML config is a mapping of field names to values, e.g.::
 

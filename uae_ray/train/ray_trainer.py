@@ -1,4 +1,4 @@
-"""Ray Train wrapper (``TorchTrainer``) around :class:`uae_ray.train.loop.Trainer`.
+"""Ray Train wrapper (``TorchTrainer``) around :class:`uae_ray.train.trainer.Trainer`.
 
 Thin by design: every worker runs the plain loop on its own random views (seed + rank);
 with more than one worker ``ray.train.torch.prepare_model`` wraps the network in
@@ -17,7 +17,7 @@ Usage::
         [--config uae_ctmr.yaml] [--modalities CT MR --modality-shift-prob 0.5 --pair-prob 0.25]
 
 The TrainConfig flags and ``--config`` are those of ``python -m uae_ray.train.loop``
-(:func:`uae_ray.train.loop.add_config_arguments`); here ``steps`` defaults to 200.
+(:func:`uae_ray.train.config.add_config_arguments`); here ``steps`` defaults to 200.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import torch
 
 from uae_ray.models.checkpoint import load_checkpoint_into, save_checkpoint
 from uae_ray.train.data import TrainVolume, load_volumes
-from uae_ray.train.loop import TrainConfig, Trainer, add_config_arguments, build_train_model, config_from_args
+from uae_ray.train.config import TrainConfig, add_config_arguments, config_from_args
+from uae_ray.train.trainer import Trainer, build_train_model
 
 logger = logging.getLogger(__name__)
 
