@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from uae_ray.storage import objects
+from uae_ray.storage import objects, s3_objects
 from uae_ray.storage.uri import is_s3, is_temp_name, join, parse_s3
 
 
@@ -16,7 +16,7 @@ def raw_names(root: str) -> list[str]:
     """Every name under root, temp files and dotfiles included (bypasses list_uris)."""
     if is_s3(root):
         loc = parse_s3(root)
-        client = objects.minio_client(root)
+        client = s3_objects.minio_client(root)
         return sorted(o.object_name for o in client.list_objects(loc.bucket, prefix=loc.key,
                                                                  recursive=True))
     out = []
@@ -75,7 +75,7 @@ def test_list_hides_temp_names(root: str) -> None:
         loc = parse_s3(stray)
         import io
 
-        objects.minio_client(root).put_object(loc.bucket, loc.key, io.BytesIO(b"x"), 1)
+        s3_objects.minio_client(root).put_object(loc.bucket, loc.key, io.BytesIO(b"x"), 1)
     else:
         Path(stray).write_bytes(b"x")
     assert [u.rsplit("/", 1)[-1] for u in objects.list_uris(root)] == ["keep.bin"]
@@ -91,7 +91,7 @@ def test_failure_before_publish_leaves_no_final_object(
         def boom(*args, **kwargs):
             raise RuntimeError("simulated crash between temp put and copy")
 
-        monkeypatch.setattr(objects, "_s3_copy", boom)
+        monkeypatch.setattr(s3_objects, "copy_object", boom)
     else:
         def boom_replace(src, dst):
             raise RuntimeError("simulated crash before rename")
@@ -112,7 +112,7 @@ def test_failed_overwrite_keeps_old_content(root: str, monkeypatch: pytest.Monke
 
     with monkeypatch.context() as patch:
         if is_s3(root):
-            patch.setattr(objects, "_s3_copy", fail)
+            patch.setattr(s3_objects, "copy_object", fail)
         else:
             patch.setattr(objects.os, "replace", fail)
         with pytest.raises(OSError, match="simulated"):

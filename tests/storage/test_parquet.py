@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from uae_ray.storage import objects, parquet
+from uae_ray.storage import objects, parquet, s3_objects
 from uae_ray.storage.embeddings import (
     embeddings_meta,
     embeddings_to_table,
@@ -79,7 +79,7 @@ def test_read_dataset_skips_temp_files(root: str) -> None:
         import io
 
         loc = parse_s3(junk)
-        objects.minio_client(root).put_object(loc.bucket, loc.key, io.BytesIO(b"junk"), 4)
+        s3_objects.minio_client(root).put_object(loc.bucket, loc.key, io.BytesIO(b"junk"), 4)
     else:
         with open(junk, "wb") as fh:
             fh.write(b"junk")
@@ -93,7 +93,7 @@ def test_parquet_failure_leaves_no_final_file(root: str, monkeypatch: pytest.Mon
         raise OSError("simulated failure before publication")
 
     if is_s3(root):
-        monkeypatch.setattr(objects, "_s3_copy", fail)
+        monkeypatch.setattr(s3_objects, "copy_object", fail)
     else:
         monkeypatch.setattr(objects.os, "replace", fail)
     uri = join(root, "t.parquet")

@@ -11,6 +11,7 @@ import hashlib
 import os
 import posixpath
 import re
+import uuid
 from typing import NamedTuple
 
 S3_SCHEME = "s3://"
@@ -121,6 +122,11 @@ def relative_to(uri: str | os.PathLike[str], root: str | os.PathLike[str]) -> st
     if rel == os.pardir or rel.startswith(os.pardir + os.sep):
         raise ValueError(f"{u}: not below {r}")
     return rel.replace(os.sep, "/")
+
+
+def temp_suffix() -> str:
+    """Suffix of a new in-flight name, ``.tmp-<uuid hex>`` (:func:`is_temp_name` recognises it)."""
+    return f"{TMP_MARKER}{uuid.uuid4().hex}"
 
 
 def is_temp_name(uri: str | os.PathLike[str]) -> bool:
