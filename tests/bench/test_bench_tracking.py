@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from uae_ray.bench.tracking import TRACK_METHODS, is_lesion_label, tracking_stats
+from uae_ray.bench.longitudinal import is_lesion_label
+from uae_ray.bench.tracking import TRACK_METHODS, tracking_stats
 from tests.shared import SHARED_DATA, needs_shared_data
 
 
@@ -33,7 +34,7 @@ def test_lesion_label_names():
 @pytest.mark.data
 def test_follow_up_ground_truth_is_exact_and_lesions_are_real():
     from uae_ray.data.cases import load_cases
-    from uae_ray.bench.tracking import make_pair
+    from uae_ray.bench.longitudinal import make_pair
 
     case = next(c for c in load_cases(SHARED_DATA, modality="CT") if c.case_id == "pyradiomics_lung2")
     image = case.read()
