@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from typing import Callable
 
 # Kept here so the CLI starts without importing torch; tests check it equals matching.METHODS.
@@ -25,12 +26,41 @@ SEGMENT_BENCH_MODES = ("wpl", "spl", "gt-wpl", "gt-spl", "gt-slice")  # bench.se
 # Kept here for the same reason; tests check it equals bench.tracking.TRACK_METHODS.
 TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent")
 
+#: Shipped embedding models by name (``--checkpoint NAME``); tests check it equals
+#: models.checkpoint.SHIPPED_WEIGHTS and DEFAULT_MODEL its default (kept here: no torch import).
+SHIPPED_MODELS = ("tiny-uae-v3", "tiny-v0", "tiny-ctmr-v1", "tiny-uae-v2", "tiny-lpo-a")
+DEFAULT_MODEL = "tiny-uae-v3"
+
+
 logger = logging.getLogger("uae_ray")
+
+
+_CHECKPOINT_HELP = ("embedding model for in-process inference: a shipped name (" + ", ".join(SHIPPED_MODELS) +
+                    f"; default {DEFAULT_MODEL}), a checkpoint file, or an official SAM/UAE .pth")
 
 
 def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint (host:port); default: in-process torch")
-    p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint for in-process inference")
+    p.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
+
+
+def _add_archive_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--archive", required=True, metavar="URI", help="s3://bucket/prefix or a local folder of scans")
+    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix (local folder or s3://)")
+
+
+def _add_bench_io(b: argparse.ArgumentParser, name: str, seed: bool = False) -> None:
+    """``--data``, ``--out`` (and ``--seed``) of every benchmark."""
+    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
+    b.add_argument("--out", default=f"bench-results/{name}.json", metavar="JSON",
+                   help="result JSON (a table is printed too)")
+    if seed:
+        b.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+
+
+def _add_split_arg(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON",
+                   help="patient split whose test side is measured (default: %(default)s)")
 
 
 def _add_cohort_run_args(c: argparse.ArgumentParser, unit: str, strict_extra: str = "") -> None:
@@ -200,30 +230,94 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, keep_stack=args.keep_stack)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (one sub-parser per verb)."""
-    parser = argparse.ArgumentParser(prog="uae-ray", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="verb", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; every option's default appended where it has one."""
 
-    p = sub.add_parser("landmarks", help="one-shot landmark detection from a template")
-    p.add_argument("--template", required=True, metavar="IMAGE")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """``-v`` / ``-q``, accepted before or after the verb (SUPPRESS: a verb-level default does
+    not overwrite what was given before the verb)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and errors only")
+    return common
+
+
+def _verb(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
+          examples: list[str]) -> argparse.ArgumentParser:
+    """A sub-command with a one-line summary (in the parent's list), a description and examples."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    paragraphs = [f"{summary[0].upper()}{summary[1:]}.", *description.split("\n")]
+    text = "\n\n".join(textwrap.fill(para, 88) for para in paragraphs)
+    return sub.add_parser(name, help=summary, description=text,
+                          epilog=epilog, formatter_class=_HelpFormatter, parents=[_common_options()])
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("uae-ray")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (one sub-parser per verb, each with a description and examples)."""
+    parser = argparse.ArgumentParser(
+        prog="uae-ray", formatter_class=_HelpFormatter,
+        description="Self-supervised anatomical embeddings of CT and MR scans: find anatomical points, track "
+                    "lesions, register scans and localize / segment organs, one scan at a time or over whole "
+                    "archives (Ray). Coordinates are world LPS millimetres (ITK / DICOM).",
+        epilog="Run 'uae-ray VERB --help' for a verb's options and examples.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--version", action="version", version=f"uae-ray {_version()}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = _verb(sub, "landmarks", "one-shot landmark detection: points of a template scan found in target scans",
+              "Embeds the template and every target once, then matches each template point into each target. "
+              "A point the fixed-point matcher cannot confirm (round trip inconsistent, or outside the target's "
+              "field of view) is reported with found=false at its best estimate.\n"
+              "Output: one CSV row per (target, point): name,x,y,z,score,found,target.",
+              ["uae-ray landmarks --template t.nii.gz --points points.csv --target a.nii.gz --target b/ "
+               "--out detections.csv --report qc.html",
+               "uae-ray landmarks --template t.nii.gz --points points.mrk.json --target s3://bucket/scan.nii.gz "
+               "--out s3://bucket/out/detections.csv"])
+    p.add_argument("--template", required=True, metavar="IMAGE",
+                   help="the scan the points are given on (NIfTI/NRRD/MHA file, DICOM folder or s3:// URI)")
     p.add_argument("--points", required=True, metavar="POINTS.csv", help="name,x,y,z on the template (LPS mm)")
-    p.add_argument("--target", required=True, action="append", metavar="IMAGE", help="repeatable")
-    p.add_argument("--out", required=True, metavar="DETECTIONS.csv")
-    p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image")
+    p.add_argument("--target", required=True, action="append", metavar="IMAGE",
+                   help="a scan to find the points in (repeatable; file, DICOM folder or s3:// URI)")
+    p.add_argument("--out", required=True, metavar="DETECTIONS.csv", help="detections CSV (local path or s3:// URI)")
+    p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of every image (default: decided "
+                   "from the DICOM header or the intensities, logged)")
     p.add_argument("--report", metavar="REPORT.html", help="also write an HTML QC report")
     _add_method_arg(p)
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_landmarks)
 
-    p = sub.add_parser("track", help="lesion tracking: baseline lesions found in a follow-up scan")
-    p.add_argument("--baseline", required=True, metavar="IMAGE")
-    p.add_argument("--followup", required=True, metavar="IMAGE")
+    p = _verb(sub, "track", "lesion tracking: baseline lesions found in a follow-up scan",
+              "Each lesion centre (and, with a radius or mask, points of its extent that vote) is matched from the "
+              "baseline into the follow-up. Output: one CSV row per lesion: name,x,y,z,score,found plus the "
+              "baseline position, radius, consistency and votes.",
+              ["uae-ray track --baseline b.nii.gz --followup f.nii.gz --lesions lesions.csv --out tracks.csv",
+               "uae-ray track --baseline b.nii.gz --followup f.nii.gz --lesion-mask gtv.nii.gz --out tracks.csv "
+               "--report qc.html"])
+    p.add_argument("--baseline", required=True, metavar="IMAGE", help="the earlier scan, where the lesions are given")
+    p.add_argument("--followup", required=True, metavar="IMAGE", help="the later scan to find them in")
     p.add_argument("--lesions", metavar="LESIONS.csv", help="name,x,y,z[,radius_mm] on the baseline (LPS mm)")
     p.add_argument("--lesion-mask", metavar="MASK", help="label map on the baseline: one lesion per label value "
                    "(centre = centroid); instead of or besides --lesions")
-    p.add_argument("--out", required=True, metavar="TRACKS.csv")
+    p.add_argument("--out", required=True, metavar="TRACKS.csv", help="tracks CSV (local path or s3:// URI)")
     p.add_argument("--modality", choices=["CT", "MR"], help="force the modality of both images")
     p.add_argument("--report", metavar="REPORT.html", help="also write an HTML QC report")
     p.add_argument("--no-extent", action="store_true", help="match the lesion centre only, even where a radius "
@@ -232,10 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_track)
 
-    p = sub.add_parser("register", help="rigid/affine registration from anatomical embeddings (CT-CT, CT-MR)")
-    p.add_argument("--fixed", required=True, metavar="IMAGE")
-    p.add_argument("--moving", required=True, metavar="IMAGE")
-    p.add_argument("--transform", choices=["rigid", "affine"], default="rigid", help="(default: %(default)s)")
+    p = _verb(sub, "register", "rigid/affine registration from anatomical embeddings (CT-CT, CT-MR)",
+              "A body grid of the fixed scan is matched into the moving scan; a robust (RANSAC + IRLS) fit of the "
+              "consistent matches gives the transform, optionally refined by a short Mattes-MI registration. The "
+              "transform maps fixed-space points to moving-space points (ITK convention), so "
+              "sitk.Resample(moving, fixed, transform) puts the moving scan on the fixed grid.",
+              ["uae-ray register --fixed ct.nii.gz --moving ct_followup.nii.gz --out t.tfm",
+               "uae-ray register --fixed ct.nii.gz --moving mr.nii.gz --transform affine --refine --out t.tfm "
+               "--resampled mr_on_ct.nii.gz --report qc.html"])
+    p.add_argument("--fixed", required=True, metavar="IMAGE", help="the reference scan (its grid is the output grid)")
+    p.add_argument("--moving", required=True, metavar="IMAGE", help="the scan to bring onto the fixed one")
+    p.add_argument("--transform", choices=["rigid", "affine"], default="rigid",
+                   help="rigid: rotation + translation; affine: also scaling and shear")
     p.add_argument("--out", required=True, metavar="T.tfm", help="ITK transform file mapping fixed-space points "
                    "to moving-space points (sitk.ReadTransform)")
     p.add_argument("--resampled", metavar="OUT.nii.gz", help="also write the moving image resampled onto the fixed grid")
@@ -246,10 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_register)
 
-    p = sub.add_parser("localize", help="few-shot organ boxes from k annotated support scans")
+    p = _verb(sub, "localize", "few-shot organ boxes from k annotated support scans",
+              "Every support's organs are carried into the target by embedding matching (or MedLAM) and the "
+              "supports vote per box coordinate. Output: one CSV row per organ: "
+              "organ,xmin,ymin,zmin,xmax,ymax,zmax (LPS mm) then score,found,status,method,n_supports,message.",
+              ["uae-ray localize --support s1.nii.gz:s1_labels.nii.gz --support s2.nii.gz:s2_labels.nii.gz "
+               "--organs liver,spleen --target t.nii.gz --out boxes.csv --report qc.html"])
     _add_support_args(p)
-    p.add_argument("--target", required=True, metavar="IMAGE")
-    p.add_argument("--out", required=True, metavar="BOXES.csv")
+    p.add_argument("--target", required=True, metavar="IMAGE", help="the scan to localize the organs in")
+    p.add_argument("--out", required=True, metavar="BOXES.csv", help="boxes CSV (local path or s3:// URI)")
     _add_localizer_args(p, "embedding: anatomical-embedding matching; medlam: MedLAM",
                         "embedding method: transfer (organ points, median displacement) or extremes (fixed-point "
                         "match of the six extreme points); default: the measured better one")
@@ -258,15 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_localize)
 
-    p = sub.add_parser("segment", help="organ label map from k annotated support scans (MedLSAM: boxes -> "
-                       "segment-anything)")
+    p = _verb(sub, "segment", "organ label map from k annotated support scans (MedLSAM: boxes, then segment-anything)",
+              "Organs are localized as in 'localize' and every axial slice of each box is segmented by a 2D "
+              "segment-anything model from its box prompt. Output: a label map on the target's grid (label k = "
+              "the k-th organ of --organs) and a JSON sidecar naming the labels; optionally a DICOM SEG.",
+              ["uae-ray segment --support s1.nii.gz:s1_labels.nii.gz --organs liver,spleen --target t.nii.gz "
+               "--out labels.nii.gz",
+               "uae-ray segment --support s1/:s1_labels.nii.gz --organs liver --target dicom_folder/ "
+               "--out labels.nii.gz --dicom-seg seg.dcm --sam-checkpoint sam_vit_b_01ec64.pth"])
     _add_support_args(p, " (label k = the k-th)")
-    p.add_argument("--target", required=True, metavar="IMAGE")
+    p.add_argument("--target", required=True, metavar="IMAGE", help="the scan to segment")
     p.add_argument("--out", required=True, metavar="LABELS.nii.gz", help="label map on the target's grid; the "
                    "sidecar <OUT minus .nii.gz>.json names the labels")
     p.add_argument("--boxes", choices=SEGMENT_BOX_MODES, default=SEGMENT_DEFAULT_BOX_MODE,
                    help="wpl: one box on every slice of the organ's 3D box; spl: the organ in up to 6 parts along z, "
-                   "each localized (default: %(default)s)")
+                   "each localized")
     p.add_argument("--dicom-seg", metavar="SEG.dcm", help="also write a DICOM SEG (binary, one segment per "
                    "segmented organ) that references the target DICOM series; patient name and ID become a hashed "
                    "pseudonym")
@@ -275,55 +388,79 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_segment)
 
-    p = sub.add_parser("stack", help="the local stack: Ray head, Triton server, S3 server")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p = _verb(sub, "stack", "the local stack: Ray head, Triton server, S3 server",
+              "Starts, stops or reports the services the cohort jobs use, all on loopback, with their state, logs "
+              "and credentials in the stack's run folder (UAE_STACK_DIR; see docs/cohort.md).",
+              ["uae-ray stack up", "uae-ray stack status", "uae-ray stack down"])
+    p.add_argument("action", choices=["up", "down", "status"], help="up: start; down: stop; status: what runs")
     p.set_defaults(func=_cmd_stack)
 
-    p = sub.add_parser("cohort", help="batch jobs over an archive in object storage (Ray tasks)")
-    csub = p.add_subparsers(dest="job", required=True)
-    for name, help_ in (("embed", "embed every scan of an archive"), ("landmarks", "detect landmarks in every scan")):
-        c = csub.add_parser(name, help=help_)
-        c.add_argument("--archive", required=True, metavar="URI", help="s3://bucket/prefix or a local folder")
-        c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix")
-        _add_cohort_run_args(c, "scan")
-        if name == "landmarks":
-            c.add_argument("--template", required=True, metavar="IMAGE")
-            c.add_argument("--points", required=True, metavar="POINTS.csv")
-            c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
-            _add_method_arg(c)
-    c = csub.add_parser("track", help="track baseline lesions into follow-up scans, one task per pair")
+    p = _verb(sub, "cohort", "batch jobs over an archive (local folder or s3://), one Ray task per scan or pair",
+              "Every job records a status per scan or pair in a manifest under --out, so a re-run does only what "
+              "is missing or failed; tables are Parquet with hashed ids only (see docs/cohort.md).",
+              ["uae-ray cohort embed --archive s3://pacs-export/ct --out s3://results/cohort1",
+               "uae-ray cohort landmarks --archive s3://pacs-export/ct --out s3://results/cohort1 "
+               "--template t.nii.gz --points points.csv"])
+    csub = p.add_subparsers(dest="job", required=True, metavar="JOB")
+    c = _verb(csub, "embed", "embed every scan of an archive and store the embeddings (Parquet)",
+              "Scans are discovered under --archive (NIfTI/NRRD/MHA files and DICOM series folders).",
+              ["uae-ray cohort embed --archive s3://bucket/archive --out s3://bucket/out"])
+    _add_archive_args(c)
+    _add_cohort_run_args(c, "scan")
+    c = _verb(csub, "landmarks", "detect a template's points in every scan of an archive",
+              "Embeds the scans that have no stored embeddings of the model, then matches the template points "
+              "into each; writes landmarks/index.parquet under --out.",
+              ["uae-ray cohort landmarks --archive s3://bucket/archive --out s3://bucket/out --template t.nii.gz "
+               "--points points.csv"])
+    _add_archive_args(c)
+    _add_cohort_run_args(c, "scan")
+    c.add_argument("--template", required=True, metavar="IMAGE", help="the scan the points are given on")
+    c.add_argument("--points", required=True, metavar="POINTS.csv", help="name,x,y,z on the template (LPS mm)")
+    c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
+    _add_method_arg(c)
+    c = _verb(csub, "track", "track baseline lesions into follow-up scans, one task per pair",
+              "Pairs come from --pairs or, without it, consecutive scans of each patient of --archive by study "
+              "date; writes tracks/index.parquet under --out.",
+              ["uae-ray cohort track --archive s3://bucket/archive --out s3://bucket/out",
+               "uae-ray cohort track --pairs pairs.csv --archive s3://bucket/archive --out s3://bucket/out"])
     c.add_argument("--pairs", metavar="PAIRS.csv", help="CSV with baseline,followup and lesions and/or lesion_mask "
                    "columns (default: consecutive scans of each patient of --archive, lesions.csv beside each baseline)")
     c.add_argument("--archive", metavar="URI", help="archive root: relative entries of --pairs resolve against it, "
                    "and scan ids (shared with cohort embed) are relative to it")
-    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix")
+    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix (local folder or s3://)")
     c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
     _add_cohort_run_args(c, "pair")
     c.add_argument("--no-extent", action="store_true", help="match the lesion centre only, even where a radius "
                    "or mask gives its extent")
     _add_method_arg(c)
-    c = csub.add_parser("register", help="rigid/affine transform (fixed -> moving) for every pair, one task per pair")
+    c = _verb(csub, "register", "rigid/affine transform (fixed -> moving) for every pair, one task per pair",
+              "Pairs come from --pairs or consecutive scans of each patient; writes one .tfm per pair and "
+              "transforms/index.parquet under --out.",
+              ["uae-ray cohort register --archive s3://bucket/archive --out s3://bucket/out --transform affine"])
     c.add_argument("--pairs", metavar="PAIRS.csv", help="CSV with fixed,moving columns (optional fixed_modality, "
                    "moving_modality; default: consecutive scans of each patient of --archive)")
     c.add_argument("--archive", metavar="URI", help="archive root: relative entries of --pairs resolve against it, "
                    "and scan ids (shared with cohort embed) are relative to it")
-    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix")
+    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix (local folder or s3://)")
     c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
-    c.add_argument("--transform", choices=["rigid", "affine"], default="rigid", help="(default: %(default)s)")
+    c.add_argument("--transform", choices=["rigid", "affine"], default="rigid", help="transform kind")
     c.add_argument("--refine", action="store_true", help="refine each transform with a short Mattes-MI registration")
     c.add_argument("--fixed-modality", choices=["CT", "MR"], help="modality of every fixed scan (checked per pair)")
     c.add_argument("--moving-modality", choices=["CT", "MR"], help="modality of every moving scan (checked per pair)")
     c.add_argument("--same-patient", action="store_true", help="fail pairs whose scans are of different patients "
                    "(DICOM PatientID or meta.json 'patient')")
     _add_cohort_run_args(c, "pair")
-    c = csub.add_parser("prelabel", help="localize and segment organs in every scan from k annotated supports "
-                        "(MedLSAM), one task per scan")
+    c = _verb(csub, "prelabel", "localize and segment organs in every scan from k annotated supports (MedLSAM)",
+              "One task per scan on a pool of Ray actors that hold the models; writes a label map per scan, "
+              "prelabel/index.parquet with a status per (scan, organ), QC images and an HTML report.",
+              ["uae-ray cohort prelabel --archive s3://bucket/archive --out s3://bucket/out "
+               "--support s1.nii.gz:s1_labels.nii.gz --organs parotid_gland_left,mandible"])
     c.add_argument("--archive", required=True, metavar="URI", help="s3://bucket/prefix or a local folder")
     _add_support_args(c, " (label k = the k-th)")
     c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix: labels/<scan_id>.nii.gz, "
                    "prelabel/index.parquet, qc/prelabel.html, manifests/prelabel")
     c.add_argument("--boxes", choices=SEGMENT_BOX_MODES, default=SEGMENT_DEFAULT_BOX_MODE,
-                   help="slice prompts, as segment (default: %(default)s)")
+                   help="slice prompts, as segment")
     _add_localizer_args(c, "localizer of the boxes, as segment")
     _add_sam_args(c)
     c.add_argument("--report", metavar="URI", help="QC report (HTML; local path or s3:// URI; default: "
@@ -331,23 +468,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-report", action="store_true", help="write neither the QC images nor the report")
     c.add_argument("--dicom-seg", action="store_true", help="also write <out>/dicom_seg/<scan_id>.dcm, a DICOM SEG "
                    "referencing the series, for every DICOM series scan (patient name and ID: the hashed patient id)")
-    c.add_argument("--checkpoint", metavar="PATH", help="embedding model checkpoint for in-process inference")
+    c.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
     _add_cohort_run_args(c, "scan", " or a support could not be read")
     p.set_defaults(func=_cmd_cohort)
 
-    p = sub.add_parser("bench", help="benchmarks writing JSON and a table")
-    bsub = p.add_subparsers(dest="bench", required=True)
-    b = bsub.add_parser("accuracy", help="landmark accuracy on the test patients of a split of ../shared/data")
-    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
-    b.add_argument("--out", default="bench-results/accuracy.json", metavar="JSON")
-    b.add_argument("--seed", type=int, default=0)
+    p = _verb(sub, "bench", "benchmarks on ../shared/data writing JSON and a table",
+              "Accuracy figures are measured on the test patients of a documented split (patients-v1); a model "
+              "trained on a measured patient is refused (see docs/benchmarks.md).",
+              ["uae-ray bench accuracy --part d --part abstention --max-targets 20 --out acc.json",
+               "uae-ray bench speed --out speed.json"])
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    b = _verb(bsub, "accuracy", "landmark accuracy on the test patients of a split of ../shared/data",
+              "Parts: (a) synthetic warps, (b)/(b') cross-patient organ centroids, (d) head-neck cross-patient, "
+              "(e) CT<->MR, abstention (targets cropped so that structures leave the view); every method and "
+              "baseline on the same points.",
+              ["uae-ray bench accuracy --part d --part abstention --baseline identity --max-targets 20",
+               "uae-ray bench accuracy --checkpoint my_model.pt --part a --out a.json"])
+    _add_bench_io(b, "accuracy", seed=True)
     b.add_argument("--points-per-case", type=int, default=20, help="random body points per synthetic warp")
-    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON",
-                   help="patient split whose test side is measured (default: %(default)s)")
+    _add_split_arg(b)
     b.add_argument("--part", action="append", dest="parts", choices=["a", "b", "d", "e", "abstention"],
                    help="part to run (repeatable; default: all): a synthetic warps, b cross-patient (+ b' whole "
                         "structures), d head-neck cross-patient, e CT<->MR, abstention")
-    b.add_argument("--templates", type=int, default=3, help="head-neck templates of d and abstention (default: 3)")
+    b.add_argument("--templates", type=int, default=3, help="head-neck templates of d and abstention")
     b.add_argument("--max-targets", type=int, metavar="N", help="at most N head-neck targets in d and abstention (the first by case id)")
     b.add_argument("--baseline", action="append", choices=["identity", "sitk", "elastix"], dest="baselines",
                    help="registration baseline to run (repeatable; default: identity, sitk and elastix)")
@@ -355,82 +498,88 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--method", action="append", choices=MATCHING_METHODS, dest="methods",
                    help="matching method to measure (repeatable; default: all)")
     _add_embedder_args(b)
-    b = bsub.add_parser("calibrate", help="choose the fixed-point found rule on the train patients of a split")
-    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
-    b.add_argument("--out", default="bench-results/calibrate.json", metavar="JSON")
-    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON", help="patient split (default: %(default)s)")
-    b.add_argument("--templates", type=int, default=3, help="train-side head-neck templates (default: 3)")
-    b.add_argument("--targets", type=int, default=20, help="train-side head-neck targets (default: 20)")
+    b = _verb(bsub, "calibrate", "choose the fixed-point found rule on the train patients of a split",
+              "Runs the abstention protocol on train-side patients and picks the rule under precision and "
+              "out-of-view constraints.",
+              ["uae-ray bench calibrate --checkpoint my_model.pt --targets 12"])
+    _add_bench_io(b, "calibrate")
+    _add_split_arg(b)
+    b.add_argument("--templates", type=int, default=3, help="train-side head-neck templates")
+    b.add_argument("--targets", type=int, default=20, help="train-side head-neck targets")
     _add_embedder_args(b)
-    b = bsub.add_parser("tracking", help="lesion tracking on synthetic longitudinal pairs of the shared CTs")
-    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
-    b.add_argument("--out", default="bench-results/tracking.json", metavar="JSON")
-    b.add_argument("--seed", type=int, default=0)
+    b = _verb(bsub, "tracking", "lesion tracking on synthetic longitudinal pairs of the shared CTs",
+              "Each test CT gets a synthetic follow-up (breathing, lesion growth, warp, noise, crop) with exact "
+              "truth; reports CPM@10mm, CPM@radius, MED and abstention per method.",
+              ["uae-ray bench tracking --method fixed-point+extent"])
+    _add_bench_io(b, "tracking", seed=True)
     b.add_argument("--points-per-case", type=int, default=8, help="organ / body pseudo-lesions per case")
     b.add_argument("--method", action="append", choices=TRACKING_BENCH_METHODS, dest="methods",
                    help="tracking method to measure (repeatable; default: all)")
     b.add_argument("--case", action="append", dest="cases", metavar="CASE_ID", help="only these cases (repeatable)")
-    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON",
-                   help="patient split whose test side is measured (default: %(default)s)")
+    _add_split_arg(b)
     _add_embedder_args(b)
-    b = bsub.add_parser("registration", help="rigid/affine registration against known transforms (CT-CT, CT-MR)")
-    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
-    b.add_argument("--out", default="bench-results/registration.json", metavar="JSON")
-    b.add_argument("--seed", type=int, default=0)
+    b = _verb(bsub, "registration", "rigid/affine registration against known transforms (CT-CT, CT-MR)",
+              "Moves every test CT (and the CT-MR pairs) by known transforms and crops; reports TRE, success "
+              "(TRE < 10 mm) and time against SimpleITK MI baselines.",
+              ["uae-ray bench registration --no-baseline --trials 2"])
+    _add_bench_io(b, "registration", seed=True)
     b.add_argument("--points", type=int, default=100, help="TRE points per pair (in the overlap)")
     b.add_argument("--case", action="append", dest="cases", metavar="CASE_ID", help="only these cases (repeatable)")
     b.add_argument("--trials", type=int, help="at most this many known transforms per pair (smoke runs)")
     b.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK MI baselines")
     b.add_argument("--no-refine", action="store_true", help="skip ours + MI refinement")
     b.add_argument("--no-ct-mr", action="store_true", help="skip the CT-MR pairs")
-    b.add_argument("--ctmr-checkpoint", default="tiny-uae-v3", metavar="PATH",
+    b.add_argument("--ctmr-checkpoint", default="tiny-uae-v3", metavar="NAME|PATH",
                    help="model for the CT-MR pairs (default: %(default)s, the shipped cross-modality model)")
-    b.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s; SimpleITK runs on 1)")
-    b.add_argument("--split", default="patients-v1", metavar="NAME|JSON",
-                   help="patient split whose test side is measured (default: %(default)s)")
+    b.add_argument("--threads", type=int, default=1, help="torch threads (SimpleITK runs on 1)")
+    _add_split_arg(b)
     _add_embedder_args(b)
-    b = bsub.add_parser("localization", help="few-shot organ boxes, leave-one-out over ../shared/data")
-    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
-    b.add_argument("--out", default="bench-results/localization.json", metavar="JSON")
-    b.add_argument("--seed", type=int, default=0)
+    b = _verb(bsub, "localization", "few-shot organ boxes, leave-one-out over ../shared/data",
+              "For k = 1..max-k supports: box IoU and wall distance per organ and method.",
+              ["uae-ray bench localization --max-k 5 --method embedding"])
+    _add_bench_io(b, "localization", seed=True)
     b.add_argument("--max-k", type=int, default=5, help="largest number of support scans")
     b.add_argument("--method", action="append", choices=LOCALIZE_METHODS, dest="methods",
                    help="localizer to measure (repeatable; default: all)")
     b.add_argument("--embedding-mode", action="append", choices=EMBEDDING_MODES, dest="embedding_modes",
                    help="embedding-localizer mode to measure (repeatable; default: all)")
     _add_modality_args(b)
-    b.add_argument("--min-ml", type=float, default=20.0, help="organs at least this large make the headline mean")
+    b.add_argument("--min-ml", type=float, default=20.0, help="organs at least this large (ml) make the headline mean")
     b.add_argument("--cases", metavar="a,b", help="restrict to these case ids (smoke runs)")
     b.add_argument("--organs", metavar="a,b", help="restrict to these organs (smoke runs)")
-    b.add_argument("--medlam-checkpoint", metavar="PATH")
+    b.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
     _add_embedder_args(b)
-    b = bsub.add_parser("segmentation", help="MedLSAM segmentation (WPL, SPL, ground-truth boxes): Dice, HD95, "
-                        "time per organ, leave-one-out over ../shared/data")
-    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
-    b.add_argument("--out", default="bench-results/segmentation.json", metavar="JSON")
+    b = _verb(bsub, "segmentation", "MedLSAM segmentation (WPL, SPL, ground-truth boxes): Dice, HD95, time per organ",
+              "Leave-one-out over the labelled cases of ../shared/data.",
+              ["uae-ray bench segmentation --mode spl --mode gt-wpl --organs liver,spleen"])
+    _add_bench_io(b, "segmentation")
     b.add_argument("--mode", action="append", choices=SEGMENT_BENCH_MODES, dest="modes",
                    help="prompt mode to measure (repeatable; default: all)")
-    b.add_argument("--min-ml", type=float, default=20.0, help="organs at least this large make the headline mean")
+    b.add_argument("--min-ml", type=float, default=20.0, help="organs at least this large (ml) make the headline mean")
     b.add_argument("--cases", metavar="a,b", help="restrict the targets to these case ids (smoke runs)")
     b.add_argument("--organs", metavar="a,b", help="restrict to these organs (smoke runs)")
     b.add_argument("--method", choices=LOCALIZE_METHODS, default=LOCALIZE_DEFAULT_METHOD,
-                   help="localizer of the wpl/spl boxes (default: %(default)s)")
+                   help="localizer of the wpl/spl boxes")
     b.add_argument("--embedding-mode", choices=EMBEDDING_MODES, help="embedding localizer mode (see localize)")
-    b.add_argument("--medlam-checkpoint", metavar="PATH")
+    b.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
     b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     _add_modality_args(b)
     _add_sam_args(b)
     _add_embedder_args(b)
-    b = bsub.add_parser("speed", help="seconds per scan (in-process and Triton) and per landmark")
-    b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
-    b.add_argument("--out", default="bench-results/speed.json", metavar="JSON")
-    b.add_argument("--repeats", type=int, default=5)
+    b = _verb(bsub, "speed", "seconds per scan (in-process and Triton) and per landmark",
+              "Medians over --repeats runs; starts the local stack for the Triton figures unless --triton is given.",
+              ["uae-ray bench speed --repeats 5 --out speed.json"])
+    _add_bench_io(b, "speed")
+    b.add_argument("--repeats", type=int, default=5, help="runs per figure (the median is reported)")
     b.add_argument("--triton", metavar="URL", help="use this Triton server instead of starting the local stack")
-    b.add_argument("--checkpoint", metavar="PATH")
+    b.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", help="end-to-end demo on real sample CTs")
-    p.add_argument("--out", default="demo-output", metavar="DIR")
+    p = _verb(sub, "demo", "end-to-end demo on real sample CTs",
+              "Starts the local stack (unless it runs already), runs every verb on sample scans and writes an "
+              "HTML summary with each cross-patient detection and its error against the sample's own labels.",
+              ["uae-ray demo --out demo-output"])
+    p.add_argument("--out", default="demo-output", metavar="DIR", help="folder of the demo's outputs")
     p.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     p.set_defaults(func=_cmd_demo)
     return parser
@@ -439,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``uae-ray`` console script."""
     args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
