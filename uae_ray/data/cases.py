@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from uae_ray.data.manifest import manifest_rows
 from uae_ray.tasks.points_io import NamedPoints, read_points_csv
 from uae_ray.volume import labels_on_border, read_image
 
@@ -111,13 +111,12 @@ def load_cases(data_dir: str | Path, modality: str | None = None) -> list[Case]:
     """Lists the cases of ``manifest.csv`` (optionally one modality), sorted by case id."""
     data_dir = Path(data_dir)
     cases = []
-    with open(data_dir / "manifest.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            if modality and row["modality"].upper() != modality.upper():
-                continue
-            folder = data_dir / "cases" / row["case_id"]
-            meta = json.loads((folder / "meta.json").read_text())
-            cases.append(Case(row["case_id"], row["modality"].upper(), row["patient"], folder, meta))
+    for row in manifest_rows(data_dir):
+        if modality and row["modality"] != modality.upper():
+            continue
+        folder = data_dir / "cases" / row["case_id"]
+        meta = json.loads((folder / "meta.json").read_text())
+        cases.append(Case(row["case_id"], row["modality"], row["patient"], folder, meta))
     return sorted(cases, key=lambda c: c.case_id)
 
 

@@ -18,7 +18,6 @@ Models record the case ids they were trained on (checkpoint metadata ``trained_o
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import dataclass
@@ -68,11 +67,12 @@ class PatientSplit:
 
 def read_case_patients(data_dir: str | Path) -> dict[str, str]:
     """Case id -> patient id from ``<data_dir>/manifest.csv`` (a case without one is its own patient)."""
-    path = Path(data_dir) / "manifest.csv"
-    if not path.is_file():
-        raise SplitError(f"{path}: manifest not found")
-    with open(path, newline="") as fh:
-        return {r["case_id"]: (r.get("patient") or r["case_id"]) for r in csv.DictReader(fh)}
+    from uae_ray.data.manifest import manifest_rows
+
+    try:
+        return {r["case_id"]: r["patient"] for r in manifest_rows(data_dir)}
+    except FileNotFoundError as exc:
+        raise SplitError(str(exc)) from None
 
 
 def load_split(name_or_path: str | Path = DEFAULT_SPLIT) -> PatientSplit:

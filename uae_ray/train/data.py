@@ -13,7 +13,6 @@ training grid and kept with the volume (UAE semantic head training, see
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from uae_ray.data.manifest import manifest_rows
 from uae_ray.models.config import hu_to_normalised
 from uae_ray.volume import Grid, parse_modality, prepare_volume, read_image, read_labels, resample_to_grid
 
@@ -148,8 +148,7 @@ def fetch_data(data: str | Path, cache_dir: str | Path | None = None) -> Path:
         return Path(text)
     cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "uae-ray" / "train-data" / uri_hash(text)
     download(join(text, "manifest.csv"), cache / "manifest.csv")
-    with open(cache / "manifest.csv", newline="") as fh:
-        paths = [r["path"] for r in csv.DictReader(fh)]
+    paths = [r["path"] for r in manifest_rows(cache)]
     for rel in paths:
         for name in ("image.nii.gz", "labels.nii.gz", "meta.json"):
             src, dest = join(text, rel, name), cache / rel / name
@@ -172,17 +171,12 @@ def read_manifest(data_dir: str | Path, modalities: Iterable[str] | None = None)
         The :class:`CaseInfo` rows sorted by case id.
     """
     data_dir = Path(data_dir)
-    manifest = data_dir / "manifest.csv"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: manifest not found")
     keep = None if modalities is None else {m.upper() for m in modalities}
-    with open(manifest, newline="") as fh:
-        rows = [
-            CaseInfo(r["case_id"], r["modality"].upper(), r.get("patient") or "", data_dir / r["path"] / "image.nii.gz",
-                     r.get("region") or "")
-            for r in csv.DictReader(fh)
-            if keep is None or r["modality"].upper() in keep
-        ]
+    rows = [
+        CaseInfo(r["case_id"], r["modality"], r["patient"], data_dir / r["path"] / "image.nii.gz", r.get("region") or "")
+        for r in manifest_rows(data_dir)
+        if keep is None or r["modality"] in keep
+    ]
     return sorted(rows, key=lambda c: c.case_id)
 
 
