@@ -3,10 +3,13 @@
 import subprocess
 import sys
 
+import json
+
 import numpy as np
 import pytest
 
 from uae_ray.cli import build_parser, main
+from uae_ray.tasks.markups import parse_markups
 from uae_ray.tasks.points_io import read_detections_csv, read_points_csv
 from tests.shared import SHARED_DATA, needs_shared_data
 
@@ -55,6 +58,9 @@ def test_landmarks_identity_and_a_bad_target(tmp_path, caplog):
     assert err.max() < 4.0, err  # same scan: within one 4 mm map voxel
     assert all(d.found for d in dets)
     assert (tmp_path / "qc.html").read_text().count("data:image/png") == 6 * len(dets)
+    slicer = parse_markups((tmp_path / "det.mrk.json").read_text(), "det.mrk.json")  # beside the CSV, LPS
+    assert slicer.names == truth.names
+    np.testing.assert_allclose(slicer.xyz, [[d.x, d.y, d.z] for d in dets], atol=1e-6)
 
 
 @needs_shared_data
@@ -88,3 +94,21 @@ def test_landmarks_points_outside_the_template_exit_2(tmp_path, caplog, kind):
     assert len(errors) == 1 and "\n" not in errors[0] and str(points) in errors[0]
     assert "outside the template image" in errors[0]
     assert (pts[1][0] in errors[0]) if kind == "far" else all(p[0] in errors[0] for p in pts)
+    assert ("looks like RAS" in errors[0]) == (kind == "ras")  # the hint only where negating x, y fits
+
+
+@needs_shared_data
+def test_landmarks_reads_slicer_markups_in_ras(tmp_path):
+    """A Slicer point list saved in RAS gives the same detections as the LPS CSV."""
+    case = SHARED_DATA / "cases" / "ts_example_ct"
+    truth = read_points_csv(case / "landmarks.csv")
+    cps = [{"label": n, "position": [-x, -y, z]} for n, (x, y, z) in zip(truth.names[:2], truth.xyz[:2])]
+    mrk = tmp_path / "points.mrk.json"
+    mrk.write_text(json.dumps({"markups": [{"type": "Fiducial", "coordinateSystem": "RAS", "controlPoints": cps}]}))
+    out = tmp_path / "d.csv"
+    code = main(["landmarks", "--template", str(case / "image.nii.gz"), "--points", str(mrk),
+                 "--target", str(case / "image.nii.gz"), "--out", str(out), "--method", "nn"])
+    assert code == 0
+    dets = read_detections_csv(out)
+    err = np.linalg.norm(np.array([[d.x, d.y, d.z] for d in dets]) - truth.xyz[:2], axis=1)
+    assert [d.name for d in dets] == list(truth.names[:2]) and err.max() < 4.0

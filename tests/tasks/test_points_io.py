@@ -66,3 +66,24 @@ def test_detections_without_found_column_read_as_found(tmp_path):
     f = tmp_path / "d.csv"
     f.write_text("target,name,x,y,z,score\nt,a,1,2,3,0.5\n")
     assert read_detections_csv(f) == [Detection("t", "a", 1.0, 2.0, 3.0, 0.5, True)]
+
+
+@pytest.mark.parametrize("text", [
+    "\ufeffname,x,y,z\na,1,2,3\n",          # Excel's UTF-8 byte-order mark
+    "name, x, y, z\na, 1, 2, 3\n",          # spaces after the commas
+    "Name;X;Y;Z\na;1;2;3\n",                # semicolons (European Excel), capitalised header
+    "name\tx\ty\tz\n\na\t1\t2\t3\n\n",      # tabs and blank lines
+])
+def test_points_csv_as_users_write_it(tmp_path, text):
+    f = tmp_path / "p.csv"
+    f.write_text(text, encoding="utf-8")
+    pts = read_points_csv(f)
+    assert pts.names == ("a",) and pts.xyz.tolist() == [[1.0, 2.0, 3.0]]
+
+
+def test_missing_column_lists_what_was_found(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("label,x,y,z\na,1,2,3\n")
+    with pytest.raises(PointsFileError, match=r"missing column\(s\) name; expected header name,x,y,z "
+                                              r"\(found columns: 'label', 'x', 'y', 'z'\)"):
+        read_points_csv(f)

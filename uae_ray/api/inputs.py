@@ -14,6 +14,7 @@ import os
 import SimpleITK as sitk
 
 from uae_ray.storage.images import read_image_uri, read_labels_uri
+from uae_ray.tasks.points_io import LesionPoints, NamedPoints, parse_lesions_csv, parse_points
 from uae_ray.tasks.support import Support, SupportSpec, make_support, parse_support, read_label_names, read_local_text
 from uae_ray.volume import detect_modality
 from uae_ray.volume.errors import one_line
@@ -38,6 +39,30 @@ def read_text(uri: str) -> str | None:
 
         return read_bytes(uri).decode("utf-8") if exists(uri) else None
     return read_local_text(uri)
+
+
+def _text_of(uri: str, kind: str) -> str:
+    from uae_ray.tasks.points_io import PointsFileError
+
+    try:
+        text = read_text(str(uri))
+    except UnicodeDecodeError:
+        raise PointsFileError(f"{uri}: {kind} file is not text (UTF-8)") from None
+    except OSError as e:
+        raise PointsFileError(f"{uri}: cannot read {kind} file ({e.strerror or e})") from None
+    if text is None:
+        raise PointsFileError(f"{uri}: cannot read {kind} file (no such file)")
+    return text
+
+
+def read_points(uri: str | os.PathLike[str]) -> NamedPoints:
+    """Named LPS points from a ``name,x,y,z`` CSV or a Slicer ``.mrk.json``, local or ``s3://``."""
+    return parse_points(_text_of(str(uri), "points"), str(uri))
+
+
+def read_lesions(uri: str | os.PathLike[str]) -> LesionPoints:
+    """Lesions from a ``name,x,y,z[,radius_mm]`` CSV or a Slicer ``.mrk.json``, local or ``s3://``."""
+    return parse_lesions_csv(_text_of(str(uri), "lesions"), str(uri))
 
 
 def read_image_and_modality(uri: sitk.Image | str, modality: str | None = None, name: str | None = None

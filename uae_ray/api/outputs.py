@@ -55,6 +55,14 @@ def write_text(text: str, uri: str) -> str:
     return write_output(uri, local)
 
 
+def write_markups(groups, csv_uri: str) -> str:
+    """3D Slicer markups (``.mrk.json``, LPS) of point groups beside a CSV output (local or
+    ``s3://``): ``x.csv`` -> ``x.mrk.json``. Returns its URI."""
+    from uae_ray.tasks.markups import markups_json, markups_path
+
+    return write_text(markups_json(groups), markups_path(str(csv_uri)))
+
+
 def label_map_sidecar(uri: str) -> str:
     """The organ-name sidecar of a label map: ``<uri minus .nii.gz or .nii>.json``."""
     text = str(uri)

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from uae_ray.api.inputs import load_support, parse_organs, read_image_and_modality
+from uae_ray.api.inputs import load_support, parse_organs, read_image_and_modality, read_lesions, read_points
 from uae_ray.api.models import get_embedder, make_localizer, make_localizer_factory, make_segmenter
 from uae_ray.api.predictor import ImageInput
 from uae_ray.matching import DEFAULT_METHOD, Embedder
 from uae_ray.tasks.landmarks import LandmarkDetector
 from uae_ray.tasks.localize import OrganBox
-from uae_ray.tasks.points_io import Detection, LesionPoints, NamedPoints, Track, read_lesions_csv, read_points_csv
+from uae_ray.tasks.points_io import Detection, LesionPoints, NamedPoints, Track
 from uae_ray.tasks.register import Registrar, RegistrationResult
 from uae_ray.tasks.segment import DEFAULT_BOX_MODE, SegmentationResult, TargetSlices, localize_prompts, segment_prompts
 from uae_ray.tasks.support import Support
@@ -32,7 +32,7 @@ def _points(points: NamedPoints | str | dict[str, Sequence[float]]) -> NamedPoin
         return points
     if isinstance(points, dict):
         return NamedPoints(tuple(points), np.asarray(list(points.values()), dtype=np.float64).reshape(-1, 3))
-    return read_points_csv(points)
+    return read_points(points)
 
 
 def landmarks(template: ImageInput, points: NamedPoints | str | dict[str, Sequence[float]],
@@ -67,7 +67,7 @@ def track(baseline: ImageInput, followup: ImageInput, lesions: LesionPoints | st
     embedder = embedder or get_embedder(checkpoint=checkpoint)
     b_image, b_mod = read_image_and_modality(baseline, modality)
     f_image, f_mod = read_image_and_modality(followup, modality)
-    tracker = LesionTracker(embedder, b_image, lesions if isinstance(lesions, LesionPoints) else read_lesions_csv(lesions),
+    tracker = LesionTracker(embedder, b_image, lesions if isinstance(lesions, LesionPoints) else read_lesions(lesions),
                             b_mod, method)
     return tracker.track(f_image, f_mod)
 

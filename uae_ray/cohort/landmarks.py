@@ -29,7 +29,8 @@ from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line,
 from uae_ray.serving import get_embedder
 from uae_ray.storage import DETECTIONS, Manifest, ScanRef, discover_scans, join, read_files, write_table_atomic
 from uae_ray.storage.images import read_image_uri
-from uae_ray.tasks.points_io import NamedPoints, read_points_csv
+from uae_ray.api.inputs import read_points
+from uae_ray.tasks.points_io import NamedPoints
 
 if TYPE_CHECKING:
     from uae_ray.matching import EmbeddingMaps, MatchResult
@@ -148,7 +149,7 @@ def run_cohort_landmarks(
     """Detects the template's points in every scan of ``archive`` with ``method`` (``nn`` or
     ``fixed-point``); returns a summary."""
     embeddings = embeddings or out
-    points = read_points_csv(points_csv)
+    points = read_points(points_csv)
     scans = discover_scans(archive)[:limit] if limit else discover_scans(archive)
     query = build_query(template, points, out, method, triton_url, checkpoint)
     logger.info("cohort landmarks: %d points, %d scans, model %s", len(points), len(scans), query.model_version)

@@ -5,11 +5,27 @@ from __future__ import annotations
 import logging
 import time
 
-from uae_ray.tasks.points_io import Detection, read_points_csv, write_detections_csv
+from uae_ray.tasks.points_io import Detection, write_detections_csv
 from uae_ray.volume import detect_modality
 from uae_ray.volume.errors import one_line
 
 logger = logging.getLogger(__name__)
+
+
+def detections_groups(detections: list[Detection]):
+    """One Slicer point list per target (:class:`~uae_ray.tasks.markups.PointGroup`)."""
+    import numpy as np
+
+    from uae_ray.tasks.markups import PointGroup
+    from uae_ray.tasks.points_io import NamedPoints
+
+    targets = list(dict.fromkeys(d.target for d in detections))
+    groups = []
+    for t in targets:
+        ds = [d for d in detections if d.target == t]
+        pts = NamedPoints(tuple(d.name for d in ds), np.array([[d.x, d.y, d.z] for d in ds], dtype=np.float64))
+        groups.append(PointGroup(t.rstrip("/").rsplit("/", 1)[-1], pts, [d.score for d in ds], [d.found for d in ds]))
+    return groups
 
 
 def run(
@@ -25,13 +41,13 @@ def run(
 ) -> int:
     """Runs the verb. Returns the exit code: 0, or 1 when a target failed (others still run),
     or 2 when the template or points are unusable (nothing is written)."""
-    from uae_ray.api.inputs import read_image_uri
+    from uae_ray.api.inputs import read_image_uri, read_points
     from uae_ray.api.models import get_embedder
-    from uae_ray.api.outputs import write_output
+    from uae_ray.api.outputs import write_markups, write_output
     from uae_ray.tasks.landmarks import LandmarkDetector, check_points_inside
 
     try:
-        named = read_points_csv(points)
+        named = read_points(points)
         template_image = read_image_uri(template)
         template_modality = detect_modality(template_image, template, modality)
     except Exception as e:  # unreadable template or points: nothing to do
@@ -70,7 +86,8 @@ def run(
             "[%d/%d] %s: %d/%d points found in %.1f s", i, len(targets), target, n_found, len(found), time.perf_counter() - t0
         )
     write_output(out, lambda path: write_detections_csv(path, detections))
-    logger.info("wrote %d detections to %s (%d target(s) failed)", len(detections), out, failed)
+    markups = write_markups(detections_groups(detections), out)
+    logger.info("wrote %d detections to %s and %s (%d target(s) failed)", len(detections), out, markups, failed)
     if report:
         from uae_ray.report.landmarks import landmark_report
 

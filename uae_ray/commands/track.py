@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from uae_ray.volume import detect_modality
 from uae_ray.volume.errors import one_line
 
@@ -19,12 +21,12 @@ def read_lesions(lesions: str | None, lesion_mask: str | None):
     """
     from uae_ray.storage import exists, read_bytes
     from uae_ray.storage.images import read_labels_uri
-    from uae_ray.tasks.points_io import read_lesions_csv
+    from uae_ray.api.inputs import read_lesions as read_lesions_file
     from uae_ray.tasks.track import label_names_candidates, lesions_from_mask, parse_label_names
 
     if not lesions and not lesion_mask:
         raise ValueError("uae-ray track: give --lesions LESIONS.csv and/or --lesion-mask MASK")
-    found = read_lesions_csv(lesions) if lesions else None
+    found = read_lesions_file(lesions) if lesions else None
     if lesion_mask:
         names: dict[int, str] = {}
         for candidate in label_names_candidates(lesion_mask):
@@ -54,8 +56,9 @@ def run(
     input is unusable (nothing is written)."""
     from uae_ray.api.inputs import read_image_uri
     from uae_ray.api.models import get_embedder
-    from uae_ray.api.outputs import write_output
-    from uae_ray.tasks.points_io import write_tracks_csv
+    from uae_ray.api.outputs import write_markups, write_output
+    from uae_ray.tasks.markups import PointGroup
+    from uae_ray.tasks.points_io import NamedPoints, write_tracks_csv
     from uae_ray.tasks.track import LesionTracker, TrackConfig
 
     t0 = time.perf_counter()
@@ -72,6 +75,8 @@ def run(
     tracker = LesionTracker(embedder, base_image, named, base_modality, method, TrackConfig(extent=extent))
     tracks = tracker.track(follow_image, follow_modality)
     write_output(out, lambda path: write_tracks_csv(path, tracks))
+    followup_points = NamedPoints(tuple(t.name for t in tracks), np.array([[t.x, t.y, t.z] for t in tracks], dtype=float))
+    write_markups([PointGroup("tracks", followup_points, [t.score for t in tracks], [t.found for t in tracks])], out)
     failed = [t for t in tracks if t.error]
     for t in failed:
         logger.error("%s: %s", baseline, t.error)

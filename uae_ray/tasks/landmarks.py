@@ -33,8 +33,12 @@ def check_points_inside(points: NamedPoints, image: sitk.Image, role: str) -> No
         box = " .. ".join("(" + ", ".join(f"{v:.0f}" for v in c) + ")" for c in (corners.min(0), corners.max(0)))
         named = ", ".join(f"{points.names[i]} ({', '.join(f'{v:.1f}' for v in points.xyz[i])})" for i in outside[:3])
         more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
-        raise ValueError(f"{len(outside)} point(s) outside the {role} image (world box {box} mm, LPS): {named}{more}; "
-                         "points must be LPS millimetres in the image's frame (RAS points have x and y negated)")
+        flipped = np.asarray(points.xyz, dtype=np.float64).reshape(-1, 3)[outside] * np.array([-1.0, -1.0, 1.0])
+        hint = ("; with x and y negated they would all be inside: the file looks like RAS (3D Slicer, nibabel), "
+                "convert with x, y = -x, -y or save a Slicer .mrk.json") if grid.contains(flipped).all() else \
+            "; points must be LPS millimetres in the image's frame (RAS points have x and y negated)"
+        raise ValueError(f"{len(outside)} point(s) outside the {role} image (world box {box} mm, LPS): {named}{more}"
+                         f"{hint}")
 
 
 class LandmarkDetector:

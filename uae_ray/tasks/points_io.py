@@ -61,41 +61,82 @@ class Detection:
     found: bool = True
 
 
+def _read_text(path: str | Path, kind: str) -> str:
+    """The text of a points / lesions file (a UTF-8 byte-order mark is dropped)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise PointsFileError(f"{path}: cannot read {kind} file ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise PointsFileError(f"{path}: {kind} file is not text (UTF-8)") from e
+
+
+def table_rows(text: str, source: str, required: tuple[str, ...], expected: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header and ``(row number, row)`` pairs of a small CSV as users write it.
+
+    Accepts a byte-order mark, ``,`` ``;`` or tab as the delimiter (sniffed from the header),
+    spaces around names and values, and header names in any case; blank lines are skipped.
+
+    Raises:
+        PointsFileError: a required column is missing; the message lists the columns found.
+    """
+    text = text.lstrip("\ufeff")
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = max(",;\t", key=first.count) if first else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, skipinitialspace=True)
+    rows = [(n, r) for n, r in enumerate(reader, start=1) if any(c.strip() for c in r)]
+    header = [h.strip().lower() for h in rows[0][1]] if rows else []
+    missing = [c for c in required if c not in header]
+    if missing:
+        found = ", ".join(repr(h) for h in header) or "none"
+        raise PointsFileError(f"{source}: missing column(s) {', '.join(missing)}; expected header {expected} "
+                              f"(found columns: {found})")
+    return header, [(n, {h: c.strip() for h, c in zip(header, r)}) for n, r in rows[1:]]
+
+
+def _named_xyz(rows: list[tuple[int, dict]], source: str) -> tuple[list[str], np.ndarray]:
+    """Names and (N, 3) coordinates of ``name,x,y,z`` rows (one home for the checks)."""
+    names: list[str] = []
+    coords: list[tuple[float, ...]] = []
+    for row_no, row in rows:
+        name = row.get("name") or ""
+        if not name:
+            raise PointsFileError(f"{source}: row {row_no} has an empty name")
+        if name in names:
+            raise PointsFileError(f"{source}: row {row_no} repeats the name {name!r}")
+        try:
+            xyz = tuple(float(row[c]) for c in ("x", "y", "z"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-numeric coordinate") from e
+        if not all(np.isfinite(xyz)):
+            raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-finite coordinate")
+        names.append(name)
+        coords.append(xyz)
+    return names, np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+
+
+def parse_points(text: str, source: str) -> NamedPoints:
+    """Points from the text of a ``name,x,y,z`` CSV or, for a ``.json`` source, a 3D Slicer
+    markups file (:func:`~uae_ray.tasks.markups.parse_markups`; RAS converted to LPS)."""
+    if source.lower().endswith(".json"):
+        from uae_ray.tasks.markups import parse_markups
+
+        return parse_markups(text, source)
+    _, rows = table_rows(text, source, POINT_COLUMNS, "name,x,y,z")
+    names, xyz = _named_xyz(rows, source)
+    if not names:
+        raise PointsFileError(f"{source}: no points (header only)")
+    return NamedPoints(tuple(names), xyz)
+
+
 def read_points_csv(path: str | Path) -> NamedPoints:
-    """Reads a ``name,x,y,z`` CSV.
+    """Reads a ``name,x,y,z`` CSV (or a Slicer ``.mrk.json``), world LPS mm.
 
     Raises:
         PointsFileError: missing file or column, a non-numeric coordinate, duplicate names or
             no rows; the message names the file and the row.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise PointsFileError(f"{path}: cannot read points file ({e.strerror})") from e
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in POINT_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise PointsFileError(f"{path}: missing column(s) {', '.join(missing)}; expected header name,x,y,z")
-    names: list[str] = []
-    coords: list[tuple[float, float, float]] = []
-    for row_no, row in enumerate(reader, start=2):
-        name = (row["name"] or "").strip()
-        if not name:
-            raise PointsFileError(f"{path}: row {row_no} has an empty name")
-        if name in names:
-            raise PointsFileError(f"{path}: row {row_no} repeats the name {name!r}")
-        try:
-            xyz = tuple(float(row[c]) for c in ("x", "y", "z"))
-        except (TypeError, ValueError) as e:
-            raise PointsFileError(f"{path}: row {row_no} ({name}) has a non-numeric coordinate") from e
-        if not all(np.isfinite(xyz)):
-            raise PointsFileError(f"{path}: row {row_no} ({name}) has a non-finite coordinate")
-        names.append(name)
-        coords.append(xyz)  # type: ignore[arg-type]
-    if not names:
-        raise PointsFileError(f"{path}: no points (header only)")
-    return NamedPoints(tuple(names), np.asarray(coords, dtype=np.float64))
+    return parse_points(_read_text(path, "points"), str(path))
 
 
 def write_csv_atomic(path: str | Path, header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -215,32 +256,17 @@ class Track:
 
 
 def parse_lesions_csv(text: str, source: str) -> LesionPoints:
-    """Parses the text of a ``name,x,y,z[,radius_mm]`` CSV (see :func:`read_lesions_csv`)."""
-    reader = csv.DictReader(io.StringIO(text))
-    fields = reader.fieldnames or []
-    missing = [c for c in LESION_COLUMNS if c not in fields]
-    if missing:
-        raise PointsFileError(
-            f"{source}: missing column(s) {', '.join(missing)}; expected header name,x,y,z[,radius_mm]"
-        )
-    has_radius = "radius_mm" in fields
-    names: list[str] = []
-    coords: list[tuple[float, float, float]] = []
+    """Parses the text of a ``name,x,y,z[,radius_mm]`` CSV (see :func:`read_lesions_csv`); a
+    ``.json`` source is a Slicer markups file (no radii)."""
+    if source.lower().endswith(".json"):
+        points = parse_points(text, source)
+        return LesionPoints(points.names, points.xyz, np.full(len(points), np.nan))
+    header, rows = table_rows(text, source, LESION_COLUMNS, "name,x,y,z[,radius_mm]")
+    names, xyz = _named_xyz(rows, source)
     radii: list[float] = []
-    for row_no, row in enumerate(reader, start=2):
-        name = (row["name"] or "").strip()
-        if not name:
-            raise PointsFileError(f"{source}: row {row_no} has an empty name")
-        if name in names:
-            raise PointsFileError(f"{source}: row {row_no} repeats the name {name!r}")
-        try:
-            xyz = tuple(float(row[c]) for c in ("x", "y", "z"))
-        except (TypeError, ValueError) as e:
-            raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-numeric coordinate") from e
-        if not all(np.isfinite(xyz)):
-            raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-finite coordinate")
+    for (row_no, row), name in zip(rows, names):
         radius = float("nan")
-        cell = (row.get("radius_mm") or "").strip() if has_radius else ""
+        cell = row.get("radius_mm") or ""
         if cell:
             try:
                 radius = float(cell)
@@ -250,30 +276,22 @@ def parse_lesions_csv(text: str, source: str) -> LesionPoints:
                 raise PointsFileError(f"{source}: row {row_no} ({name}) has a non-finite radius_mm")
             if radius < 0:
                 raise PointsFileError(f"{source}: row {row_no} ({name}) has a negative radius_mm ({cell})")
-        names.append(name)
-        coords.append(xyz)  # type: ignore[arg-type]
         radii.append(radius)
     if not names:
         raise PointsFileError(f"{source}: no lesions (header only)")
-    return LesionPoints(tuple(names), np.asarray(coords, dtype=np.float64), np.asarray(radii, dtype=np.float64))
+    return LesionPoints(tuple(names), xyz, np.asarray(radii, dtype=np.float64))
 
 
 def read_lesions_csv(path: str | Path) -> LesionPoints:
-    """Reads a ``name,x,y,z[,radius_mm]`` CSV (world LPS mm; radius in mm, optional per row).
+    """Reads a ``name,x,y,z[,radius_mm]`` CSV (world LPS mm; radius in mm, optional per row) or a
+    Slicer ``.mrk.json``.
 
     Raises:
         PointsFileError: missing file or column, a non-numeric or non-finite coordinate or
             radius, a negative radius, duplicate or empty names, or no rows; one line that
             names the file and the row.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise PointsFileError(f"{path}: cannot read lesions file ({e.strerror})") from e
-    except UnicodeDecodeError as e:
-        raise PointsFileError(f"{path}: lesions file is not text (UTF-8)") from e
-    return parse_lesions_csv(text, str(path))
+    return parse_lesions_csv(_read_text(path, "lesions"), str(path))
 
 
 def _fmt(v: float, digits: int) -> str:
