@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from uae_ray.volume import VolumeError, detect_modality, parse_modality, read_image
 from uae_ray.volume.modality import modality_from_intensities
@@ -64,3 +67,26 @@ def test_real_cases_by_manifest():
     for row in rows:
         path = require_data(row["path"], "image.nii.gz")
         assert detect_modality(read_image(path), str(path)) == row["modality"], row["case_id"]
+
+
+def test_unshifted_ct_is_mr_with_a_warning_that_names_the_file(caplog):
+    """A real CT stored as 0..4095 (no -1024 offset) is ambiguous: taken as MR, loudly."""
+    ct = sitk.ReadImage(str(require_data("cases", "ts_example_ct", "image.nii.gz")))
+    shifted = sitk.Cast(sitk.Clamp(ct, lowerBound=-1024, upperBound=3071) + 1024, sitk.sitkInt16)
+    with caplog.at_level(logging.INFO, logger="uae_ray.volume.modality"):
+        assert detect_modality(shifted, "shifted.nii.gz") == "MR"
+        assert detect_modality(ct, "real.nii.gz") == "CT"
+        assert detect_modality(shifted, "forced.nii.gz", "CT") == "CT"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and warnings[0].startswith("shifted.nii.gz: ") and "--modality CT" in warnings[0]
+    assert warnings[1].startswith("forced.nii.gz: ") and "offset" in warnings[1]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(m.startswith("real.nii.gz: modality CT from intensities") for m in infos)
+
+
+def test_a_real_mr_gets_no_warning(caplog):
+    mr = sitk.ReadImage(str(require_data("cases", "sts_002_mr_t1", "image.nii.gz")))
+    with caplog.at_level(logging.INFO, logger="uae_ray.volume.modality"):
+        assert detect_modality(mr, "mr.nii.gz") == "MR"
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("modality MR from intensities" in r.getMessage() for r in caplog.records)
