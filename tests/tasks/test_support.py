@@ -67,7 +67,7 @@ def test_label_names_errors(tmp_path):
     with pytest.raises(SupportError, match="lab.json: not valid JSON"):
         read_label_names(str(labels))
     (tmp_path / "lab.json").write_text(json.dumps({"x": "liver"}))
-    with pytest.raises(SupportError, match="not an integer"):
+    with pytest.raises(SupportError, match="not a positive integer"):
         read_label_names(str(labels))
     with pytest.raises(SupportError, match="label-names file not found"):
         read_label_names(str(labels), str(tmp_path / "missing.json"))

@@ -10,11 +10,11 @@ import SimpleITK as sitk
 
 from uae_ray.matching import MatchResult
 from uae_ray.tasks.points_io import LesionPoints
+from uae_ray.tasks.label_names import parse_label_names
 from uae_ray.tasks.track import (
     LesionTracker,
     TrackConfig,
     lesions_from_mask,
-    parse_label_names,
     vote,
     vote_offsets,
 )
@@ -53,7 +53,7 @@ def test_vote_absorbs_growth_and_drops_an_outlier():
 def test_label_names_from_json():
     assert parse_label_names('{"1": "gtv", "3": "node"}', "x.json") == {1: "gtv", 3: "node"}
     assert parse_label_names('{"labels": {"2": "met"}, "patient": "p1"}', "meta.json") == {2: "met"}
-    with pytest.raises(ValueError, match="x.json: label names are not valid JSON"):
+    with pytest.raises(ValueError, match="x.json: not valid JSON"):
         parse_label_names("{", "x.json")
 
 

@@ -65,6 +65,21 @@ def read_lesions(uri: str | os.PathLike[str]) -> LesionPoints:
     return parse_lesions_csv(_text_of(str(uri), "lesions"), str(uri))
 
 
+def read_lesion_mask(uri: str) -> LesionPoints:
+    """Lesions of a label map (local or ``s3://``): one per label value, named by a sidecar
+    ``<stem>.json`` or ``meta.json`` where there is one (else ``lesion_<id>``)."""
+    from uae_ray.tasks.label_names import parse_label_names, sidecar_paths
+    from uae_ray.tasks.track import lesions_from_mask
+
+    names: dict[int, str] = {}
+    for candidate in sidecar_paths(uri):
+        text = read_text(candidate)
+        if text is not None:
+            names = parse_label_names(text, candidate)
+            break
+    return lesions_from_mask(read_labels_uri(uri), names, source=uri)
+
+
 def read_image_and_modality(uri: sitk.Image | str, modality: str | None = None, name: str | None = None
                             ) -> tuple[sitk.Image, str]:
     """The image and its modality (``modality`` given, else detected from the image and its name)."""

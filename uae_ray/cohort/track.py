@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from uae_ray.api.inputs import read_lesion_mask
 from uae_ray.cohort.embed import persist_record
 from uae_ray.cohort.job import PairJob, run_pair_job
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps
@@ -41,12 +42,13 @@ from uae_ray.storage import (
     read_bytes,
     write_table_atomic,
 )
-from uae_ray.storage.images import is_image_name, read_labels_uri
+from uae_ray.storage.images import is_image_name
 from uae_ray.storage.schemas import TRACKS
 from uae_ray.storage.uri import uri_hash
 
 if TYPE_CHECKING:
     from uae_ray.tasks.points_io import LesionPoints, Track
+
 
 logger = logging.getLogger(__name__)
 
@@ -88,18 +90,6 @@ def lesion_inputs(pair: ScanPair) -> tuple[str | None, str | None]:
         if exists(candidate):
             return candidate, None
     return None, None
-
-
-def read_lesion_mask(uri: str) -> LesionPoints:
-    """Lesions of a label map (local or s3://), named by a sidecar JSON / meta.json if present."""
-    from uae_ray.tasks.track import label_names_candidates, lesions_from_mask, parse_label_names
-
-    names: dict[int, str] = {}
-    for candidate in label_names_candidates(uri):
-        if exists(candidate):
-            names = parse_label_names(read_bytes(candidate).decode("utf-8"), candidate)
-            break
-    return lesions_from_mask(read_labels_uri(uri), names, source=uri)
 
 
 def pair_lesions(pair: ScanPair) -> LesionPoints:

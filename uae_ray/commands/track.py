@@ -19,21 +19,14 @@ def read_lesions(lesions: str | None, lesion_mask: str | None):
     Raises:
         ValueError: neither given, or an unusable file (one line naming it).
     """
-    from uae_ray.storage import exists, read_bytes
-    from uae_ray.storage.images import read_labels_uri
+    from uae_ray.api.inputs import read_lesion_mask
     from uae_ray.api.inputs import read_lesions as read_lesions_file
-    from uae_ray.tasks.track import label_names_candidates, lesions_from_mask, parse_label_names
 
     if not lesions and not lesion_mask:
         raise ValueError("uae-ray track: give --lesions LESIONS.csv and/or --lesion-mask MASK")
     found = read_lesions_file(lesions) if lesions else None
     if lesion_mask:
-        names: dict[int, str] = {}
-        for candidate in label_names_candidates(lesion_mask):
-            if exists(candidate):
-                names = parse_label_names(read_bytes(candidate).decode("utf-8"), candidate)
-                break
-        from_mask = lesions_from_mask(read_labels_uri(lesion_mask), names, source=lesion_mask)
+        from_mask = read_lesion_mask(lesion_mask)
         found = from_mask if found is None else found.concat(from_mask, f"{lesions} + {lesion_mask}")
     return found
 

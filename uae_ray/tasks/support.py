@@ -12,7 +12,6 @@ order. The six extreme points of an organ are ordered ``xmin, xmax, ymin, ymax, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from uae_ray.tasks.label_names import LabelNamesError, parse_label_names, sidecar_paths
 from uae_ray.volume import Grid
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ EXTREME_NAMES = ("xmin", "xmax", "ymin", "ymax", "zmin", "zmax")
 #: Columns of a box, as in the boxes CSV contract.
 BOX_COLUMNS = ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")
 #: Label-file suffixes stripped to find the sidecar JSON (longest first).
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class SupportError(ValueError):
@@ -101,50 +100,17 @@ def parse_support(text: str) -> SupportSpec:
 # -- organ names --------------------------------------------------------------------------------
 
 
-def _strip_label_suffix(name: str) -> str:
-    low = name.lower()
-    for suffix in LABEL_SUFFIXES:
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def read_local_text(path: str) -> str | None:
     """Text of a local file (``file://`` and ``~`` allowed), None when it does not exist."""
     p = Path(os.path.expanduser(path.removeprefix("file://")))
     return p.read_text() if p.is_file() else None
 
 
-def _names_from_mapping(mapping: object, source: str) -> dict[int, str]:
-    if isinstance(mapping, dict) and "labels" in mapping and isinstance(mapping["labels"], dict):
-        mapping = mapping["labels"]
-    if not isinstance(mapping, dict) or not mapping:
-        raise SupportError(f"{source}: expected a JSON object {{\"1\": \"liver\", ...}} (or one with a 'labels' map)")
-    out: dict[int, str] = {}
-    for key, value in mapping.items():
-        try:
-            label = int(key)
-        except (TypeError, ValueError):
-            raise SupportError(f"{source}: label id {key!r} is not an integer") from None
-        if label <= 0 or not isinstance(value, str) or not value.strip():
-            raise SupportError(f"{source}: bad entry {key!r}: {value!r} (ids > 0, non-empty names)")
-        out[label] = value.strip()
-    return out
-
-
-def _parse_json(text: str, source: str) -> object:
+def _names(text: str, source: str) -> dict[int, str]:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SupportError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
-
-
-def sidecar_paths(labels: str) -> tuple[str, str]:
-    """The two places organ names may sit beside a label file: ``<stem>.json`` and ``meta.json``."""
-    text = labels.rstrip("/")
-    head, sep, name = text.rpartition("/")
-    prefix = head + sep
-    return prefix + _strip_label_suffix(name) + ".json", prefix + "meta.json"
+        return parse_label_names(text, source)
+    except LabelNamesError as e:
+        raise SupportError(str(e)) from None
 
 
 def read_label_names(labels: str, label_names: str | None = None,
@@ -153,7 +119,8 @@ def read_label_names(labels: str, label_names: str | None = None,
 
     Args:
         labels: The label file.
-        label_names: An explicit JSON file ``{"1": "liver", ...}`` (``--label-names``); wins.
+        label_names: An explicit JSON file (``--label-names``; any form of
+            :func:`~uae_ray.tasks.label_names.parse_label_names`, nnU-Net's included); wins.
         read_text: ``uri -> text or None`` (default: local files; the API layer passes one that
             also reads ``s3://``).
 
@@ -164,17 +131,16 @@ def read_label_names(labels: str, label_names: str | None = None,
         text = read_text(label_names)
         if text is None:
             raise SupportError(f"{label_names}: label-names file not found")
-        return _names_from_mapping(_parse_json(text, label_names), label_names), label_names
+        return _names(text, label_names), label_names
     sidecar, meta = sidecar_paths(labels)
     text = read_text(sidecar)
     if text is not None:
-        return _names_from_mapping(_parse_json(text, sidecar), sidecar), sidecar
+        return _names(text, sidecar), sidecar
     text = read_text(meta)
     if text is not None:
-        data = _parse_json(text, meta)
-        if not (isinstance(data, dict) and isinstance(data.get("labels"), dict)):
+        if '"labels"' not in text:
             raise SupportError(f"{meta}: has no 'labels' map of label ids to organ names")
-        return _names_from_mapping(data["labels"], meta), meta
+        return _names(text, meta), meta
     raise SupportError(
         f"{labels}: no organ names: pass --label-names FILE, or put {Path(sidecar).name} "
         "(or a meta.json with a 'labels' map) beside the label file"

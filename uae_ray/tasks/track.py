@@ -336,46 +336,10 @@ def lesions_from_mask(
     return LesionPoints(tuple(out_names), np.asarray(centres), np.asarray(radii), tuple(extents))
 
 
-def label_names_candidates(mask: str) -> list[str]:
-    """Where the names of a lesion mask's labels may be: ``<MASK minus suffix>.json``, then a
-    ``meta.json`` beside it (the order of DESIGN.md for label maps)."""
-    stem = mask.rstrip("/")
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    folder = stem.rsplit("/", 1)[0] if "/" in stem else "."
-    return [stem + ".json", folder + "/meta.json"]
-
-
-def parse_label_names(text: str, source: str) -> dict[int, str]:
-    """``{label: name}`` from ``{"1": "gtv", ...}`` or a meta.json with a ``labels`` map.
-
-    Raises:
-        ValueError: not JSON, or keys that are not integers.
-    """
-    import json
-
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"{source}: label names are not valid JSON ({e.msg})") from e
-    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
-        data = data["labels"]
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: label names must be a JSON object {{\"1\": \"name\", ...}}")
-    try:
-        return {int(k): str(v) for k, v in data.items()}
-    except ValueError as e:
-        raise ValueError(f"{source}: label names have a non-integer key") from e
-
-
 __all__ = [
     "LesionTracker",
     "TrackConfig",
-    "label_names_candidates",
     "lesions_from_mask",
-    "parse_label_names",
     "track_lesions",
     "vote",
     "vote_offsets",
