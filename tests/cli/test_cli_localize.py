@@ -67,3 +67,14 @@ def test_localize_unusable_inputs_exit_2(tmp_path):
     out = tmp_path / "boxes.csv"
     assert main(["localize", "--support", "nosep", "--target", "t.nii.gz", "--organs", "liver", "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_an_organ_typo_is_an_error_with_a_suggestion_before_any_embedding(shared_data, tmp_path, caplog):
+    case = shared_data / "cases" / "ts_example_ct"
+    out = tmp_path / "boxes.csv"
+    code = main(["localize", "--support", f"{case}/image.nii.gz:{case}/labels.nii.gz",
+                 "--target", f"{case}/image.nii.gz", "--organs", "livr,spleen", "--out", str(out)])
+    assert code == 2 and not out.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "livr" in errors[0] and "did you mean 'liver'?" in errors[0]
+    assert not any("embed" in r.getMessage().lower() for r in caplog.records)

@@ -53,7 +53,8 @@ def load_inputs(supports: list[str], target: str, organs: str, label_names: str 
 
     Returns:
         ``(names, supports, n_failed, image, target_modality)``, or ``None`` (after one error
-        line) when there is nothing to do: no organ named, no usable support, unreadable target.
+        line) when there is nothing to do: no organ named, an organ name that looks like a typo of a
+        support's (with the closest name), no usable support, unreadable target.
         A support that cannot be used is logged and counted in ``n_failed``; the others go on.
     """
     from uae_ray.api.inputs import load_supports, parse_organs, read_image_uri
@@ -66,6 +67,13 @@ def load_inputs(supports: list[str], target: str, organs: str, label_names: str 
     loaded, failed = load_supports(supports, label_names, modality)
     if not loaded:
         logger.error("no usable support scan (%d given)", len(supports))
+        return None
+    from uae_ray.tasks.support import probable_typos
+
+    typos = probable_typos(loaded, names)
+    if typos:  # before any embedding: a typo should not cost a run
+        for line in typos:
+            logger.error("--organs %s", line)
         return None
     try:
         image = read_image_uri(target)

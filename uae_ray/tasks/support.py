@@ -12,6 +12,7 @@ order. The six extreme points of an organ are ordered ``xmin, xmax, ymin, ymax, 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -297,7 +298,8 @@ class Support:
         """Why :meth:`organ` is None (one line naming the label file)."""
         label = label_of(self.names, organ)
         if label is None:
-            return f"{self.spec.labels}: no label named {organ!r} (names from {self.names_source})"
+            return f"{self.spec.labels}: no label named {organ!r}{did_you_mean(organ, self.names.values())} " \
+                   f"(names from {self.names_source})"
         return f"{self.spec.labels}: label {label} ({organ}) has no voxels"
 
     def organ_points(self, organ: str) -> np.ndarray:
@@ -326,6 +328,26 @@ class Support:
             n_voxels=len(zyx),
             cut=_cut_sides(zyx, arr.shape, grid),
         )
+
+
+def did_you_mean(name: str, choices) -> str:
+    """`` (did you mean 'liver'?)`` for the closest of ``choices`` (case-insensitive), else ``""``."""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+
+
+def probable_typos(supports: list[Support] | tuple[Support, ...], organs: list[str] | tuple[str, ...]) -> list[str]:
+    """One line per organ that no support names but one names something close to (``livr``:
+    did you mean ``liver``?). An organ with no close name (absent from these supports) is not a
+    typo: the verbs mark its row and go on."""
+    named = sorted({n for s in supports for n in s.names.values()})
+    lines = []
+    for o in organs:
+        hint = did_you_mean(o, named)
+        if hint and all(label_of(s.names, o) is None for s in supports):
+            lines.append(f"{o}: no support names this organ{hint}; the supports name: {', '.join(named)}")
+    return lines
 
 
 def partial_supports(
@@ -400,5 +422,7 @@ __all__ = [
     "read_label_names",
     "read_local_text",
     "sidecar_paths",
+    "probable_typos",
+    "did_you_mean",
     "slab_thickness",
 ]

@@ -27,7 +27,7 @@ from uae_ray.storage import (
 )
 from uae_ray.storage.schemas import PRELABEL, SCHEMA_KEY
 from uae_ray.storage.uri import uri_hash
-from uae_ray.tasks.support import partial_supports
+from uae_ray.tasks.support import partial_supports, probable_typos
 from uae_ray.cohort.prelabel.rows import error_rows, prelabel_table
 from uae_ray.cohort.prelabel.scan import PrelabelWorker
 from uae_ray.cohort.prelabel.settings import (
@@ -158,6 +158,9 @@ def run_cohort_prelabel(
     loaded, n_bad = load_supports(list(supports), label_names, modality)
     if not loaded:
         raise PrelabelError(f"no usable support scan ({len(supports)} given)")
+    typos = probable_typos(loaded, names)
+    if typos:
+        raise PrelabelError("--organs " + "; ".join(typos))
     used, missing, reported = _check_organs(names, loaded)
     if not used:
         raise PrelabelError(f"no support scan has any of the organs {', '.join(names)}")
