@@ -22,7 +22,7 @@ from uae_ray.tasks.register.correspondences import (
     fit_or_fall_back,
 )
 from uae_ray.tasks.register.points import body_mask, grid_points
-from uae_ray.tasks.transforms import KINDS, make_transform
+from uae_ray.tasks.transforms import KINDS, convert, make_transform
 from uae_ray.volume import detect_modality
 
 logger = logging.getLogger(__name__)
@@ -191,6 +191,10 @@ class Registrar:
                    "seconds": {**base.seconds, "refine": time.perf_counter() - t0}}
             )
         out = {k: v for k, v in results.items() if k in kinds or k.endswith("+refine")}
+        for k, v in out.items():  # the file type the user asked for, even when the fit fell back to rigid
+            if k.startswith("affine") and isinstance(v, RegistrationResult) and v.kind == "rigid":
+                v.transform = convert(v.transform, "affine")
+                v.note = f"{v.note}; written as an AffineTransform with the rigid fit's matrix"
         if all(isinstance(v, RegistrationError) for v in out.values()):
             raise next(iter(out.values()))
         return out
