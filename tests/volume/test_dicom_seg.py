@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from uae_ray.cli import main
 from uae_ray.volume import VolumeError, read_image
+from uae_ray.volume.colors import segment_rgb
 from uae_ray.volume.dicom_seg import dicom_seg, segment_code
 
 CASE = "ts_upper_abdomen"
@@ -58,6 +59,11 @@ def test_round_trip_segments_pseudonym_and_references(series, labels, tmp_path, 
     assert [(s.SegmentNumber, s.SegmentLabel) for s in back.SegmentSequence] == [(1, "liver"), (2, "spleen"),
                                                                                  (3, "stomach")]
     assert back.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Liver"
+    # recommended display colours (CIELab in the file), the anatomy colour of each organ, distinct
+    rgb = [hd.color.CIELabColor.from_dicom_value(tuple(s.RecommendedDisplayCIELabValue)).to_rgb()
+           for s in back.SegmentSequence]
+    assert [tuple(int(round(v)) for v in c) for c in rgb] == [segment_rgb(n) for n in ("liver", "spleen", "stomach")]
+    assert len(set(map(tuple, rgb))) == 3
     assert back.PatientName == "pseudo123" and back.PatientID == "pseudo123" and not back.get("PatientBirthDate")
     arr = sitk.GetArrayFromImage(labels)
     combined = _frames_in_label_order(back, labels)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from uae_ray.volume.colors import segment_rgb
 from uae_ray.volume.errors import VolumeError
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def dicom_seg(
             segmented_property_type=segment_code(names[label]),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*segment_rgb(names[label])),
         ))
     seg = hd.seg.Segmentation(
         source_images=datasets,
