@@ -15,7 +15,7 @@ from typing import Any
 from uae_ray.cohort.maps_io import embeddings_uri, write_maps
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
-from uae_ray.storage import Manifest, ManifestRecord, ScanRef, discover_scans, join, write_record
+from uae_ray.storage import Manifest, ManifestRecord, ScanRef, discover_scans, exists, join, write_record
 from uae_ray.storage.images import read_image_uri
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,25 @@ def embed_scans(scans: list[ScanRef], embeddings: str, model_version: str, trito
     return set(embedded), embed_manifest, len(to_embed)
 
 
+class CohortInputError(ValueError):
+    """A cohort job with nothing to work on (e.g. an archive without scans); one line."""
+
+
+def archive_scans(archive: str, limit: int | None = None) -> list[ScanRef]:
+    """The scans of an archive (the first ``limit``), or a one-line error when there are none:
+    a mistyped ``--archive`` must not run to exit 0 with an empty manifest.
+
+    Raises:
+        CohortInputError: the folder / prefix does not exist or holds no scan.
+        StorageError: S3 cannot be reached (the message names the endpoint).
+    """
+    scans = discover_scans(archive)
+    if not scans:
+        why = "no image files (NIfTI, NRRD, MHA, DICOM) below it" if exists(archive) else "no such folder or prefix"
+        raise CohortInputError(f"{archive}: no scans found ({why})")
+    return scans[:limit] if limit else scans
+
+
 def run_cohort_embed(
     archive: str,
     out: str,
@@ -113,7 +132,7 @@ def run_cohort_embed(
     limit: int | None = None,
 ) -> dict[str, Any]:
     """Embeds every scan under ``archive`` that is not done yet. Returns a summary dict."""
-    scans = discover_scans(archive)[:limit] if limit else discover_scans(archive)
+    scans = archive_scans(archive, limit)
     model_version = get_embedder(triton_url, checkpoint=checkpoint).version
     manifest = Manifest(join(out, EMBED_MANIFEST))
     todo = pending_scans(scans, manifest, model_version, force)

@@ -19,7 +19,7 @@ import pyarrow as pa
 from uae_ray.cohort.embed import add_record
 from uae_ray.cohort.pair_embeddings import embed_missing
 from uae_ray.cohort.pairs import ScanPair
-from uae_ray.cohort.runner import fan_out, init_ray
+from uae_ray.cohort.runner import fan_out, init_ray, one_line
 from uae_ray.storage import Manifest, join, read_files, write_table_atomic
 from uae_ray.storage.schemas import STATUS_OK
 
@@ -39,6 +39,8 @@ class PairJob:
             errors (``status="error"`` with a one-line ``error``) and writes its part.
         version: ``(settings, pair) -> str``: what a finished pair's record must carry to count
             as done for these settings (model, method, inputs); may raise ``ValueError``.
+        check: ``pair -> None`` run on the driver before anything is embedded; a ``ValueError``
+            (one line naming the input) makes the pair an ``error`` record that costs no embedding.
     """
 
     label: str
@@ -47,6 +49,7 @@ class PairJob:
     roles: tuple[str, str]
     task: Callable[[ScanPair, Any], dict[str, Any]]
     version: Callable[[Any, ScanPair], str]
+    check: Callable[[ScanPair], None] | None = None
 
     def part_uri(self, out: str, pair_id: str) -> str:
         """Where the task of ``pair_id`` writes its rows."""
@@ -66,6 +69,21 @@ class PairJob:
             return False
 
 
+def _check_pairs(job: PairJob, pairs: list[ScanPair]) -> tuple[list[ScanPair], list[tuple[ScanPair, str]]]:
+    """``(pairs whose inputs pass job.check, [(pair, one-line error)])``."""
+    if job.check is None:
+        return pairs, []
+    ok, bad = [], []
+    for pair in pairs:
+        try:
+            job.check(pair)
+            ok.append(pair)
+        except ValueError as e:
+            logger.error("%s: pair %s: %s", job.label, pair.pair_id, one_line(e))
+            bad.append((pair, one_line(e)))
+    return ok, bad
+
+
 def run_pair_job(job: PairJob, pairs: list[ScanPair], settings: Any, manifest_uri: str, out: str, embeddings: str,
                  model_version: str, triton_url: str | None, checkpoint: str | None, ray_address: str | None,
                  force: bool = False) -> tuple[dict[str, Any], pa.Table]:
@@ -76,8 +94,10 @@ def run_pair_job(job: PairJob, pairs: list[ScanPair], settings: Any, manifest_ur
         ``failed``), the table's URI and rows; and the gathered table itself.
     """
     summary: dict[str, Any] = {"pairs": len(pairs), "model_version": model_version}
-    ready, failed, n_embedded = embed_missing(pairs, embeddings, model_version, triton_url, checkpoint,
+    checked, invalid = _check_pairs(job, pairs)
+    ready, failed, n_embedded = embed_missing(checked, embeddings, model_version, triton_url, checkpoint,
                                               ray_address, job.roles)
+    failed = invalid + failed
     summary["scans_embedded"] = n_embedded
     manifest = Manifest(manifest_uri)
     for pair, error in failed:

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from uae_ray.cohort.embed import add_record, embed_scans, pending_scans, persist_record
+from uae_ray.cohort.embed import add_record, archive_scans, embed_scans, pending_scans, persist_record
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps, write_maps
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
-from uae_ray.storage import DETECTIONS, Manifest, ScanRef, discover_scans, join, read_files, write_table_atomic
+from uae_ray.storage import DETECTIONS, Manifest, ScanRef, join, read_files, write_table_atomic
 from uae_ray.storage.images import read_image_uri
 from uae_ray.api.inputs import read_points
 from uae_ray.tasks.points_io import NamedPoints
@@ -150,7 +150,7 @@ def run_cohort_landmarks(
     ``fixed-point``); returns a summary."""
     embeddings = embeddings or out
     points = read_points(points_csv)
-    scans = discover_scans(archive)[:limit] if limit else discover_scans(archive)
+    scans = archive_scans(archive, limit)
     query = build_query(template, points, out, method, triton_url, checkpoint)
     logger.info("cohort landmarks: %d points, %d scans, model %s", len(points), len(scans), query.model_version)
     summary: dict[str, Any] = {"scans": len(scans), "points": len(points), "model_version": query.model_version}

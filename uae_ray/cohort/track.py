@@ -108,17 +108,39 @@ def pair_lesions(pair: ScanPair) -> LesionPoints:
         )
     lesions = None
     if csv_uri:
-        try:
-            text = read_bytes(csv_uri).decode("utf-8-sig")
-        except FileNotFoundError:
-            raise ValueError(f"{csv_uri}: cannot read lesions file (no such file)") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{csv_uri}: lesions file is not text (UTF-8)") from e
-        lesions = parse_lesions_csv(text, csv_uri)
+        lesions = parse_lesions_csv(_lesions_text(csv_uri), csv_uri)
     if mask_uri:
         from_mask = read_lesion_mask(mask_uri)
         lesions = from_mask if lesions is None else lesions.concat(from_mask, f"pair {pair.pair_id}")
     return lesions
+
+
+def check_pair_lesions(pair: ScanPair) -> None:
+    """Before any embedding: the pair names lesions, its CSV parses and its mask exists.
+
+    Raises:
+        ValueError: one line naming the input.
+    """
+    from uae_ray.tasks.points_io import parse_lesions_csv
+
+    csv_uri, mask_uri = lesion_inputs(pair)
+    if not csv_uri and not mask_uri:
+        raise ValueError(
+            f"no lesions (give a '{LESIONS_COL}' or '{MASK_COL}' column, or put {LESIONS_SIDECAR} beside the baseline)"
+        )
+    if csv_uri:
+        parse_lesions_csv(_lesions_text(csv_uri), csv_uri)
+    if mask_uri and not exists(mask_uri):
+        raise ValueError(f"{mask_uri}: lesion mask not found")
+
+
+def _lesions_text(csv_uri: str) -> str:
+    try:
+        return read_bytes(csv_uri).decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{csv_uri}: cannot read lesions file (no such file)") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{csv_uri}: lesions file is not text (UTF-8)") from e
 
 
 def pair_version(settings: TrackSettings, pair: ScanPair) -> str:
@@ -223,5 +245,6 @@ def run_cohort_track(
 
 
 #: ``cohort track`` on the pair-job skeleton.
-TRACK_JOB = PairJob("cohort track", "tracks", TRACKS, ("baseline", "follow-up"), track_pair, pair_version)
+TRACK_JOB = PairJob("cohort track", "tracks", TRACKS, ("baseline", "follow-up"), track_pair, pair_version,
+                    check_pair_lesions)
 

@@ -30,68 +30,63 @@ def service_defaults(triton: str | None, ray_address: str | None) -> tuple[str |
 
 
 def run(args: argparse.Namespace) -> int:
-    triton, ray_address = service_defaults(args.triton, args.ray_address)
-    if args.job == "embed":
-        from uae_ray.cohort.embed import run_cohort_embed
+    """Runs a cohort job. Exit codes: 0 done (failures recorded per scan), 1 with ``--strict``
+    and a failure, 2 nothing to do (one error line: no scans, no pairs, unusable inputs, S3 or
+    the cluster unreachable)."""
+    from uae_ray.cohort.embed import CohortInputError
+    from uae_ray.cohort.pairs import PairsError
+    from uae_ray.cohort.prelabel import PrelabelError
+    from uae_ray.storage import StorageError
+    from uae_ray.volume.errors import one_line
 
-        summary = run_cohort_embed(args.archive, args.out, triton, ray_address, force=args.force, limit=args.limit)
-    elif args.job == "track":
-        from uae_ray.cohort.pairs import PairsError
-        from uae_ray.cohort.track import run_cohort_track
-
-        try:
-            summary = run_cohort_track(
-                args.pairs, args.out, triton, args.archive, args.embeddings, ray_address,
-                force=args.force, limit=args.limit, method=args.method, extent=not args.no_extent,
-            )
-        except PairsError as e:  # no usable pairs: nothing to do
-            logger.error("%s", e)
-            return 2
-    elif args.job == "register":
-        from uae_ray.cohort.pairs import PairsError
-        from uae_ray.cohort.register import run_cohort_register
-
-        if not args.pairs and not args.archive:
-            logger.error("cohort register: give --pairs and/or --archive")
-            return 2
-        try:
-            summary = run_cohort_register(
-                args.pairs, args.out, triton, args.archive, args.embeddings, ray_address,
-                force=args.force, limit=args.limit, kind=args.transform, refine=args.refine,
-                fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
-                same_patient=args.same_patient,
-            )
-        except PairsError as e:  # no usable pairs: nothing to do
-            logger.error("%s", e)
-            return 2
-    elif args.job == "prelabel":
-        from uae_ray.cohort.prelabel import PrelabelError, run_cohort_prelabel
-
-        try:
-            summary = run_cohort_prelabel(
-                args.archive, args.support, args.organs, args.out, triton, ray_address,
-                label_names=args.label_names, boxes=args.boxes, method=args.method,
-                embedding_mode=args.embedding_mode, checkpoint=args.checkpoint,
-                medlam_checkpoint=args.medlam_checkpoint, sam_checkpoint=args.sam_checkpoint,
-                sam_kind=args.sam_kind, modality=args.modality, force=args.force, limit=args.limit,
-                report=args.report, qc=not args.no_report, dicom_seg=args.dicom_seg,
-            )
-        except PrelabelError as e:  # no organ, no usable support, no model: nothing to do
-            logger.error("%s", e)
-            return 2
-    else:
-        from uae_ray.cohort.landmarks import run_cohort_landmarks
-
-        try:
-            summary = run_cohort_landmarks(
-                args.archive, args.out, args.template, args.points, triton, args.embeddings, ray_address,
-                force=args.force, limit=args.limit, method=args.method,
-            )
-        except ValueError as e:  # unusable template points (e.g. outside the template): nothing to do
-            logger.error("%s: %s", args.points, e)
-            return 2
+    if args.job == "register" and not args.pairs and not args.archive:
+        logger.error("cohort register: give --pairs and/or --archive")
+        return 2
+    try:
+        triton, ray_address = service_defaults(args.triton, args.ray_address)
+        summary = _run_job(args, triton, ray_address)
+    except (CohortInputError, PairsError, PrelabelError, StorageError, FileNotFoundError) as e:
+        logger.error("cohort %s: %s", args.job, one_line(e))
+        return 2
+    except ValueError as e:  # unusable template points, lesions, supports: nothing to do
+        logger.error("cohort %s: %s", args.job, one_line(e))
+        return 2
     print(json.dumps(summary, indent=2))
     if summary.get("failed"):
         what = "pair" if args.job in ("track", "register") else "scan"
         logger.warning("%d %s(s) failed; see the manifest under %s", summary["failed"], what, args.out)
     return 1 if args.strict and (summary.get("failed") or summary.get("supports_failed")) else 0
+
+
+def _run_job(args: argparse.Namespace, triton: str | None, ray_address: str | None) -> dict:
+    if args.job == "embed":
+        from uae_ray.cohort.embed import run_cohort_embed
+
+        return run_cohort_embed(args.archive, args.out, triton, ray_address, force=args.force, limit=args.limit)
+    if args.job == "track":
+        from uae_ray.cohort.track import run_cohort_track
+
+        return run_cohort_track(args.pairs, args.out, triton, args.archive, args.embeddings, ray_address,
+                                force=args.force, limit=args.limit, method=args.method, extent=not args.no_extent)
+    if args.job == "register":
+        from uae_ray.cohort.register import run_cohort_register
+
+        return run_cohort_register(args.pairs, args.out, triton, args.archive, args.embeddings, ray_address,
+                                   force=args.force, limit=args.limit, kind=args.transform, refine=args.refine,
+                                   fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
+                                   same_patient=args.same_patient)
+    if args.job == "prelabel":
+        from uae_ray.cohort.prelabel import run_cohort_prelabel
+
+        return run_cohort_prelabel(
+            args.archive, args.support, args.organs, args.out, triton, ray_address,
+            label_names=args.label_names, boxes=args.boxes, method=args.method,
+            embedding_mode=args.embedding_mode, checkpoint=args.checkpoint,
+            medlam_checkpoint=args.medlam_checkpoint, sam_checkpoint=args.sam_checkpoint,
+            sam_kind=args.sam_kind, modality=args.modality, force=args.force, limit=args.limit,
+            report=args.report, qc=not args.no_report, dicom_seg=args.dicom_seg,
+        )
+    from uae_ray.cohort.landmarks import run_cohort_landmarks
+
+    return run_cohort_landmarks(args.archive, args.out, args.template, args.points, triton, args.embeddings,
+                                ray_address, force=args.force, limit=args.limit, method=args.method)

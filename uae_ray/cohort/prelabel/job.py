@@ -12,11 +12,10 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from uae_ray.cohort.embed import add_record, pending_scans
+from uae_ray.cohort.embed import add_record, archive_scans, pending_scans
 from uae_ray.cohort.runner import fan_out_actors, init_ray, one_line, worker_env
 from uae_ray.storage import (
     Manifest,
-    discover_scans,
     exists,
     is_s3,
     join,
@@ -174,7 +173,7 @@ def run_cohort_prelabel(
         job_key=_job_key(used, names, label_names, boxes, method, embedding_mode, modality, dicom_seg), qc=qc,
         reported=tuple(reported), env=worker_env(), dicom_seg=dicom_seg,
     )
-    scans = discover_scans(archive)[:limit] if limit else discover_scans(archive)
+    scans = archive_scans(archive, limit)
     manifest = Manifest(settings.manifest)
     todo = pending_scans(scans, manifest, settings.version, force)
     logger.info("cohort prelabel: %d scans under %s, %d to do; organs %s; %d support(s), %s boxes, %s localizer "

@@ -1,0 +1,63 @@
+"""Cohort jobs with nothing to work on fail in one line with exit 2 and write nothing: a mistyped
+archive, S3 that cannot be reached, a pair whose lesions file is broken (refused before any
+embedding)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from uae_ray.cli import main
+from uae_ray.stack.process import free_port
+
+
+def _errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("job", ["embed", "landmarks"])
+def test_a_mistyped_archive_is_an_error_not_an_empty_run(job, shared_data, tmp_path, caplog):
+    out = tmp_path / "out"
+    case = shared_data / "cases" / "ts_example_ct"
+    extra = ["--template", str(case / "image.nii.gz"), "--points", str(case / "landmarks.csv")] if job == "landmarks" else []
+    code = main(["cohort", job, "--archive", str(tmp_path / "archve"), "--out", str(out), *extra])
+    assert code == 2 and not out.exists()
+    (line,) = _errors(caplog)
+    assert str(tmp_path / "archve") in line and "no scans found (no such folder or prefix)" in line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a scan")
+    assert main(["cohort", "embed", "--archive", str(empty), "--out", str(out)]) == 2
+    assert "no image files" in _errors(caplog)[-1] and not out.exists()
+
+
+def test_s3_down_is_one_line_naming_the_endpoint(tmp_path, caplog, monkeypatch):
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("UAE_S3_ENDPOINT", f"127.0.0.1:{port}")
+    monkeypatch.setenv("UAE_S3_ACCESS_KEY", "k" * 8)
+    monkeypatch.setenv("UAE_S3_SECRET_KEY", "s" * 12)
+    monkeypatch.setenv("UAE_S3_SECURE", "false")
+    code = main(["cohort", "embed", "--archive", "s3://archive/ct", "--out", str(tmp_path / "out")])
+    assert code == 2
+    (line,) = _errors(caplog)
+    assert "s3://archive/ct" in line and f"127.0.0.1:{port}" in line and "\n" not in line
+    assert "s" * 12 not in line and "Traceback" not in line
+
+
+def test_cohort_track_refuses_a_broken_lesions_file_before_embedding(shared_data, tmp_path, caplog):
+    scan = shared_data / "cases" / "sts_002_ct" / "image.nii.gz"
+    bad = tmp_path / "lesions.csv"
+    bad.write_text("name;x;y\ngtv;1;2\n")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"baseline,followup,lesions\n{scan},{scan},{bad}\n")
+    out = tmp_path / "out"
+    code = main(["cohort", "track", "--pairs", str(pairs), "--out", str(out), "--strict"])
+    assert code == 1  # the pair failed (recorded), nothing else to do
+    assert any(str(bad) in e and "missing column(s) z" in e for e in _errors(caplog))
+    assert not [f for f in out.rglob("*.parquet") if "embeddings" in f.parts]  # nothing was embedded
+    from uae_ray.cohort.track import TRACK_MANIFEST
+    from uae_ray.storage import Manifest
+
+    (rec,) = Manifest(str(out / TRACK_MANIFEST)).records()
+    assert rec.status == "error" and "missing column(s) z" in rec.error
