@@ -28,6 +28,7 @@ TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent"
 
 #: Shipped embedding models by name (``--checkpoint NAME``); tests check it equals
 #: models.checkpoint.SHIPPED_WEIGHTS and DEFAULT_MODEL its default (kept here: no torch import).
+DEVICES = ("auto", "cpu", "cuda")
 SHIPPED_MODELS = ("tiny-uae-v3", "tiny-v0", "tiny-ctmr-v1", "tiny-uae-v2", "tiny-lpo-a")
 DEFAULT_MODEL = "tiny-uae-v3"
 
@@ -42,6 +43,8 @@ _CHECKPOINT_HELP = ("embedding model for in-process inference: a shipped name ("
 def _add_embedder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint (host:port); default: in-process torch")
     p.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where in-process models run: auto = CUDA when this torch build has it, else CPU")
 
 
 def _add_archive_args(c: argparse.ArgumentParser) -> None:
@@ -118,6 +121,7 @@ def _cmd_landmarks(args: argparse.Namespace) -> int:
         modality=args.modality,
         report=args.report,
         method=args.method,
+        device=args.device,
     )
 
 
@@ -136,6 +140,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
         report=args.report,
         method=args.method,
         extent=not args.no_extent,
+        device=args.device,
     )
 
 
@@ -154,6 +159,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         fixed_modality=args.fixed_modality,
         moving_modality=args.moving_modality,
+        device=args.device,
     )
 
 
@@ -174,6 +180,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
         modality=args.modality,
         report=args.report,
         truth=args.truth,
+        device=args.device,
     )
 
 
@@ -196,6 +203,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         sam_kind=args.sam_kind,
         modality=args.modality,
         dicom_seg=args.dicom_seg,
+        device=args.device,
     )
 
 
@@ -596,6 +604,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)  # per-module chatter
     func: Callable[[argparse.Namespace], int] = args.func
+    if getattr(args, "device", "auto") not in ("auto", "cpu"):  # checked before any input is read
+        from uae_ray.models.inference import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ValueError as e:
+            logger.error("%s", e)
+            return 2
     try:
         return func(args)
     except KeyboardInterrupt:

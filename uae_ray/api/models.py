@@ -14,17 +14,19 @@ logger = logging.getLogger(__name__)
 
 
 def make_localizer(method: str, supports: list, triton_url: str | None = None, checkpoint: str | None = None,
-                   medlam_checkpoint: str | None = None, embedding_mode: str | None = None):
+                   medlam_checkpoint: str | None = None, embedding_mode: str | None = None, device: str | None = None):
     """The organ localizer over ``supports``: ``"embedding"`` (:class:`~uae_ray.tasks.localize.
     EmbeddingLocalizer`) or ``"medlam"`` (:class:`~uae_ray.tasks.localize.MedLAMLocalizer`).
 
     Raises:
         OSError / ValueError: the model cannot be loaded.
     """
-    return make_localizer_factory(method, triton_url, checkpoint, medlam_checkpoint, embedding_mode)(supports)
+    return make_localizer_factory(method, triton_url, checkpoint, medlam_checkpoint, embedding_mode,
+                                  device=device)(supports)
 
 
-def make_segmenter(triton_url: str | None = None, sam_checkpoint: str | None = None, sam_kind: str | None = None):
+def make_segmenter(triton_url: str | None = None, sam_checkpoint: str | None = None, sam_kind: str | None = None,
+                   device: str | None = None):
     """The :class:`~uae_ray.tasks.segment.SliceSegmenter`: Triton's ``sam_image_encoder`` +
     ``sam_mask_decoder`` with ``triton_url``, else the model in-process."""
     if triton_url:
@@ -33,14 +35,16 @@ def make_segmenter(triton_url: str | None = None, sam_checkpoint: str | None = N
         if sam_checkpoint is not None:
             logger.warning("--sam-checkpoint %s ignored: Triton at %s serves its own model", sam_checkpoint, triton_url)
         return TritonSliceSegmenter(triton_url)
+    from uae_ray.models.inference import resolve_device
     from uae_ray.tasks.segment import LocalSliceSegmenter
 
-    return LocalSliceSegmenter(checkpoint=sam_checkpoint, kind=sam_kind)
+    return LocalSliceSegmenter(checkpoint=sam_checkpoint, kind=sam_kind,
+                               device=None if device in (None, "auto") else str(resolve_device(device)))
 
 
 def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str | None,
                            medlam_checkpoint: str | None, embedding_mode: str | None,
-                           support_maps: dict | None = None):
+                           support_maps: dict | None = None, device: str | None = None):
     """``supports -> localizer`` for :func:`~uae_ray.tasks.segment.localize_prompts`.
 
     Args:
@@ -56,7 +60,7 @@ def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str 
         return lambda supports: MedLAMLocalizer(model, supports)
     from uae_ray.tasks.localize import DEFAULT_EMBEDDING_MODE, EmbeddingLocalizer, EmbeddingLocalizerConfig
 
-    embedder = get_embedder(triton_url, checkpoint=checkpoint)
+    embedder = get_embedder(triton_url, checkpoint=checkpoint, device=device)
     config = EmbeddingLocalizerConfig(mode=embedding_mode or DEFAULT_EMBEDDING_MODE)
     cache: dict[tuple[str, ...], list] = {}
     known = dict(support_maps or {})

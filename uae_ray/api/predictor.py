@@ -81,16 +81,17 @@ class UAE:
     """The embedding model, in this process or on a Triton server.
 
     Args:
-        checkpoint: A shipped model name (``uae-ray models`` lists them), a checkpoint file, or
-            ``None`` for the default.
+        checkpoint: A shipped model name (``uae-ray landmarks --help`` lists them), a checkpoint
+            file, or ``None`` for the default.
         triton_url: ``host:port`` of a Triton Inference Server serving ``model_repo/``; the
             model then runs there (``checkpoint`` must be ``None``).
         embedder: Any :class:`~uae_ray.matching.Embedder` (overrides the two above).
+        device: In-process model: ``"auto"`` (CUDA when torch has it), ``"cpu"`` or ``"cuda"``.
     """
 
     def __init__(self, checkpoint: str | None = None, triton_url: str | None = None,
-                 embedder: Embedder | None = None) -> None:
-        self.embedder = embedder or get_embedder(triton_url, checkpoint=checkpoint)
+                 embedder: Embedder | None = None, device: str | None = None) -> None:
+        self.embedder = embedder or get_embedder(triton_url, checkpoint=checkpoint, device=device)
 
     @property
     def version(self) -> str:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         from uae_ray.bench.accuracy import PARTS
         from uae_ray.split import SplitError
 
-        embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
         methods = tuple(args.methods or METHODS)
         baselines = () if args.no_baseline else tuple(args.baselines or BASELINES)
         try:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.bench == "calibrate":
         from uae_ray.bench.calibrate import calibration_table, run_calibration
 
-        embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
         result = run_calibration(data, embedder, args.out, args.split, args.templates, args.targets)
         print(calibration_table(result))
     elif args.bench == "tracking":
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
         from uae_ray.split import SplitError
 
-        embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
         methods = tuple(args.methods or TRACK_METHODS)
         try:
             result = run_tracking(data, embedder, args.out, args.seed, args.points_per_case, methods,
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.bench == "registration":
         from uae_ray.bench.registration import registration_table, run_registration
 
-        embedder = get_embedder(args.triton, checkpoint=args.checkpoint)
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
         # CT-MR needs the cross-modality model, in-process (a Triton server serves one model).
         ctmr = None if args.no_ct_mr else get_embedder(None, checkpoint=args.ctmr_checkpoint)
         from uae_ray.split import SplitError
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         from uae_ray.bench.localization import run_localization
 
         methods = tuple(args.methods or BENCH_METHODS)
-        embedder = get_embedder(args.triton, checkpoint=args.checkpoint) if "embedding" in methods else None
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device) if "embedding" in methods else None
         split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
         result = run_localization(
             data, embedder, args.out, seed=args.seed, max_k=args.max_k, methods=methods, modality=args.modality,

@@ -38,6 +38,7 @@ def run(
     modality: str | None = None,
     report: str | None = None,
     method: str = "fixed-point",
+    device: str | None = None,
 ) -> int:
     """Runs the verb. Returns the exit code: 0, or 1 when a target failed (others still run),
     or 2 when the template or points are unusable (nothing is written)."""
@@ -58,7 +59,7 @@ def run(
     except ValueError as e:
         logger.error("%s: %s", points, one_line(e))
         return 2
-    embedder = get_embedder(triton_url, checkpoint=checkpoint)
+    embedder = get_embedder(triton_url, checkpoint=checkpoint, device=device)
     detector = LandmarkDetector(embedder, template_image, named, template_modality, method)
     logger.info("template %s embedded (%d points, model %s)", template, len(named), detector.model_version)
 

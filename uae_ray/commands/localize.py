@@ -99,6 +99,7 @@ def run(
     modality: str | None = None,
     report: str | None = None,
     truth: str | None = None,
+    device: str | None = None,
 ) -> int:
     """Runs the verb.
 
@@ -116,7 +117,7 @@ def run(
     from uae_ray.api.outputs import write_output
 
     try:
-        localizer = make_localizer(method, loaded, triton_url, checkpoint, medlam_checkpoint, embedding_mode)
+        localizer = make_localizer(method, loaded, triton_url, checkpoint, medlam_checkpoint, embedding_mode, device)
     except (OSError, ValueError) as e:
         logger.error("%s", one_line(e))
         return 2

@@ -22,6 +22,7 @@ def run(
     checkpoint: str | None = None,
     fixed_modality: str | None = None,
     moving_modality: str | None = None,
+    device: str | None = None,
 ) -> int:
     """Runs the verb. Returns the exit code: 0; 1 when the registration itself fails (too few
     correspondences; nothing is written); 2 for unusable input (unreadable image, a modality
@@ -41,7 +42,7 @@ def run(
         logger.error("%s", one_line(e))
         return 2
     t0 = time.perf_counter()
-    embedder = get_embedder(triton_url, checkpoint=checkpoint)
+    embedder = get_embedder(triton_url, checkpoint=checkpoint, device=device)
     try:
         registrar = Registrar(embedder, fixed_image, fixed_mod, fixed_name=fixed)
         result = registrar.register(moving_image, transform, moving_mod, refine, moving_name=moving)

@@ -34,6 +34,7 @@ def run(
     sam_kind: str | None = None,
     modality: str | None = None,
     dicom_seg: str | None = None,
+    device: str | None = None,
 ) -> int:
     """Runs the verb (with ``dicom_seg``: also a DICOM SEG over the target DICOM series).
 
@@ -56,8 +57,9 @@ def run(
         return 2
     names, loaded, failed, image, target_modality = inputs
     try:
-        segmenter = make_segmenter(triton_url, sam_checkpoint, sam_kind)
-        factory = make_localizer_factory(method, triton_url, checkpoint, medlam_checkpoint, embedding_mode)
+        segmenter = make_segmenter(triton_url, sam_checkpoint, sam_kind, device)
+        factory = make_localizer_factory(method, triton_url, checkpoint, medlam_checkpoint, embedding_mode,
+                                         device=device)
         config = segmenter.config
     except (OSError, ValueError, RuntimeError) as e:
         logger.error("%s", one_line(e))

@@ -43,6 +43,7 @@ def run(
     report: str | None = None,
     method: str = "fixed-point",
     extent: bool = True,
+    device: str | None = None,
 ) -> int:
     """Runs the verb. Returns the exit code: 0; 1 when a lesion could not be tracked (e.g. it
     lies outside the baseline: its row carries the error, the others are tracked); 2 when an
@@ -64,7 +65,7 @@ def run(
     except Exception as e:  # an unusable input: nothing to do
         logger.error("%s", one_line(e))
         return 2
-    embedder = get_embedder(triton_url, checkpoint=checkpoint)
+    embedder = get_embedder(triton_url, checkpoint=checkpoint, device=device)
     tracker = LesionTracker(embedder, base_image, named, base_modality, method, TrackConfig(extent=extent))
     tracks = tracker.track(follow_image, follow_modality)
     write_output(out, lambda path: write_tracks_csv(path, tracks))

@@ -8,6 +8,24 @@ import torch
 from uae_ray.models.resnet_fpn import EmbeddingNet
 
 
+def resolve_device(device: str | None = None) -> torch.device:
+    """``"auto"`` / ``None``: CUDA when this torch build has it, else the CPU; ``"cpu"``;
+    ``"cuda"`` (or ``"cuda:N"``).
+
+    Raises:
+        ValueError: CUDA asked for but not available (one line that says which torch is installed).
+    """
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device (torch {torch.__version__}); install a CUDA build of "
+                         "torch (see the README) or use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device {device}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
 def embed_array(model: EmbeddingNet, array: np.ndarray) -> dict[str, np.ndarray]:
     """Embed one prepared volume.
 
@@ -22,7 +40,8 @@ def embed_array(model: EmbeddingNet, array: np.ndarray) -> dict[str, np.ndarray]
     """
     if array.ndim != 3:
         raise ValueError(f"embed_array expects a (Z, Y, X) volume; got shape {array.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(device)
     with torch.no_grad():
         out = model(x)
-    return {k: v[0].float().numpy() for k, v in out.items()}
+    return {k: v[0].float().cpu().numpy() for k, v in out.items()}

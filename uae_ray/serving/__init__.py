@@ -37,17 +37,19 @@ def __getattr__(name: str) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(triton_url: str | None, checkpoint: str | None, options: tuple[tuple[str, Any], ...]) -> Any:
+def _cached(triton_url: str | None, checkpoint: str | None, device: str | None,
+            options: tuple[tuple[str, Any], ...]) -> Any:
     if triton_url:
         from uae_ray.serving.triton import TritonEmbedder
 
         return TritonEmbedder(triton_url, **dict(options))
     from uae_ray.serving.local import LocalEmbedder
 
-    return LocalEmbedder(checkpoint=checkpoint)
+    return LocalEmbedder(checkpoint=checkpoint, device=device or "auto")
 
 
-def get_embedder(triton_url: str | None = None, checkpoint: str | Path | None = None, **options: Any):
+def get_embedder(triton_url: str | None = None, checkpoint: str | Path | None = None, device: str | None = None,
+                 **options: Any):
     """The embedder for a Triton URL, or the in-process one when ``triton_url`` is empty.
 
     Embedders are cached per process (by URL, checkpoint and options), so Ray tasks that call
@@ -57,6 +59,8 @@ def get_embedder(triton_url: str | None = None, checkpoint: str | Path | None = 
         triton_url: Triton HTTP endpoint (``host:port``); ``None``/``""``: in-process torch.
         checkpoint: Checkpoint for the in-process model (``None``: shipped default). Ignored,
             with a warning, for Triton (the server's model is used).
+        device: In-process model only: ``"auto"`` (default: CUDA when torch has it), ``"cpu"``,
+            ``"cuda"``.
         **options: Passed to :class:`TritonEmbedder` (``model_name``, ``timeout_s``,
             ``retries``, ``backoff_s``).
 
@@ -72,7 +76,7 @@ def get_embedder(triton_url: str | None = None, checkpoint: str | Path | None = 
         from uae_ray.models.checkpoint import resolve_checkpoint
 
         ckpt = str(resolve_checkpoint(checkpoint).resolve())
-    return _cached(triton_url or None, ckpt, tuple(sorted(options.items())))
+    return _cached(triton_url or None, ckpt, None if triton_url else device, tuple(sorted(options.items())))
 
 
 get_embedder.cache_clear = _cached.cache_clear  # type: ignore[attr-defined]

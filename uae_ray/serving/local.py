@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from uae_ray.models import EmbeddingConfig, EmbeddingNet, embed_array, load_model
+from uae_ray.models.inference import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +33,25 @@ class LocalEmbedder:
     Args:
         model: A loaded :class:`EmbeddingNet`; ``None`` loads ``checkpoint``.
         checkpoint: Checkpoint for ``model=None`` (``None``: the shipped default weights).
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``
+            (:func:`~uae_ray.models.inference.resolve_device`).
 
     Attributes:
         version: Model version string (``"tiny-v0+<sha8>"``).
         config: The model's :class:`EmbeddingConfig`.
     """
 
-    def __init__(self, model: EmbeddingNet | None = None, checkpoint: str | Path | None = None) -> None:
+    def __init__(self, model: EmbeddingNet | None = None, checkpoint: str | Path | None = None,
+                 device: str | None = None) -> None:
         if model is None:
             model = load_model(checkpoint)
         elif checkpoint is not None:
             raise ValueError("give either a model or a checkpoint, not both")
-        self.model = model.eval()
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
         self.version: str = model.version
         self.config: EmbeddingConfig = model.config
-        logger.debug("local embedder %s", self.version)
+        logger.debug("local embedder %s on %s", self.version, self.device)
 
     def __repr__(self) -> str:
         return f"LocalEmbedder(version={self.version!r})"
