@@ -617,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
+    except ImportError as e:  # an optional dependency (the "stack" extra) is not installed
+        logger.error("%s", e)
+        return 2
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 
 from uae_ray.models.sam2d import Sam2DConfig
 from uae_ray.serving import sam_protocol as P
-from uae_ray.serving.triton import TritonEmbedder, TritonEmbedderError
+from uae_ray.serving.triton import TritonEmbedder, TritonEmbedderError, triton_http
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class TritonSliceSegmenter:
     def __init__(self, url: str, encoder_model: str = P.ENCODER_MODEL, decoder_model: str = P.DECODER_MODEL,
                  timeout_s: float = 300.0, retries: int = 3, backoff_s: float = 0.5, encoder_batch: int = 16,
                  decoder_batch: int = 256) -> None:
+        triton_http()  # one line naming the extra to install when the client is missing
         self._enc = TritonEmbedder(url, encoder_model, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
         self._dec = TritonEmbedder(url, decoder_model, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
         self.url = self._enc.url
@@ -85,7 +86,7 @@ class TritonSliceSegmenter:
 
     # ---------------------------------------------------------------------- inference
     def _infer_encoder(self, images: np.ndarray, outputs: tuple[str, ...], what: str) -> Any:
-        import tritonclient.http as httpclient
+        httpclient = triton_http()
 
         inp = httpclient.InferInput(P.INPUT_IMAGE, list(images.shape), "FP32")
         inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.float32), binary_data=True)
@@ -117,7 +118,7 @@ class TritonSliceSegmenter:
 
     def decode(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(N, C, h, w)`` embeddings + ``(N, 4)`` boxes -> ``(logits (N, 1, m, m), iou (N,))``."""
-        import tritonclient.http as httpclient
+        httpclient = triton_http()
 
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         boxes = np.ascontiguousarray(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))

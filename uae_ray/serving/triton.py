@@ -47,6 +47,16 @@ def _split_url(url: str) -> tuple[str, bool]:
     return text, ssl
 
 
+def triton_http():
+    """The ``tritonclient.http`` module, or a one-line error saying how to install it."""
+    try:
+        import tritonclient.http as httpclient
+    except ImportError:
+        raise ImportError("--triton needs the Triton client, which is not installed: pip install 'uae-ray[stack]' "
+                          "(or run in-process without --triton)") from None
+    return httpclient
+
+
 def _is_timeout(exc: BaseException) -> bool:
     try:
         import gevent
@@ -117,6 +127,7 @@ class TritonEmbedder:
         backoff_s: float = 0.5,
         connection_timeout_s: float = 5.0,
     ) -> None:
+        triton_http()  # one line naming the extra to install when the client is missing
         self.url, self._ssl = _split_url(url)
         self.model_name = model_name
         self.timeout_s = float(timeout_s)
@@ -142,7 +153,7 @@ class TritonEmbedder:
     def _client(self):
         client = getattr(self._local, "client", None)
         if client is None:
-            import tritonclient.http as httpclient
+            httpclient = triton_http()
 
             client = httpclient.InferenceServerClient(
                 self.url, ssl=self._ssl, connection_timeout=self.connection_timeout_s,
@@ -221,7 +232,7 @@ class TritonEmbedder:
             )
 
     def _infer(self, what: str, volume: np.ndarray, outputs: tuple[str, ...]) -> Any:
-        import tritonclient.http as httpclient
+        httpclient = triton_http()
 
         array = volume[None]
         inp = httpclient.InferInput(P.INPUT_VOLUME, list(array.shape), "FP32")

@@ -12,6 +12,7 @@ import logging
 import os
 
 from uae_ray.storage.config import S3Config, load_s3_config
+from uae_ray.storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,10 @@ def s3_config_for(uri: str | None = None) -> S3Config:
 
 @functools.lru_cache(maxsize=16)
 def _minio_client(cfg: S3Config, pid: int):  # noqa: ARG001 - pid is part of the cache key
-    from minio import Minio
+    try:
+        from minio import Minio
+    except ImportError:
+        raise StorageError("s3:// needs the S3 client, which is not installed: pip install 'uae-ray[stack]'") from None
 
     logger.debug("creating minio client for %s", cfg.endpoint)
     return Minio(

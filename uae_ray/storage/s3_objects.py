@@ -31,6 +31,7 @@ _DIR_CONTENT_TYPE = "application/x-directory"
 @contextlib.contextmanager
 def s3_errors(uri: str) -> Iterator[None]:
     """Translate minio / urllib3 errors into FileNotFoundError / StorageError naming ``uri``."""
+    minio_client(uri)  # a StorageError naming the extra to install when minio is missing
     from minio.error import MinioException, S3Error
     from urllib3.exceptions import HTTPError
 

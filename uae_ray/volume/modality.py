@@ -99,7 +99,7 @@ def detect_modality(image: sitk.Image, source: str, explicit: str | None = None)
     """
     if explicit is not None:
         mod = parse_modality(explicit, str(source))
-        logger.info("%s: modality %s (given)", source, mod)
+        logger.debug("%s: modality %s (given)", source, mod)
         if mod == "CT" and looks_like_unshifted_ct(sitk.GetArrayViewFromImage(image)):
             logger.warning("%s: given as CT, but no voxel is below -50: the values look like 0..4095 without the "
                            "-1024 offset; intensities are read as HU, so fix the rescale intercept first", source)
