@@ -78,7 +78,7 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
     from uae_ray.cohort.embed import run_cohort_embed
     from uae_ray.cohort.landmarks import run_cohort_landmarks
     from uae_ray.report.landmarks import TargetView, landmark_report
-    from uae_ray.stack import StackConfig, client_env, ensure_credentials, stack_down, stack_up
+    from uae_ray.stack import StackConfig, client_env, ensure_credentials, stack_down, stack_status, stack_up
     from uae_ray.storage import discover_scans, join, read_table, upload_file
     from uae_ray.storage.images import read_image_uri
     from uae_ray.volume import detect_modality
@@ -88,6 +88,7 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = ensure_credentials(StackConfig.load())
     _step(1, "bring the local stack up")
+    was_up = stack_status(config).healthy  # a stack the demo did not start is left running
     status = stack_up(config)
     print(status.table())
     try:
@@ -139,7 +140,9 @@ def run_demo(out_dir: str = "demo-output", keep_stack: bool = False) -> int:
               f"demo took {time.perf_counter() - t_start:.0f} s")
         ok = len(by_scan) == len(scans) - 1
     finally:
-        if not keep_stack:
+        if not keep_stack and not was_up:
             _step(7, "stop the stack")
             stack_down(config)
+        elif was_up:
+            print("\nthe stack was running before the demo: left running")
     return 0 if ok else 1

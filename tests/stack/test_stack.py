@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from uae_ray.stack import StackConfig, StackError, stack_down, stack_status, stack_up
+from uae_ray.paths import CLIENT_ENV_FILE
+from uae_ray.stack.config import read_env_file
 from uae_ray.stack.process import ProcessFiles, group_members, pid_alive, port_open
 
 pytestmark = pytest.mark.stack
@@ -92,6 +94,9 @@ def test_down_leaves_no_process(stack) -> None:
     status = stack_status(config)
     groups = {s.name: group_members(s.pid) for s in status.services}
     assert all(groups.values()), groups
+    client = read_env_file(config.run_dir / CLIENT_ENV_FILE)  # every verb's settings, from any folder
+    assert client["UAE_S3_ENDPOINT"] == config.s3_endpoint and client["UAE_TRITON_URL"] == config.triton_url
+    assert (config.run_dir / CLIENT_ENV_FILE).stat().st_mode & 0o077 == 0  # the secret is the owner's only
     t0 = time.monotonic()
     after = stack_down(config)
     elapsed = time.monotonic() - t0
@@ -103,6 +108,7 @@ def test_down_leaves_no_process(stack) -> None:
     for name, ports in _service_ports(config).items():
         assert not any(port_open("127.0.0.1", p) for p in ports), f"{name}: a port still answers"
     assert elapsed < config.stop_timeout_s + 15
+    assert not (config.run_dir / CLIENT_ENV_FILE).exists()
 
 
 def test_a_failing_service_gives_a_clear_error_and_is_stopped(tmp_path: Path, free_port_config) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from uae_ray.paths import default_stack_dir
+
 logger = logging.getLogger(__name__)
 
 #: Root of the source checkout (the package is installed editable from it).
@@ -106,7 +108,7 @@ class StackConfig:
         s3_secret_key: S3 secret key (never shown).
     """
 
-    run_dir: Path = Path("runs/stack")
+    run_dir: Path = field(default_factory=default_stack_dir)
     host: str = "127.0.0.1"
     ray_port: int = 6380
     ray_dashboard_port: int = 8265

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from uae_ray.stack import process, ray_head, s3, triton
-from uae_ray.stack.config import ENV_VARS, StackConfig, StackError, ensure_credentials
+from uae_ray.paths import CLIENT_ENV_FILE
+from uae_ray.stack.config import ENV_VARS, StackConfig, StackError, ensure_credentials, write_private_file
 from uae_ray.stack.service import ServiceSpec
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,13 @@ def stack_up(config: StackConfig, services: Sequence[str] | None = None) -> Stac
         except KeyboardInterrupt:
             _stop(config, sorted(started))
             raise
-    return stack_status(config, names)
+    status = stack_status(config, names)
+    if status.healthy and (set(names) == set(SERVICES) or stack_status(config).healthy):
+        env = client_env(config)
+        write_private_file(config.run_dir / CLIENT_ENV_FILE, "# written by `uae-ray stack up`, removed by `stack down`: "
+                           "the running stack's client settings, for every verb from any folder\n"
+                           + "".join(f"{k}={v}\n" for k, v in env.items()))
+    return status
 
 
 def _stop(config: StackConfig, names: Sequence[str]) -> list[str]:
@@ -269,6 +276,7 @@ def stack_down(config: StackConfig, services: Sequence[str] | None = None) -> St
         left = _stop(config, names)
     if left:
         raise StackError(f"could not stop {left}; see the pid files in {config.pids_dir}")
+    (config.run_dir / CLIENT_ENV_FILE).unlink(missing_ok=True)
     logger.info("stack down after %.1f s", time.monotonic() - t0)
     return stack_status(config, services)
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uae_ray.paths import running_stack_env
+
 logger = logging.getLogger(__name__)
 
 ENV_ENDPOINT = "UAE_S3_ENDPOINT"
@@ -181,6 +183,12 @@ def load_s3_config(env: Mapping[str, str] | None = None) -> S3Config:
         return section.get(key)
 
     endpoint_raw = pick(ENV_ENDPOINT, "endpoint")
+    if not endpoint_raw:  # last: the local stack's settings, when one is up (any working folder)
+        stack = running_stack_env(env)
+        if stack.get(ENV_ENDPOINT):
+            logger.debug("S3 settings of the running local stack")
+            env = {**stack, **{k: v for k, v in env.items() if v not in (None, "")}}
+            endpoint_raw = env[ENV_ENDPOINT]
     endpoint, scheme_secure = (None, None)
     if endpoint_raw:
         endpoint, scheme_secure = _split_endpoint(str(endpoint_raw))
