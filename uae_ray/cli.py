@@ -232,6 +232,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench.run(args)
 
 
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from uae_ray.api.archive import upload_archive
+    from uae_ray.storage import StorageError
+
+    try:
+        summary = upload_archive(args.src, args.dest, progress=not args.quiet)
+    except (OSError, StorageError) as e:
+        logger.error("%s", e)
+        return 2
+    print(f"{summary.uploaded} files uploaded, {summary.skipped} already there; {summary.scans} scans in {args.dest}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from uae_ray.demo import run_demo
 
@@ -402,6 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
               ["uae-ray stack up", "uae-ray stack status", "uae-ray stack down"])
     p.add_argument("action", choices=["up", "down", "status"], help="up: start; down: stop; status: what runs")
     p.set_defaults(func=_cmd_stack)
+
+    p = _verb(sub, "archive", "put a folder of scans into an archive (the local stack's S3 or any s3:// prefix)",
+              "Uploads every file under SRC to DEST keeping relative paths (NIfTI/NRRD/MHA files and DICOM series "
+              "folders are what the cohort jobs find there); each object is written atomically and files already "
+              "there with the same size are skipped, so an interrupted upload resumes. With the local stack up, "
+              "its S3 endpoint and keys are used; otherwise UAE_S3_* or ~/.config/uae-ray/config.yaml.",
+              ["uae-ray archive upload my_scans/ s3://archive/ct",
+               "uae-ray cohort embed --archive s3://archive/ct --out s3://results/ct"])
+    asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = _verb(asub, "upload", "copy a local folder of scans to an archive",
+              "Progress in bytes; a summary line at the end with the number of scans found at DEST.",
+              ["uae-ray archive upload my_scans/ s3://archive/ct"])
+    a.add_argument("src", metavar="SRC", help="local folder of scans")
+    a.add_argument("dest", metavar="DEST", help="s3://bucket/prefix (or a folder)")
+    p.set_defaults(func=_cmd_archive)
 
     p = _verb(sub, "cohort", "batch jobs over an archive (local folder or s3://), one Ray task per scan or pair",
               "Every job records a status per scan or pair in a manifest under --out, so a re-run does only what "

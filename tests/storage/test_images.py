@@ -186,3 +186,18 @@ def test_local_read_passthrough(archive: Path) -> None:
 def test_single_file_archive(archive: Path) -> None:
     refs = discover_scans(str(archive / "top.nii"))
     assert [(r.scan_id, r.kind) for r in refs] == [(uri_hash("top.nii"), "file")]
+
+
+def test_archive_upload_puts_scans_in_s3_and_resumes(s3_bucket: str, archive: Path, capsys) -> None:
+    """``uae-ray archive upload``: the scans of a local folder land in S3 where discovery finds
+    them; a second run uploads nothing."""
+    from uae_ray.cli import main
+
+    dest = f"{s3_bucket}/mine"
+    assert main(["archive", "upload", str(archive), dest, "-q"]) == 0
+    first = capsys.readouterr().out
+    local = {s.scan_id for s in discover_scans(str(archive))}
+    assert {s.scan_id for s in discover_scans(dest)} == local and f"{len(local)} scans in {dest}" in first
+    assert main(["archive", "upload", str(archive), dest, "-q"]) == 0
+    assert capsys.readouterr().out.startswith("0 files uploaded")
+    assert main(["archive", "upload", str(archive / "nope"), dest]) == 2
