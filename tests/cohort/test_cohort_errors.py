@@ -5,6 +5,7 @@ embedding)."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -61,3 +62,16 @@ def test_cohort_track_refuses_a_broken_lesions_file_before_embedding(shared_data
 
     (rec,) = Manifest(str(out / TRACK_MANIFEST)).records()
     assert rec.status == "error" and "missing column(s) z" in rec.error
+
+
+def test_worker_logs_without_colour_codes_unless_on_a_terminal(monkeypatch) -> None:
+    import io
+
+    from uae_ray.cohort.runner import plain_worker_logs
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    plain_worker_logs(io.StringIO())  # a log file or a pipe
+    assert os.environ["RAY_COLOR_PREFIX"] == "0"
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "1")  # the user's choice wins
+    plain_worker_logs(io.StringIO())
+    assert os.environ["RAY_COLOR_PREFIX"] == "1"

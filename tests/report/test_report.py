@@ -61,3 +61,34 @@ def test_training_report_curves(tmp_path):
     assert png.size == (640, 260)
     # the loss curve is drawn: more than background, frame and text colours
     assert len(set(png.getdata())) > 4
+
+
+def test_landmark_report_shows_each_template_image_once_and_both_points(tmp_path):
+    img = _phantom()
+    p = np.array(img.TransformIndexToPhysicalPoint((30, 25, 20)))
+    points = NamedPoints(("bright", "other"), np.stack([p, p + 4.0]))
+    views = [TargetView(f"t{i}", img, "CT", [Detection(f"t{i}", n, *(x + 1.0), 0.8) for n, x in zip(points.names, points.xyz)])
+             for i in range(3)]
+    html = landmark_report(tmp_path / "r.html", img, "CT", points, views).read_text()
+    assert html.count("data:image/png;base64,") == 3 * 2 + 3 * 2 * 3  # template once, then each detection
+    assert html.count("template (") == 2 * 3 and html.count("detected (") == 2 * 3
+    assert f"template ({p[0]:.1f}, {p[1]:.1f}, {p[2]:.1f})" in html
+
+
+def test_slices_have_orientation_letters_a_scale_bar_and_a_tissue_window():
+    from uae_ray.report.slices import annotate, render_point, tissue_at, window
+
+    img = _phantom()
+    inside = np.array(img.TransformIndexToPhysicalPoint((30, 25, 20)))
+    assert tissue_at(img, inside, "CT") == "bone" and tissue_at(img, inside + [0, 0, -6.0], "CT") == "soft tissue"
+    assert tissue_at(img, np.array(img.TransformIndexToPhysicalPoint((2, 2, 2))), "CT") == "lung"
+    assert tissue_at(img, inside, "MR") == "soft tissue"
+    soft = window(np.array([[-1000.0, 50.0, 1000.0]]), "CT", "soft tissue")
+    lung = window(np.array([[-1000.0, 50.0, 1000.0]]), "CT", "lung")
+    assert soft[0, 1] > soft[0, 0] and lung[0, 0] > soft[0, 0]  # air is not black in the lung window
+    from PIL import Image
+
+    blank = annotate(Image.new("RGB", (160, 160)), "axial", 180.0)
+    arr = np.asarray(blank)
+    assert arr[:, :12].any() and arr[:, -12:].any() and arr[-8:, :70].any()  # R and L letters, scale bar
+    assert len(render_point(img, inside, "CT")) == 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -58,10 +59,18 @@ class Progress:
             )
 
 
+def plain_worker_logs(stream=None) -> None:
+    """Worker lines forwarded to the driver carry no ANSI colour codes unless the driver writes
+    to a terminal (Ray's ``RAY_COLOR_PREFIX``; a value set by the user wins)."""
+    stream = sys.stderr if stream is None else stream
+    os.environ.setdefault("RAY_COLOR_PREFIX", "1" if getattr(stream, "isatty", lambda: False)() else "0")
+
+
 def init_ray(address: str | None) -> None:
     """Connects to ``address`` (or ``$RAY_ADDRESS``), else starts a local Ray instance."""
     import ray
 
+    plain_worker_logs()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from PIL import Image, ImageDraw
 
 from uae_ray.report.html import esc, image_strip, write_html
-from uae_ray.report.slices import _AXES, PLANES, window, world_slice
+from uae_ray.report.slices import PLANES, _AXES, annotate, window, world_slice
 
 PREDICTED = (60, 220, 60)
 TRUTH = (255, 60, 60)
@@ -49,7 +49,7 @@ def render_boxes(
     images = []
     for plane in PLANES:
         gray = window(world_slice(image, center, plane, extent, pixels), modality)
-        rgb = Image.fromarray(gray).convert("RGB")
+        rgb = annotate(Image.fromarray(gray).convert("RGB"), plane, extent)
         draw = ImageDraw.Draw(rgb)
         for box, color in boxes:
             box = np.asarray(box, dtype=float)

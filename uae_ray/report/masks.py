@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from uae_ray.report.html import esc, png_bytes, png_bytes_data_uri, write_html
-from uae_ray.report.slices import PLANES, window, world_slice
+from uae_ray.report.slices import PLANES, annotate, window, world_slice
 
 CONTOUR = (60, 220, 60)
 #: Smallest field of view of a slice (mm); larger organs get 1.4 x their extent.
@@ -83,7 +83,7 @@ def render_mask(
         lab = world_slice(labels, center, plane, fov_mm, pixels, sitk.sitkNearestNeighbor)
         rgb = np.stack([gray] * 3, axis=-1)
         rgb[contour(lab == label)] = color
-        images.append(Image.fromarray(rgb))
+        images.append(annotate(Image.fromarray(rgb), plane, fov_mm))
     return images
 
 

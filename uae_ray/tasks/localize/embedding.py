@@ -211,6 +211,8 @@ class EmbeddingLocalizer:
             t0 = time.perf_counter()
             est = estimate_organs(support, self._maps(i), organs, target_maps, self.config)
             per_support.append((est, (time.perf_counter() - t0) / max(len(est), 1)))
+            logger.info("support %d/%d (%s): %d structures carried in %.1f s", i + 1, len(self.supports),
+                        support.spec.image, len(est), time.perf_counter() - t0)
         for _, line in partial_supports(self.supports, organs):
             logger.warning("%s", line)
         out = []
