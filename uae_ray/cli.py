@@ -203,6 +203,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         sam_kind=args.sam_kind,
         modality=args.modality,
         dicom_seg=args.dicom_seg,
+        report=args.report,
         device=args.device,
     )
 
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-seg", metavar="SEG.dcm", help="also write a DICOM SEG (binary, one segment per "
                    "segmented organ) that references the target DICOM series; patient name and ID become a hashed "
                    "pseudonym")
+    p.add_argument("--report", metavar="REPORT.html", help="also write an HTML QC report (each organ's contour on "
+                   "three slices, its volume, box and status)")
     _add_localizer_args(p, "localizer of the boxes (see localize)")
     _add_sam_args(p)
     _add_embedder_args(p)

@@ -35,8 +35,11 @@ def test_segment_end_to_end(shared_data, tmp_path, caplog):
         "segment", "--support", f"{support}/image.nii.gz:{support}/labels.nii.gz",
         "--target", f"{target}/image.nii.gz", "--organs", "liver,brain,spleen", "--out", str(out), "--boxes", "wpl",
         "--checkpoint", "tiny-v0",  # the localizer model of the bounds below (see there)
+        "--report", str(tmp_path / "out" / "qc.html"),
     ])
     assert code == 0
+    html = (tmp_path / "out" / "qc.html").read_text()  # one strip per segmented organ, every organ's row
+    assert html.count("data:image/png") == 2 and all(o in html for o in ("liver", "brain", "spleen"))
     assert json.loads((tmp_path / "out" / "seg.json").read_text()) == {"1": "liver", "2": "brain", "3": "spleen"}
     image = sitk.ReadImage(str(target / "image.nii.gz"))
     seg = sitk.ReadImage(str(out))

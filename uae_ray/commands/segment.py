@@ -35,6 +35,7 @@ def run(
     modality: str | None = None,
     dicom_seg: str | None = None,
     device: str | None = None,
+    report: str | None = None,
 ) -> int:
     """Runs the verb (with ``dicom_seg``: also a DICOM SEG over the target DICOM series).
 
@@ -45,7 +46,7 @@ def run(
     """
     from uae_ray.api.models import make_localizer_factory, make_segmenter
     from uae_ray.commands.localize import load_inputs
-    from uae_ray.api.outputs import write_segmentation
+    from uae_ray.api.outputs import write_output, write_segmentation
     from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts
 
     if dicom_seg and _is_image_file(target):
@@ -78,6 +79,12 @@ def run(
     logger.info("wrote %s and %s (%d organ(s), %s boxes, %s localizer, model %s): localization %.1f s, "
                 "segmentation %.1f s (%d slices encoded)", label_path, sidecar, len(names), boxes.upper(), method,
                 result.model_version, t1 - t0, result.seconds, result.n_slices_encoded)
+    if report:
+        from uae_ray.report.masks import segmentation_report
+
+        t2 = time.perf_counter()
+        write_output(report, lambda path: segmentation_report(path, image, target_modality, result, prompts, target))
+        logger.info("wrote report %s (%.1f s)", report, time.perf_counter() - t2)
     if dicom_seg and not _write_seg(result, image, target, dicom_seg):
         return 1
     return 1 if failed else 0

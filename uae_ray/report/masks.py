@@ -110,6 +110,7 @@ def prelabel_report(
     images: Mapping[tuple[str, int], bytes],
     title: str = "uae-ray cohort prelabel QC",
     note: str = "",
+    ids_note: str = "Scans are named by their hashed scan id (the manifest maps it to the file).",
 ) -> Path:
     """Writes the report: a row per (scan, organ) of the prelabel index with its status, volume,
     box and the PNG of :func:`mask_strip_png` (``images[(scan_id, label)]``) where there is one.
@@ -143,11 +144,33 @@ def prelabel_report(
         f"<p>{n_scans} scan(s), {len(rows)} organ row(s): {summary}. Green: the contour of the organ's mask "
         "on the three orthogonal slices through its centroid (axial: patient right on the viewer's left; "
         "coronal / sagittal: superior up). Boxes: the localized xmin, ymin, zmin, xmax, ymax, zmax (LPS mm). "
-        f"Scans are named by their hashed scan id (the manifest maps it to the file).</p>{note}"
+        f"{ids_note}</p>{note}"
     )
     table = ("<table><tr><th>scan</th><th>organ</th><th>status</th><th>axial / coronal / sagittal</th></tr>"
              f"{''.join(body)}</table>")
     return write_html(path, title, intro + table)
 
 
-__all__ = ["contour", "mask_strip_png", "organ_view", "prelabel_report", "render_mask"]
+def segmentation_report(path: str | Path, image: sitk.Image, modality: str, result, prompts: Sequence,
+                        name: str) -> Path:
+    """The QC report of one ``uae-ray segment`` run: a row per organ (status, volume, localized
+    box, contour on three slices), the layout of :func:`prelabel_report`.
+
+    Args:
+        result: the :class:`~uae_ray.tasks.segment.SegmentationResult`.
+        prompts: its :class:`~uae_ray.tasks.segment.OrganPrompt` per organ (the boxes).
+        name: the target's name in the report (its path as the user gave it).
+    """
+    rows, images = [], {}
+    for o, prompt in zip(result.organs, prompts):
+        box = np.asarray(prompt.box_world, dtype=float)
+        rows.append({"scan_id": name, "label": o.label, "organ": o.name, "status": o.status if o.n_voxels or
+                     o.status != "ok" else "empty", "message": o.message, "volume_ml": float(o.volume_ml),
+                     "voxels": int(o.n_voxels), **dict(zip(("xmin", "ymin", "zmin", "xmax", "ymax", "zmax"), box))})
+        views = render_mask(image, result.labels, o.label, modality) if o.n_voxels else []
+        if views:
+            images[(name, o.label)] = mask_strip_png(views)
+    return prelabel_report(path, rows, images, title="uae-ray segment QC", ids_note="")
+
+
+__all__ = ["contour", "mask_strip_png", "organ_view", "prelabel_report", "render_mask", "segmentation_report"]
