@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from uae_ray.report.html import esc, image_strip, write_html
 from uae_ray.report.slices import PLANES, render_point
@@ -48,7 +49,7 @@ def landmark_report(
     template_xyz = dict(zip(points.names, points.xyz))
     sections = [f"<h2>template</h2><table><tr><th>point (LPS mm)</th><th>axial / coronal / sagittal</th></tr>"
                 f"{''.join(template_rows)}</table>"]
-    for target in targets:
+    for target in tqdm(targets, desc="report", unit="scan", disable=None, leave=False):
         rows = []
         for det in target.detections:
             xyz = np.array([det.x, det.y, det.z])

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
+from tqdm import tqdm
 
 from uae_ray.report.html import esc, png_bytes, png_bytes_data_uri, write_html
 from uae_ray.report.slices import PLANES, annotate, window, world_slice
@@ -162,7 +163,7 @@ def segmentation_report(path: str | Path, image: sitk.Image, modality: str, resu
         name: the target's name in the report (its path as the user gave it).
     """
     rows, images = [], {}
-    for o, prompt in zip(result.organs, prompts):
+    for o, prompt in tqdm(list(zip(result.organs, prompts)), desc="report", unit="organ", disable=None, leave=False):
         box = np.asarray(prompt.box_world, dtype=float)
         rows.append({"scan_id": name, "label": o.label, "organ": o.name, "status": o.status if o.n_voxels or
                      o.status != "ok" else "empty", "message": o.message, "volume_ml": float(o.volume_ml),
