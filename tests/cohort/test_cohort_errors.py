@@ -75,3 +75,16 @@ def test_worker_logs_without_colour_codes_unless_on_a_terminal(monkeypatch) -> N
     monkeypatch.setenv("RAY_COLOR_PREFIX", "1")  # the user's choice wins
     plain_worker_logs(io.StringIO())
     assert os.environ["RAY_COLOR_PREFIX"] == "1"
+
+
+def test_the_driver_saves_the_manifest_while_the_job_runs(tmp_path) -> None:
+    from uae_ray.cohort.embed import add_record
+    from uae_ray.storage import Manifest
+
+    manifest = Manifest(str(tmp_path / "manifests" / "embed"))
+    on_result = add_record(manifest, save_every_s=0.0)  # save after every completion
+    on_result({"scan_id": "a" * 16, "uri": "x.nii.gz", "status": "ok"})
+    assert [r.scan_id for r in Manifest(str(tmp_path / "manifests" / "embed")).records()] == ["a" * 16]
+    slow = add_record(Manifest(str(tmp_path / "m2")), save_every_s=3600.0)
+    slow({"scan_id": "b" * 16, "uri": "y.nii.gz", "status": "error", "error": "bad"})
+    assert not (tmp_path / "m2").exists()  # not yet: the end of the job saves it

@@ -88,10 +88,11 @@ def test_failure_before_publish_leaves_no_final_object(
 ) -> None:
     uri = join(root, "out", "result.bin")
     if is_s3(root):
-        def boom(*args, **kwargs):
-            raise RuntimeError("simulated crash between temp put and copy")
+        def boom(client, bucket, key, reader, length):
+            reader.read(3)  # the upload has started
+            raise RuntimeError("simulated crash mid-upload")
 
-        monkeypatch.setattr(s3_objects, "copy_object", boom)
+        monkeypatch.setattr(s3_objects, "put_stream", boom)
     else:
         def boom_replace(src, dst):
             raise RuntimeError("simulated crash before rename")
@@ -112,7 +113,7 @@ def test_failed_overwrite_keeps_old_content(root: str, monkeypatch: pytest.Monke
 
     with monkeypatch.context() as patch:
         if is_s3(root):
-            patch.setattr(s3_objects, "copy_object", fail)
+            patch.setattr(s3_objects, "put_stream", fail)
         else:
             patch.setattr(objects.os, "replace", fail)
         with pytest.raises(OSError, match="simulated"):
@@ -180,3 +181,45 @@ def test_filesystem_for(root: str) -> None:
         assert type(fs).__name__ == "S3FileSystem" and path == uri[len("s3://"):]
     else:
         assert os.path.isabs(path)
+
+
+KILLED_WRITER = """
+import os, signal, sys, threading
+from uae_ray.storage import objects, s3_objects
+
+real = s3_objects.put_stream
+
+def put_then_die(client, bucket, key, reader, length):
+    class Reader:  # the writer is killed once a third of the object has been sent
+        sent = 0
+        def read(self, n=-1):
+            chunk = reader.read(n)
+            Reader.sent += len(chunk)
+            if Reader.sent > length // 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return chunk
+    real(client, bucket, key, Reader(), length)
+
+s3_objects.put_stream = put_then_die
+objects.upload_file(sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("size_mb", [4, 40])  # one PUT; a multipart upload (parts of 16 MiB)
+def test_a_writer_killed_mid_upload_leaves_the_old_object(s3_bucket: str, tmp_path: Path, size_mb: int) -> None:
+    """kill -9 of a process in the middle of an upload: the key keeps its old content (and a
+    new key does not appear); the data goes straight to the final key, no temporary copy."""
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(size_mb * 1024 * 1024))
+    old, new = join(s3_bucket, "k", "old.bin"), join(s3_bucket, "k", "new.bin")
+    objects.write_bytes_atomic(old, b"old content")
+    env = {**os.environ}
+    for target in (old, new):
+        out = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(big), target], env=env, timeout=300,
+                             capture_output=True, text=True)
+        assert out.returncode == -9, out.stderr[-2000:]
+    assert objects.read_bytes(old) == b"old content" and not objects.exists(new)
+    assert raw_names(s3_bucket) == ["k/old.bin"]  # no temporary key either

@@ -93,7 +93,7 @@ def test_parquet_failure_leaves_no_final_file(root: str, monkeypatch: pytest.Mon
         raise OSError("simulated failure before publication")
 
     if is_s3(root):
-        monkeypatch.setattr(s3_objects, "copy_object", fail)
+        monkeypatch.setattr(s3_objects, "put_stream", fail)
     else:
         monkeypatch.setattr(objects.os, "replace", fail)
     uri = join(root, "t.parquet")

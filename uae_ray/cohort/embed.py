@@ -62,14 +62,24 @@ def persist_record(manifest_uri: str, record: dict[str, Any]) -> dict[str, Any]:
     return {"record": rec, **record}
 
 
-def add_record(manifest: Manifest):
-    """The driver's callback: merge a worker's record (or a died task's error) into the manifest."""
+#: The driver saves the manifest snapshot at most this often while a job runs (and at the end).
+SAVE_EVERY_S = 60.0
+
+
+def add_record(manifest: Manifest, save_every_s: float = SAVE_EVERY_S):
+    """The driver's callback: merge a worker's record (or a died task's error) into the manifest,
+    and save the snapshot every ``save_every_s`` seconds, so a driver killed mid-job leaves a
+    snapshot at most that old (the workers' per-scan record files hold the rest)."""
+    last_save = [time.monotonic()]
 
     def on_result(result: dict[str, Any]) -> None:
         rec = result.get("record")
         if rec is None:
             rec = ManifestRecord(result["scan_id"], result.get("uri", ""), result["status"], result.get("error"))
         manifest.add(rec)
+        if time.monotonic() - last_save[0] >= save_every_s:
+            manifest.save(compact=False)
+            last_save[0] = time.monotonic()
 
     return on_result
 

@@ -1,8 +1,9 @@
 """Fan work out as Ray tasks, one per scan, with progress, bounded in-flight work and a manifest.
 
-Workers write their own outputs (atomically) and return a small record; the driver is the
-single writer of the manifest and saves it every few completions, so a killed job loses at most
-the records of its last few scans (whose outputs are complete and are redone on the next run).
+Workers write their own outputs and per-scan records (atomically) and return the record; the
+driver is the single writer of the manifest snapshot and saves it every minute while the job
+runs (:func:`~uae_ray.cohort.embed.add_record`) and at the end, so a killed driver leaves a
+snapshot at most a minute old, and the next run folds in the newer per-scan records.
 """
 
 from __future__ import annotations

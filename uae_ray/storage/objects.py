@@ -10,11 +10,10 @@ either the old file / object or the complete new one, never a partial one.
 * Local: the data goes to a temporary file in the destination folder (``.<name>.<random>.tmp-<uuid
   hex>``), is flushed and fsynced, and is renamed over the final name with ``os.replace`` (atomic on
   POSIX within one file system).
-* S3 has no rename. The data is PUT to a temporary key ``<key>.tmp-<uuid hex>``, then copied
-  server side to the final key, then the temporary key is deleted. A single PUT or copy is
-  all-or-nothing in S3, so the final key only ever appears complete. If the process dies between
-  the steps a stray temporary key may remain; it never has the final name, :func:`list_uris`
-  hides such names, and ``delete(prefix, recursive=True)`` removes them.
+* S3: one PUT to the final key (a multipart upload for large objects), which S3 makes
+  all-or-nothing: a writer that dies mid-upload leaves the old object (or none), and the data
+  is sent once (no temporary key, copy and delete). :func:`list_uris` still hides the
+  ``.tmp-<hex>`` names that older versions could leave behind.
 
 "Folders" on S3 are key prefixes: ``list_uris("s3://b/a")`` lists keys under ``a/`` (not
 ``ab/``), and a prefix exists when at least one object lies under it.

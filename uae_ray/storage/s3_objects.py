@@ -1,10 +1,11 @@
 """The S3 backend of :mod:`uae_ray.storage.objects` (``s3://bucket/key`` through the minio SDK,
 one cached client per configuration and process).
 
-S3 has no rename: a write is PUT to a temporary key ``<key>.tmp-<uuid hex>``, copied server side
-to the final key (CopyObject; minio switches to a multipart copy above 5 GiB), and the temporary
-key is deleted. A single PUT or copy is all-or-nothing, so the final key only ever appears
-complete. "Folders" are key prefixes; directory markers (SeaweedFS leaves them) are ignored.
+A write is one PUT to the final key, or for objects above minio's part size (16 MiB here) one
+multipart upload: either is all-or-nothing in S3 (a multipart object appears only at
+CompleteMultipartUpload; a writer killed before leaves no object, and an aborted upload's parts
+are discarded), so the final key only ever holds a complete object and the data is written once.
+"Folders" are key prefixes; directory markers (SeaweedFS leaves them) are ignored.
 Errors are translated (:func:`s3_errors`) into messages that start with the URI and never
 contain credentials.
 """
@@ -14,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from uae_ray.storage.clients import arrow_s3_filesystem, minio_client, s3_config_for
 from uae_ray.storage.errors import StorageError
-from uae_ray.storage.uri import make_s3, parse_s3, temp_suffix
+from uae_ray.storage.uri import make_s3, parse_s3
 
 logger = logging.getLogger(__name__)
 
@@ -146,47 +147,38 @@ def download(uri: str, dest: str) -> None:
         minio_client(uri).fget_object(loc.bucket, loc.key, dest)
 
 
-def copy_object(client: Any, bucket: str, src_key: str, dst_key: str) -> None:
-    """Server-side copy (a seam for tests that simulate a failure before publication)."""
-    from minio.commonconfig import CopySource
-
-    client.copy_object(bucket, dst_key, CopySource(bucket, src_key))
+#: Multipart part size: objects up to this size are one PUT.
+PART_SIZE = 16 * 1024 * 1024
 
 
-def _publish(uri: str, put_tmp: Callable[[Any, str, str], int]) -> int:
-    """``put_tmp(client, bucket, tmp_key)`` uploads; then copy to the final key, delete temp."""
+def put_stream(client: Any, bucket: str, key: str, reader: Any, length: int) -> None:
+    """One PUT (multipart above :data:`PART_SIZE`) of ``length`` bytes from ``reader`` (a seam
+    for tests that fail or kill a writer mid-upload)."""
+    client.put_object(bucket, key, reader, length, part_size=PART_SIZE)
+
+
+def _object_key(uri: str) -> tuple[str, str]:
     loc = parse_s3(uri)
     if not loc.key or loc.key.endswith("/"):
         raise ValueError(f"{uri}: an object key is required")
-    tmp_key = loc.key + temp_suffix()
-    client = minio_client(uri)
-    try:
-        with s3_errors(uri):
-            n = int(put_tmp(client, loc.bucket, tmp_key))
-            copy_object(client, loc.bucket, tmp_key, loc.key)
-    finally:
-        try:
-            client.remove_object(loc.bucket, tmp_key)
-        except Exception as exc:  # noqa: BLE001 - cleanup must not mask the real error
-            logger.warning("%s: could not remove temporary key %s: %s", uri, tmp_key, type(exc).__name__)
-    logger.debug("wrote %s (%d bytes)", uri, n)
-    return n
+    return loc.bucket, loc.key
 
 
 def write_bytes(uri: str, data: memoryview) -> int:
-    def put(client: Any, bucket: str, key: str) -> int:
-        client.put_object(bucket, key, _MemoryReader(data), len(data))
-        return len(data)
-
-    return _publish(uri, put)
+    bucket, key = _object_key(uri)
+    with s3_errors(uri):
+        put_stream(minio_client(uri), bucket, key, _MemoryReader(data), len(data))
+    logger.debug("wrote %s (%d bytes)", uri, len(data))
+    return len(data)
 
 
 def upload_file(src: str, uri: str) -> int:
-    def put(client: Any, bucket: str, key: str) -> int:
-        client.fput_object(bucket, key, src)
-        return os.path.getsize(src)
-
-    return _publish(uri, put)
+    bucket, key = _object_key(uri)
+    n = os.path.getsize(src)
+    with s3_errors(uri), open(src, "rb") as fh:
+        put_stream(minio_client(uri), bucket, key, fh, n)
+    logger.debug("wrote %s (%d bytes from %s)", uri, n, src)
+    return n
 
 
 def delete(uri: str, recursive: bool) -> None:
