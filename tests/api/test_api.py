@@ -62,7 +62,7 @@ def test_landmarks_and_register_verbs_on_paths(case: Path, uae: uae_ray.UAE) -> 
 
 def test_readme_python_snippet_runs(shared_data: Path) -> None:
     """The README's ``python`` block (data path pointed at ``../shared/data``) runs and finds the point."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
     assert blocks, "README.md has no python snippet"
     code = blocks[0].replace('"../shared/data"', repr(str(shared_data)))
     namespace: dict = {}

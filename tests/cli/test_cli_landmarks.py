@@ -58,9 +58,9 @@ def test_landmarks_identity_and_a_bad_target(tmp_path, caplog):
     assert err.max() < 4.0, err  # same scan: within one 4 mm map voxel
     assert all(d.found for d in dets)
     assert (tmp_path / "qc.html").read_text().count("data:image/png") == 3 * len(truth) + 3 * len(dets)
-    slicer = parse_markups((tmp_path / "det.mrk.json").read_text(), "det.mrk.json")  # beside the CSV, LPS
-    assert slicer.names == truth.names
-    np.testing.assert_allclose(slicer.xyz, [[d.x, d.y, d.z] for d in dets], atol=1e-6)
+    names, xyz = parse_markups((tmp_path / "det.mrk.json").read_text(), "det.mrk.json")  # beside the CSV, LPS
+    assert names == truth.names
+    np.testing.assert_allclose(xyz, [[d.x, d.y, d.z] for d in dets], atol=1e-6)
 
 
 @needs_shared_data

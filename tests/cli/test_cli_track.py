@@ -71,8 +71,8 @@ def test_track_writes_the_contract_and_the_report(tmp_path, followup, caplog):
     assert tracks[0].found and np.linalg.norm(tracks[0].xyz - truth) < 3.0, (tracks[0], truth)
     assert tracks[0].votes >= 4  # the radius made the lesion vote
     assert not tracks[1].found and tracks[1].error and np.isnan(tracks[1].x)
-    slicer = parse_markups((tmp_path / "tracks.mrk.json").read_text(), "tracks.mrk.json")  # the tracked one only
-    assert slicer.names == ("gtv",) and np.allclose(slicer.xyz[0], tracks[0].xyz)
+    names, xyz = parse_markups((tmp_path / "tracks.mrk.json").read_text(), "tracks.mrk.json")  # the tracked one
+    assert names == ("gtv",) and np.allclose(xyz[0], tracks[0].xyz)
     html = report.read_text()
     assert html.count("data:image/png") == 6 * len(tracks) and "not tracked" in html and "gtv" in html
 

@@ -35,7 +35,7 @@ def _resolves(dotted: str) -> bool:
 
 
 def _names(doc: Path) -> tuple[set[str], set[str], set[str]]:
-    text = doc.read_text()
+    text = doc.read_text(encoding="utf-8")
     return set(PATH.findall(text)), set(SHORT_PATH.findall(text)), set(DOTTED.findall(text))
 
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from uae_ray.tasks.markups import PointGroup, markups_json, markups_path, parse_markups
-from uae_ray.tasks.points_io import NamedPoints, PointsFileError, parse_lesions_csv, parse_points
+from uae_ray.tasks.markups import MarkupsError, PointGroup, markups_json, markups_path, parse_markups
+from uae_ray.tasks.points_io import parse_lesions_csv, parse_points
 
 
 def _doc(system: str, points: list[tuple[str, list[float]]]) -> str:
@@ -33,18 +33,19 @@ def test_lesions_from_markups_have_no_radius() -> None:
     (_doc("LPS", [("a", [1.0, 2.0, 3.0]), ("a", [4.0, 5.0, 6.0])]), "repeats"),
 ])
 def test_bad_markups_are_one_line_naming_the_file(text: str, cause: str) -> None:
-    with pytest.raises(PointsFileError) as e:
+    with pytest.raises(MarkupsError) as e:
         parse_markups(text, "bad.mrk.json")
     assert str(e.value).startswith("bad.mrk.json: ") and cause in str(e.value) and "\n" not in str(e.value)
 
 
 def test_written_point_lists_round_trip_and_keep_found_and_score() -> None:
-    pts = NamedPoints(("a", "b", "lost"), np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [np.nan] * 3]))
-    doc = json.loads(markups_json([PointGroup("scan1", pts, [0.9, 0.4, np.nan], [True, False, False])]))
+    xyz = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [np.nan] * 3])
+    doc = json.loads(markups_json([PointGroup("scan1", ("a", "b", "lost"), xyz, [0.9, 0.4, np.nan], [True, False, False])]))
     (m,) = doc["markups"]
     assert m["coordinateSystem"] == "LPS" and m["name"] == "scan1" and doc["@schema"].endswith("json#")
     assert [c["label"] for c in m["controlPoints"]] == ["a", "b"]  # a point without coordinates is left out
     assert m["controlPoints"][1]["description"] == "score=0.400 found=false" and not m["controlPoints"][1]["selected"]
-    back = parse_markups(json.dumps(doc), "x.mrk.json")
-    np.testing.assert_allclose(back.xyz, pts.xyz[:2])
+    names, back = parse_markups(json.dumps(doc), "x.mrk.json")
+    np.testing.assert_allclose(back, xyz[:2])
+    assert names == ("a", "b")
     assert markups_path("s3://b/out/det.csv") == "s3://b/out/det.mrk.json"

@@ -17,14 +17,14 @@ def detections_groups(detections: list[Detection]):
     import numpy as np
 
     from uae_ray.tasks.markups import PointGroup
-    from uae_ray.tasks.points_io import NamedPoints
 
     targets = list(dict.fromkeys(d.target for d in detections))
     groups = []
     for t in targets:
         ds = [d for d in detections if d.target == t]
-        pts = NamedPoints(tuple(d.name for d in ds), np.array([[d.x, d.y, d.z] for d in ds], dtype=np.float64))
-        groups.append(PointGroup(t.rstrip("/").rsplit("/", 1)[-1], pts, [d.score for d in ds], [d.found for d in ds]))
+        xyz = np.array([[d.x, d.y, d.z] for d in ds], dtype=np.float64)
+        groups.append(PointGroup(t.rstrip("/").rsplit("/", 1)[-1], tuple(d.name for d in ds), xyz,
+                                 [d.score for d in ds], [d.found for d in ds]))
     return groups
 
 

@@ -52,7 +52,7 @@ def run(
     from uae_ray.api.models import get_embedder
     from uae_ray.api.outputs import write_markups, write_output
     from uae_ray.tasks.markups import PointGroup
-    from uae_ray.tasks.points_io import NamedPoints, write_tracks_csv
+    from uae_ray.tasks.points_io import write_tracks_csv
     from uae_ray.tasks.track import LesionTracker, TrackConfig
 
     t0 = time.perf_counter()
@@ -69,8 +69,9 @@ def run(
     tracker = LesionTracker(embedder, base_image, named, base_modality, method, TrackConfig(extent=extent))
     tracks = tracker.track(follow_image, follow_modality)
     write_output(out, lambda path: write_tracks_csv(path, tracks))
-    followup_points = NamedPoints(tuple(t.name for t in tracks), np.array([[t.x, t.y, t.z] for t in tracks], dtype=float))
-    write_markups([PointGroup("tracks", followup_points, [t.score for t in tracks], [t.found for t in tracks])], out)
+    xyz = np.array([[t.x, t.y, t.z] for t in tracks], dtype=float)
+    write_markups([PointGroup("tracks", tuple(t.name for t in tracks), xyz, [t.score for t in tracks],
+                              [t.found for t in tracks])], out)
     failed = [t for t in tracks if t.error]
     for t in failed:
         logger.error("%s: %s", baseline, t.error)

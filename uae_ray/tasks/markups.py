@@ -14,54 +14,60 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from uae_ray.tasks.points_io import NamedPoints, PointsFileError
+
+
+class MarkupsError(ValueError):
+    """A markups file that cannot be used; one line naming it (the points readers re-raise it as
+    their :class:`~uae_ray.tasks.points_io.PointsFileError`)."""
 
 SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
 
-def parse_markups(text: str, source: str) -> NamedPoints:
-    """Named LPS points of the point lists of a markups JSON text.
+def parse_markups(text: str, source: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """Names and (N, 3) LPS points of the point lists of a markups JSON text.
 
     Raises:
-        PointsFileError: not JSON, no point list, a point without a 3-vector position, an
+        MarkupsError: not JSON, no point list, a point without a 3-vector position, an
             unknown coordinate system, or repeated labels (one line naming ``source``).
     """
     try:
         doc = json.loads(text)
     except ValueError as e:
-        raise PointsFileError(f"{source}: not a JSON markups file ({e.msg} at line {e.lineno})") from None
+        raise MarkupsError(f"{source}: not a JSON markups file ({e.msg} at line {e.lineno})") from None
     lists = [m for m in (doc.get("markups") or []) if isinstance(m, dict) and m.get("type", "Fiducial") == "Fiducial"] \
         if isinstance(doc, dict) else []
     if not lists:
-        raise PointsFileError(f"{source}: no markups point list (expected {{\"markups\": [{{\"type\": \"Fiducial\", "
+        raise MarkupsError(f"{source}: no markups point list (expected {{\"markups\": [{{\"type\": \"Fiducial\", "
                               "\"controlPoints\": [...]}}]}})")
     names: list[str] = []
     coords: list[np.ndarray] = []
     for m in lists:
         system = str(m.get("coordinateSystem", "LPS")).upper()
         if system not in ("LPS", "RAS"):
-            raise PointsFileError(f"{source}: unknown coordinateSystem {system!r} (LPS or RAS)")
+            raise MarkupsError(f"{source}: unknown coordinateSystem {system!r} (LPS or RAS)")
         for k, cp in enumerate(m.get("controlPoints") or [], start=1):
             name = str(cp.get("label") or "").strip() or f"{m.get('name') or 'F'}-{k}"
             pos = np.asarray(cp.get("position", []), dtype=np.float64).reshape(-1)
             if pos.shape != (3,) or not np.all(np.isfinite(pos)):
-                raise PointsFileError(f"{source}: control point {name!r} has no finite 3D position")
+                raise MarkupsError(f"{source}: control point {name!r} has no finite 3D position")
             if name in names:
-                raise PointsFileError(f"{source}: control point label {name!r} repeats")
+                raise MarkupsError(f"{source}: control point label {name!r} repeats")
             names.append(name)
             coords.append(pos * _RAS_TO_LPS if system == "RAS" else pos)
     if not names:
-        raise PointsFileError(f"{source}: no control points")
-    return NamedPoints(tuple(names), np.asarray(coords))
+        raise MarkupsError(f"{source}: no control points")
+    return tuple(names), np.asarray(coords, dtype=np.float64)
 
 
 @dataclass
 class PointGroup:
-    """One point list to write: its name, LPS points and per-point score / found (optional)."""
+    """One point list to write: its name, point names, (N, 3) LPS points and per-point score /
+    found (optional)."""
 
     name: str
-    points: NamedPoints
+    names: tuple[str, ...]
+    xyz: np.ndarray
     scores: list[float] = field(default_factory=list)
     found: list[bool] = field(default_factory=list)
 
@@ -71,7 +77,7 @@ def markups_json(groups: list[PointGroup]) -> str:
     markups = []
     for g in groups:
         cps = []
-        for i, (name, xyz) in enumerate(zip(g.points.names, g.points.xyz)):
+        for i, (name, xyz) in enumerate(zip(g.names, g.xyz)):
             if not np.all(np.isfinite(xyz)):
                 continue
             found = g.found[i] if i < len(g.found) else True

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from uae_ray.atomic import atomic_path
+from uae_ray.tasks.markups import MarkupsError, parse_markups
 
 POINT_COLUMNS = ("name", "x", "y", "z")
 DETECTION_COLUMNS = ("target", "name", "x", "y", "z", "score")
@@ -119,9 +120,11 @@ def parse_points(text: str, source: str) -> NamedPoints:
     """Points from the text of a ``name,x,y,z`` CSV or, for a ``.json`` source, a 3D Slicer
     markups file (:func:`~uae_ray.tasks.markups.parse_markups`; RAS converted to LPS)."""
     if source.lower().endswith(".json"):
-        from uae_ray.tasks.markups import parse_markups
-
-        return parse_markups(text, source)
+        try:
+            names, xyz = parse_markups(text, source)
+        except MarkupsError as e:
+            raise PointsFileError(str(e)) from None
+        return NamedPoints(names, xyz)
     _, rows = table_rows(text, source, POINT_COLUMNS, "name,x,y,z")
     names, xyz = _named_xyz(rows, source)
     if not names:
