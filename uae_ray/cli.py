@@ -52,6 +52,15 @@ def _add_archive_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix (local folder or s3://)")
 
 
+def _add_pair_job_args(c: argparse.ArgumentParser, pairs_help: str) -> None:
+    """``--pairs``, ``--archive``, ``--out``, ``--embeddings`` of the pair jobs (track, register)."""
+    c.add_argument("--pairs", metavar="PAIRS.csv", help=pairs_help)
+    c.add_argument("--archive", metavar="URI", help="archive root: relative entries of --pairs resolve against it, "
+                   "and scan ids (shared with cohort embed) are relative to it")
+    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix (local folder or s3://)")
+    c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
+
+
 def _add_bench_io(b: argparse.ArgumentParser, name: str, seed: bool = False) -> None:
     """``--data``, ``--out`` (and ``--seed``) of every benchmark."""
     b.add_argument("--data", metavar="DIR", help="the shared data folder (default: ../shared/data)")
@@ -462,12 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
               "date; writes tracks/index.parquet under --out.",
               ["uae-ray cohort track --archive s3://bucket/archive --out s3://bucket/out",
                "uae-ray cohort track --pairs pairs.csv --archive s3://bucket/archive --out s3://bucket/out"])
-    c.add_argument("--pairs", metavar="PAIRS.csv", help="CSV with baseline,followup and lesions and/or lesion_mask "
-                   "columns (default: consecutive scans of each patient of --archive, lesions.csv beside each baseline)")
-    c.add_argument("--archive", metavar="URI", help="archive root: relative entries of --pairs resolve against it, "
-                   "and scan ids (shared with cohort embed) are relative to it")
-    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix (local folder or s3://)")
-    c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
+    _add_pair_job_args(c, "CSV with baseline,followup and lesions and/or lesion_mask columns (default: consecutive "
+                       "scans of each patient of --archive, lesions.csv beside each baseline)")
     _add_cohort_run_args(c, "pair")
     c.add_argument("--no-extent", action="store_true", help="match the lesion centre only, even where a radius "
                    "or mask gives its extent")
@@ -476,12 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
               "Pairs come from --pairs or consecutive scans of each patient; writes one .tfm per pair and "
               "transforms/index.parquet under --out.",
               ["uae-ray cohort register --archive s3://bucket/archive --out s3://bucket/out --transform affine"])
-    c.add_argument("--pairs", metavar="PAIRS.csv", help="CSV with fixed,moving columns (optional fixed_modality, "
-                   "moving_modality; default: consecutive scans of each patient of --archive)")
-    c.add_argument("--archive", metavar="URI", help="archive root: relative entries of --pairs resolve against it, "
-                   "and scan ids (shared with cohort embed) are relative to it")
-    c.add_argument("--out", required=True, metavar="URI", help="cohort output prefix (local folder or s3://)")
-    c.add_argument("--embeddings", metavar="URI", help="where stored embeddings live (default: --out)")
+    _add_pair_job_args(c, "CSV with fixed,moving columns (optional fixed_modality, moving_modality; default: "
+                       "consecutive scans of each patient of --archive)")
     c.add_argument("--transform", choices=["rigid", "affine"], default="rigid", help="transform kind")
     c.add_argument("--refine", action="store_true", help="refine each transform with a short Mattes-MI registration")
     c.add_argument("--fixed-modality", choices=["CT", "MR"], help="modality of every fixed scan (checked per pair)")
