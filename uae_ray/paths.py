@@ -28,7 +28,7 @@ def running_stack_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     if not path.is_file():
         return {}
     out = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             key, value = line.split("=", 1)
             out[key.strip()] = value.strip()

@@ -115,7 +115,7 @@ def load_cases(data_dir: str | Path, modality: str | None = None) -> list[Case]:
         if modality and row["modality"] != modality.upper():
             continue
         folder = data_dir / "cases" / row["case_id"]
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         cases.append(Case(row["case_id"], row["modality"], row["patient"], folder, meta))
     return sorted(cases, key=lambda c: c.case_id)
 

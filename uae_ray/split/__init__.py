@@ -83,7 +83,7 @@ def load_split(name_or_path: str | Path = DEFAULT_SPLIT) -> PatientSplit:
         shipped = sorted(p.stem for p in _HERE.glob("*.json"))
         raise SplitError(f"{text}: no such split (shipped: {', '.join(shipped)}; or give a .json file)")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
         patients = doc["test_patients"]
     except (ValueError, KeyError) as exc:
         raise SplitError(f"{path}: not a split file ({exc.__class__.__name__}: {exc})") from None

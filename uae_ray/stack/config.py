@@ -240,7 +240,7 @@ def _read_stack_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise StackError(f"{path}: cannot parse stack config ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
@@ -284,7 +284,7 @@ def _user_config_keys(path: Path) -> tuple[str | None, str | None]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         # The parser's message may quote a secret: report only the file.
         raise StackError(f"{path}: cannot parse config file") from None
@@ -300,7 +300,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue

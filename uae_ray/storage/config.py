@@ -144,7 +144,7 @@ def _read_file_section(path: Path) -> dict[str, Any]:
     import yaml  # local import: only needed when a config file exists
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         # The YAML error text can quote file content (a secret); report only its position.
         mark = getattr(exc, "problem_mark", None)

@@ -104,7 +104,7 @@ def parse_support(text: str) -> SupportSpec:
 def read_local_text(path: str) -> str | None:
     """Text of a local file (``file://`` and ``~`` allowed), None when it does not exist."""
     p = Path(os.path.expanduser(path.removeprefix("file://")))
-    return p.read_text() if p.is_file() else None
+    return p.read_text(encoding="utf-8") if p.is_file() else None
 
 
 def _names(text: str, source: str) -> dict[int, str]:

@@ -198,7 +198,7 @@ def read_label_names(meta_path: str | Path) -> dict[int, str]:
     path = Path(meta_path)
     if not path.is_file():
         return {}
-    labels = json.loads(path.read_text()).get("labels") or {}
+    labels = json.loads(path.read_text(encoding="utf-8")).get("labels") or {}
     return {int(k): str(v) for k, v in labels.items()}
 
 
