@@ -88,3 +88,25 @@ def test_the_driver_saves_the_manifest_while_the_job_runs(tmp_path) -> None:
     slow = add_record(Manifest(str(tmp_path / "m2")), save_every_s=3600.0)
     slow({"scan_id": "b" * 16, "uri": "y.nii.gz", "status": "error", "error": "bad"})
     assert not (tmp_path / "m2").exists()  # not yet: the end of the job saves it
+
+
+def test_a_second_job_on_the_same_output_is_refused_while_the_first_runs(tmp_path, caplog) -> None:
+    """A live lease of another job: exit 2 in one line, nothing touched; a stale one is taken over."""
+    import json
+    import time
+
+    from uae_ray.cohort.lease import JobLease, LeaseHeldError
+
+    out = tmp_path / "out"
+    with JobLease(str(out), "embed", settle_s=0.0):
+        with pytest.raises(LeaseHeldError, match="another `cohort embed`"):
+            JobLease(str(out), "embed", settle_s=0.0).__enter__()
+        code = main(["cohort", "embed", "--archive", str(tmp_path), "--out", str(out)])
+        assert code == 2 and "is writing to this output" in _errors(caplog)[-1]
+    assert not (out / "manifests" / "embed.lease").exists()
+    (out / "manifests").mkdir(parents=True, exist_ok=True)
+    (out / "manifests" / "embed.lease").write_text(json.dumps({"token": "x", "job": "embed", "pid": 1, "host": "h",
+                                                                "renewed": time.time() - 3600}))
+    with caplog.at_level(logging.WARNING), JobLease(str(out), "embed", settle_s=0.0) as lease:
+        assert json.loads((out / "manifests" / "embed.lease").read_text())["token"] == lease.token
+    assert any("stale lease" in r.getMessage() for r in caplog.records)

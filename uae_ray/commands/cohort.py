@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     and a failure, 2 nothing to do (one error line: no scans, no pairs, unusable inputs, S3 or
     the cluster unreachable)."""
     from uae_ray.cohort.embed import CohortInputError
+    from uae_ray.cohort.lease import JobLease, LeaseHeldError
     from uae_ray.cohort.pairs import PairsError
     from uae_ray.cohort.prelabel import PrelabelError
     from uae_ray.storage import StorageError
@@ -44,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         triton, ray_address = service_defaults(args.triton, args.ray_address)
-        summary = _run_job(args, triton, ray_address)
-    except (CohortInputError, PairsError, PrelabelError, StorageError, FileNotFoundError) as e:
+        with JobLease(args.out, args.job):  # one job per output prefix at a time
+            summary = _run_job(args, triton, ray_address)
+    except (CohortInputError, LeaseHeldError, PairsError, PrelabelError, StorageError, FileNotFoundError) as e:
         logger.error("cohort %s: %s", args.job, one_line(e))
         return 2
     except ValueError as e:  # unusable template points, lesions, supports: nothing to do
