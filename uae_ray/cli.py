@@ -305,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (one sub-parser per verb, each with a description and examples)."""
     parser = argparse.ArgumentParser(
         prog="uae-ray", formatter_class=_HelpFormatter,
-        description="Self-supervised anatomical embeddings of CT and MR scans: find anatomical points, track "
-                    "lesions, register scans and localize / segment organs, one scan at a time or over whole "
-                    "archives (Ray). Coordinates are world LPS millimetres (ITK / DICOM).",
+        description=textwrap.fill("Self-supervised anatomical embeddings of CT and MR scans: find anatomical points, "
+                                  "track lesions, register scans and localize / segment organs, one scan at a time or "
+                                  "over whole archives (Ray). Coordinates are world LPS millimetres (ITK / DICOM).", 88),
         epilog="Run 'uae-ray VERB --help' for a verb's options and examples.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
