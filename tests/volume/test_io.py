@@ -70,6 +70,19 @@ def test_garbage_and_missing_files(tmp_path):
     with pytest.raises(VolumeError) as excinfo:
         read_image(missing)
     assert_one_line_error(excinfo, missing, "no such file")
+    empty = tmp_path / "zero.nii.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(VolumeError) as excinfo:
+        read_image(empty)
+    assert_one_line_error(excinfo, empty, "empty file (0 bytes)")
+
+
+def test_a_single_voxel_is_named_as_such(tmp_path):
+    path = tmp_path / "one.nii.gz"
+    sitk.WriteImage(make_image(np.zeros((1, 1, 1), np.int16)), str(path))
+    with pytest.raises(VolumeError) as excinfo:
+        read_image(path)
+    assert_one_line_error(excinfo, path, "a single voxel (size 1x1x1)")
 
 
 def test_s3_uri_is_not_read_here():

@@ -263,6 +263,8 @@ def _read_any(path: Path, series_uid: str | None) -> sitk.Image:
     """Read a file or DICOM folder, turning every failure into a one-line VolumeError."""
     if not path.exists():
         raise VolumeError(path, "no such file or directory")
+    if path.is_file() and path.stat().st_size == 0:
+        raise VolumeError(path, "empty file (0 bytes)")
     try:
         if path.is_dir():
             return read_dicom_series(path, series_uid)

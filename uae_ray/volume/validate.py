@@ -59,6 +59,8 @@ def check_shape(image: sitk.Image, source: str) -> None:
         )
     if dim > 3:
         raise VolumeError(source, f"{dim}D image (size {_fmt(size)}); a 3D volume is needed")
+    if dim == 3 and max(size) < 2:
+        raise VolumeError(source, f"a single voxel (size {_fmt(size)}); a 3D volume is needed")
     if dim < 3 or min(size) < 2:
         raise VolumeError(source, f"2D image (size {_fmt(size)}); a 3D volume is needed")
 
