@@ -29,7 +29,7 @@ TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent"
 #: Shipped embedding models by name (``--checkpoint NAME``); tests check it equals
 #: models.checkpoint.SHIPPED_WEIGHTS and DEFAULT_MODEL its default (kept here: no torch import).
 DEVICES = ("auto", "cpu", "cuda")
-SHIPPED_MODELS = ("tiny-uae-v3", "tiny-v0", "tiny-ctmr-v1", "tiny-uae-v2", "tiny-lpo-a", "tiny-lpo-b")
+SHIPPED_MODELS = ("tiny-uae-v3", "tiny-v0", "tiny-ctmr-v1", "tiny-uae-v2", "tiny-lpo-a", "tiny-lpo-b", "tiny-lpo-d")
 DEFAULT_MODEL = "tiny-uae-v3"
 
 

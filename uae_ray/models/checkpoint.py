@@ -32,7 +32,8 @@ SHIPPED_WEIGHTS = {
     "tiny-ctmr-v1": "uae_tiny_ctmr_v1.pt",  # tiny-v0 + UAE's CT-MR stage: CT<->MR matching
     "tiny-uae-v2": "uae_tiny_uae_v2.pt",  # + UAE semantic head (tiny-uae-v3's initialisation)
     "tiny-lpo-a": "uae_tiny_lpo_a.pt",  # trained on the train side of the patients-v1 split only
-    "tiny-lpo-b": "uae_tiny_lpo_b.pt",  # tiny-lpo-a + stronger deformation: the best cross-patient head-neck model
+    "tiny-lpo-b": "uae_tiny_lpo_b.pt",  # tiny-lpo-a + stronger deformation (no-regression figures measured)
+    "tiny-lpo-d": "uae_tiny_lpo_d.pt",  # tiny-lpo-b continued: the best cross-patient head-neck model (d, e measured)
 }
 
 
