@@ -27,21 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from uae_ray.api.inputs import read_lesion_mask
+from uae_ray.api.inputs import read_lesion_mask, read_lesions
 from uae_ray.cohort.embed import persist_record
 from uae_ray.cohort.job import PairJob, run_pair_job
 from uae_ray.cohort.maps_io import embeddings_uri, read_maps
 from uae_ray.cohort.pairs import ScanPair, load_pairs
 from uae_ray.cohort.runner import apply_worker_env, one_line, worker_env
 from uae_ray.serving import get_embedder
-from uae_ray.storage import (
-    basename,
-    exists,
-    join,
-    parent,
-    read_bytes,
-    write_table_atomic,
-)
+from uae_ray.storage import basename, exists, join, parent, write_table_atomic
 from uae_ray.storage.images import is_image_name
 from uae_ray.storage.schemas import TRACKS
 from uae_ray.storage.uri import uri_hash
@@ -92,23 +85,27 @@ def lesion_inputs(pair: ScanPair) -> tuple[str | None, str | None]:
     return None, None
 
 
-def pair_lesions(pair: ScanPair) -> LesionPoints:
-    """The lesions of a pair: its CSV, its mask, or both (names must not repeat).
-
-    Raises:
-        ValueError: No lesion input, or an unusable one (the message names it).
-    """
-    from uae_ray.tasks.points_io import parse_lesions_csv
-
+def _named_lesion_inputs(pair: ScanPair) -> tuple[str | None, str | None]:
+    """:func:`lesion_inputs`, or a ValueError when the pair names none."""
     csv_uri, mask_uri = lesion_inputs(pair)
     if not csv_uri and not mask_uri:
         raise ValueError(
             f"pair {pair.pair_id}: no lesions (give a '{LESIONS_COL}' or '{MASK_COL}' column, or put "
             f"{LESIONS_SIDECAR} beside the baseline)"
         )
+    return csv_uri, mask_uri
+
+
+def pair_lesions(pair: ScanPair) -> LesionPoints:
+    """The lesions of a pair: its CSV, its mask, or both (names must not repeat).
+
+    Raises:
+        ValueError: No lesion input, or an unusable one (the message names it).
+    """
+    csv_uri, mask_uri = _named_lesion_inputs(pair)
     lesions = None
     if csv_uri:
-        lesions = parse_lesions_csv(_lesions_text(csv_uri), csv_uri)
+        lesions = read_lesions(csv_uri)
     if mask_uri:
         from_mask = read_lesion_mask(mask_uri)
         lesions = from_mask if lesions is None else lesions.concat(from_mask, f"pair {pair.pair_id}")
@@ -121,26 +118,11 @@ def check_pair_lesions(pair: ScanPair) -> None:
     Raises:
         ValueError: one line naming the input.
     """
-    from uae_ray.tasks.points_io import parse_lesions_csv
-
-    csv_uri, mask_uri = lesion_inputs(pair)
-    if not csv_uri and not mask_uri:
-        raise ValueError(
-            f"no lesions (give a '{LESIONS_COL}' or '{MASK_COL}' column, or put {LESIONS_SIDECAR} beside the baseline)"
-        )
+    csv_uri, mask_uri = _named_lesion_inputs(pair)
     if csv_uri:
-        parse_lesions_csv(_lesions_text(csv_uri), csv_uri)
+        read_lesions(csv_uri)
     if mask_uri and not exists(mask_uri):
         raise ValueError(f"{mask_uri}: lesion mask not found")
-
-
-def _lesions_text(csv_uri: str) -> str:
-    try:
-        return read_bytes(csv_uri).decode("utf-8-sig")
-    except FileNotFoundError:
-        raise ValueError(f"{csv_uri}: cannot read lesions file (no such file)") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{csv_uri}: lesions file is not text (UTF-8)") from e
 
 
 def pair_version(settings: TrackSettings, pair: ScanPair) -> str:
