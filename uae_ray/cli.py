@@ -25,6 +25,9 @@ SAM_KINDS = ("vit_b", "vit_l", "vit_h", "medsam")
 SEGMENT_BENCH_MODES = ("wpl", "spl", "gt-wpl", "gt-spl", "gt-slice")  # bench.segmentation.MODES
 # Kept here for the same reason; tests check it equals bench.tracking.TRACK_METHODS.
 TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent")
+# Likewise; tests check they equal cohort.maps_io.TIERS and DEFAULT_TIER.
+STORAGE_TIERS = ("full", "int8", "int8-body", "compact")
+DEFAULT_STORAGE_TIER = "compact"
 
 #: Shipped embedding models by name (``--checkpoint NAME``); tests check it equals
 #: models.checkpoint.SHIPPED_WEIGHTS and DEFAULT_MODEL its default (kept here: no torch import).
@@ -40,11 +43,14 @@ _CHECKPOINT_HELP = ("embedding model for in-process inference: a shipped name ("
                     f"; default {DEFAULT_MODEL}), a checkpoint file, or an official SAM/UAE .pth")
 
 
-def _add_embedder_args(p: argparse.ArgumentParser) -> None:
+def _add_embedder_args(p: argparse.ArgumentParser, storage_tier: bool = False) -> None:
     p.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint (host:port); default: in-process torch")
     p.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where in-process models run: auto = CUDA when this torch build has it, else CPU")
+    if storage_tier:
+        p.add_argument("--storage-tier", choices=STORAGE_TIERS, help="measure the maps as this storage tier stores "
+                       "them (round trip through the Parquet codec; default: the maps as computed)")
 
 
 def _add_archive_args(c: argparse.ArgumentParser) -> None:
@@ -452,9 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="job", required=True, metavar="JOB")
     c = _verb(csub, "embed", "embed every scan of an archive and store the embeddings (Parquet)",
               "Scans are discovered under --archive (NIfTI/NRRD/MHA files and DICOM series folders).",
-              ["uae-ray cohort embed --archive s3://bucket/archive --out s3://bucket/out"])
+              ["uae-ray cohort embed --archive s3://bucket/archive --out s3://bucket/out",
+               "uae-ray cohort embed --archive scans/ --out out/ --storage-tier full"])
     _add_archive_args(c)
     _add_cohort_run_args(c, "scan")
+    c.add_argument("--storage-tier", choices=STORAGE_TIERS, default=DEFAULT_STORAGE_TIER,
+                   help="how the maps are stored (default %(default)s: ~7 MB per 512x512x300 CT; full: float16, "
+                        "~135 MB; see docs/benchmarks.md, storage tiers)")
     c = _verb(csub, "landmarks", "detect a template's points in every scan of an archive",
               "Embeds the scans that have no stored embeddings of the model, then matches the template points "
               "into each; writes landmarks/index.parquet under --out.",
@@ -537,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-baseline", action="store_true", help="skip every registration baseline")
     b.add_argument("--method", action="append", choices=MATCHING_METHODS, dest="methods",
                    help="matching method to measure (repeatable; default: all)")
-    _add_embedder_args(b)
+    _add_embedder_args(b, storage_tier=True)
     b = _verb(bsub, "calibrate", "choose the fixed-point found rule on the train patients of a split",
               "Runs the abstention protocol on train-side patients and picks the rule under precision and "
               "out-of-view constraints.",
@@ -557,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracking method to measure (repeatable; default: all)")
     b.add_argument("--case", action="append", dest="cases", metavar="CASE_ID", help="only these cases (repeatable)")
     _add_split_arg(b)
-    _add_embedder_args(b)
+    _add_embedder_args(b, storage_tier=True)
     b = _verb(bsub, "registration", "rigid/affine registration against known transforms (CT-CT, CT-MR)",
               "Moves every test CT (and the CT-MR pairs) by known transforms and crops; reports TRE, success "
               "(TRE < 10 mm) and time against SimpleITK MI baselines.",

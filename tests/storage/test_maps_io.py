@@ -39,7 +39,7 @@ def _maps(semantic: bool) -> EmbeddingMaps:
 def test_maps_round_trip(tmp_path: Path, semantic: bool) -> None:
     maps = _maps(semantic)
     uri = str(tmp_path / "scan.parquet")
-    assert write_maps(uri, "abc", maps) > 0
+    assert write_maps(uri, "abc", maps, tier="full") > 0
     back = read_maps(uri)
     for name in ("local", "global_", "semantic") if semantic else ("local", "global_"):
         a, b = getattr(maps, name), getattr(back, name)
@@ -50,7 +50,7 @@ def test_maps_round_trip(tmp_path: Path, semantic: bool) -> None:
     assert back.model_version == maps.model_version
     assert (back.semantic is not None) == semantic
     levels, _ = read_embeddings(uri)
-    assert set(levels) == {"local", "global", "valid"} | ({"semantic"} if semantic else set())
+    assert set(levels) == {"local", "global", "valid", "body"} | ({"semantic"} if semantic else set())
     assert levels.get("semantic", (None, {}))[1] == ({k: list(v) for k, v in asdict(maps.local_grid).items()} if semantic else {})
 
 
@@ -68,3 +68,111 @@ def test_file_written_without_the_semantic_level_still_reads(tmp_path: Path) -> 
     back = read_maps(uri)
     assert back.semantic is None and not back.has_semantic
     assert back.local.shape == maps.local.shape and back.model_version == "tiny-v0+12345678"
+
+
+def _smooth_maps(body: bool) -> EmbeddingMaps:
+    """Maps whose vectors vary smoothly in space (as real ones do; random ones are incompressible),
+    with a body mask covering the centre."""
+    rng = np.random.default_rng(1)
+    z, y, x = np.meshgrid(*(np.linspace(0, 3, n) for n in (10, 12, 14)), indexing="ij")
+    freqs = rng.normal(size=(32, 3))
+    phases = rng.uniform(0, 2 * np.pi, 32)
+    local = np.sin(freqs[:, 0, None, None, None] * z + freqs[:, 1, None, None, None] * y
+                   + freqs[:, 2, None, None, None] * x + phases[:, None, None, None]).astype(np.float32)
+    local /= np.linalg.norm(local, axis=0, keepdims=True)
+    mask = np.zeros((10, 12, 14), bool)
+    mask[2:8, 3:10, 2:12] = True
+    return EmbeddingMaps(
+        local=local,
+        global_=_unit(rng, (8, 3, 3, 4)),
+        local_grid=Grid((0.0, 0.0, 0.0), (4.0,) * 3, IDENTITY, (14, 12, 10)),
+        global_grid=Grid((0.0, 0.0, 0.0), (16.0,) * 3, IDENTITY, (4, 3, 3)),
+        valid=np.ones((10, 12, 14), bool),
+        model_version="tiny-test+00000000",
+        semantic=local[:16].copy() / np.linalg.norm(local[:16], axis=0, keepdims=True),
+        body=mask if body else None,
+    )
+
+
+def _cos(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> np.ndarray:
+    return (a[:, where] * b[:, where]).sum(axis=0)
+
+
+@pytest.mark.parametrize("tier,min_cos", [("full", 0.9999), ("int8", 0.999), ("int8-body", 0.999), ("compact", 0.85)])
+def test_storage_tiers_round_trip(tmp_path: Path, tier: str, min_cos: float) -> None:
+    from uae_ray.cohort.maps_io import roundtrip
+
+    maps = _smooth_maps(body=True)
+    uri = str(tmp_path / f"{tier}.parquet")
+    write_maps(uri, "abc", maps, tier=tier)
+    back = read_maps(uri)
+    body_only = tier in ("int8-body", "compact")
+    expected_valid = maps.valid & maps.body if body_only else maps.valid
+    np.testing.assert_array_equal(back.valid, expected_valid)
+    np.testing.assert_array_equal(back.body, maps.body)
+    for name in ("local", "semantic"):
+        a, b = getattr(maps, name), getattr(back, name)
+        assert b.shape == a.shape and b.dtype == np.float32
+        cos = _cos(a, b, back.valid)
+        assert np.median(cos) >= min_cos, (tier, name, np.median(cos))
+        if body_only:
+            assert not np.any(b[:, ~maps.body]), "voxels outside the body must read back as 0"
+    assert np.median(_cos(maps.global_, back.global_, np.ones(back.global_.shape[1:], bool))) >= 0.999
+    # the in-memory round trip the benchmarks use gives what a reader of the file gets
+    mem = roundtrip(maps, tier)
+    np.testing.assert_array_equal(mem.local, back.local)
+    np.testing.assert_array_equal(mem.valid, back.valid)
+
+
+def test_compact_tier_is_much_smaller_than_full(tmp_path: Path) -> None:
+    maps = _smooth_maps(body=True)
+    sizes = {t: write_maps(str(tmp_path / f"{t}.parquet"), "abc", maps, tier=t) for t in ("full", "compact")}
+    assert sizes["compact"] * 3 < sizes["full"], sizes
+
+
+def test_masked_tier_without_a_body_mask_keeps_the_valid_voxels(tmp_path: Path) -> None:
+    maps = _smooth_maps(body=False)
+    maps.valid[:, :, :3] = False
+    uri = str(tmp_path / "scan.parquet")
+    write_maps(uri, "abc", maps, tier="compact")
+    back = read_maps(uri)
+    np.testing.assert_array_equal(back.valid, maps.valid)
+    assert np.median(_cos(maps.local, back.local, back.valid)) > 0.85
+
+
+def test_unknown_tier_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown storage tier 'tiny'.*compact"):
+        write_maps(str(tmp_path / "x.parquet"), "abc", _smooth_maps(True), tier="tiny")
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_format_1_file_still_reads(tmp_path: Path) -> None:
+    """A file of the first format (float16 levels, no codec parameters, no masks)."""
+    import json
+
+    import pyarrow as pa
+
+    from uae_ray.storage.parquet import write_table_atomic
+    from uae_ray.storage.schemas import EMBEDDINGS_META_KEY
+    from uae_ray.cohort.maps_io import maps_to_table
+
+    maps = _maps(False)
+    table = maps_to_table("old", maps, "full")
+    doc = json.loads(table.schema.metadata[EMBEDDINGS_META_KEY])
+    keep = {"local", "global", "valid"}
+    doc = {**doc, "format": 1, "extra": {}, "levels": {k: v for k, v in doc["levels"].items() if k in keep}}
+    table = table.filter(pa.compute.is_in(table.column("level"), pa.array(sorted(keep))))
+    table = table.replace_schema_metadata({**table.schema.metadata, EMBEDDINGS_META_KEY: json.dumps(doc).encode()})
+    uri = str(tmp_path / "v1.parquet")
+    write_table_atomic(table, uri)
+    back = read_maps(uri)
+    np.testing.assert_array_equal(back.local, maps.local.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(back.valid, maps.valid)
+    assert back.body is None
+
+
+def test_cli_mirrors_the_storage_tiers() -> None:
+    from uae_ray.cli import DEFAULT_STORAGE_TIER, STORAGE_TIERS
+    from uae_ray.cohort.maps_io import DEFAULT_TIER, TIERS
+
+    assert tuple(STORAGE_TIERS) == tuple(TIERS) and DEFAULT_STORAGE_TIER == DEFAULT_TIER

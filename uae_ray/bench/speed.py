@@ -58,12 +58,20 @@ def time_embedder(image: sitk.Image, embedder: Embedder, repeats: int) -> dict[s
     return {"prepare_s": prep_s, "embed_s_per_scan": total_s, "runs_s": runs}
 
 
-def embedding_bytes(image: sitk.Image, embedder: Embedder) -> int:
-    """Bytes of the scan's embeddings as the cohort jobs store them (Parquet, float16, zstd)."""
-    from uae_ray.cohort.maps_io import write_maps
+def storage_tiers(image: sitk.Image, embedder: Embedder, repeats: int) -> dict[str, Any]:
+    """Per storage tier: bytes of the scan's Parquet file, and median seconds to write it
+    (encode + local file) and to read it back (to float32 maps)."""
+    from uae_ray.cohort.maps_io import TIERS, read_maps, write_maps
 
+    maps = embed_image(image, embedder, "CT")
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        return write_maps(str(Path(tmp) / "scan.parquet"), "speed", embed_image(image, embedder, "CT"))
+        for tier in TIERS:
+            uri = str(Path(tmp) / f"{tier}.parquet")
+            write_s, _ = median_time(lambda: write_maps(uri, "speed", maps, tier), repeats)
+            read_s, _ = median_time(lambda: read_maps(uri), repeats)
+            out[tier] = {"bytes": Path(uri).stat().st_size, "write_s": write_s, "read_s": read_s}
+    return out
 
 
 def time_matching(image: sitk.Image, embedder: Embedder, repeats: int, n_points: int = 20) -> dict[str, Any]:
@@ -101,7 +109,11 @@ def run_speed(
         result["triton"] = time_embedder(image, triton, repeats)
     logger.info("timing matching")
     result["matching"] = time_matching(image, local, repeats)
-    result["parquet_bytes_per_scan"] = embedding_bytes(image, local)
+    from uae_ray.cohort.maps_io import DEFAULT_TIER
+
+    result["storage_tiers"] = storage_tiers(image, local, repeats)
+    result["default_storage_tier"] = DEFAULT_TIER
+    result["parquet_bytes_per_scan"] = result["storage_tiers"][DEFAULT_TIER]["bytes"]
     result["peak_rss_gb"] = _peak_rss_gb()
     write_json(out, result)
     return result
@@ -117,6 +129,10 @@ def speed_table(result: dict[str, Any]) -> str:
         if method in result["matching"]:
             ms = 1000 * result["matching"][method]["match_s_per_landmark"]
             rows.append({"what": f"match, {method} (ms/landmark)", "median": ms})
-    rows.append({"what": "stored embeddings (MB/scan)", "median": result["parquet_bytes_per_scan"] / 1e6})
+    for tier, figures in result.get("storage_tiers", {}).items():
+        rows.append({"what": f"stored embeddings, {tier} (MB/scan)", "median": figures["bytes"] / 1e6})
+        rows.append({"what": f"  write / read {tier} (s/scan)", "median": f"{figures['write_s']:.2f} / {figures['read_s']:.2f}"})
+    if "storage_tiers" not in result:
+        rows.append({"what": "stored embeddings (MB/scan)", "median": result["parquet_bytes_per_scan"] / 1e6})
     rows.append({"what": "peak RSS of this process (GB)", "median": result["peak_rss_gb"]})
     return format_table(rows, ["what", "median"])

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from uae_ray.cohort.maps_io import embeddings_uri, write_maps
+from uae_ray.cohort.maps_io import DEFAULT_TIER, check_tier, embeddings_uri, write_maps
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
 from uae_ray.storage import Manifest, ManifestRecord, ScanRef, discover_scans, exists, join, write_record
@@ -32,6 +32,7 @@ class EmbedSettings:
     triton_url: str | None
     checkpoint: str | None
     env: dict[str, str]
+    tier: str = DEFAULT_TIER
 
 
 def embed_scan(scan: ScanRef, settings: EmbedSettings) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def embed_scan(scan: ScanRef, settings: EmbedSettings) -> dict[str, Any]:
         image = read_image_uri(scan.uri)
         maps = embed_image(image, embedder, detect_modality(image, scan.uri))
         uri = embeddings_uri(settings.out, scan.scan_id)
-        n_bytes = write_maps(uri, scan.scan_id, maps)
+        n_bytes = write_maps(uri, scan.scan_id, maps, settings.tier)
         record.update(status="ok", model_version=maps.model_version, output_uri=uri, n_bytes=n_bytes)
     except Exception as e:  # recorded per scan; the job goes on
         record.update(status="error", error=one_line(e))
@@ -140,17 +141,21 @@ def run_cohort_embed(
     checkpoint: str | None = None,
     force: bool = False,
     limit: int | None = None,
+    tier: str = DEFAULT_TIER,
 ) -> dict[str, Any]:
-    """Embeds every scan under ``archive`` that is not done yet. Returns a summary dict."""
+    """Embeds every scan under ``archive`` that is not done yet, stored in storage ``tier``
+    (see :mod:`uae_ray.cohort.maps_io`). Returns a summary dict."""
+    check_tier(tier)
     scans = archive_scans(archive, limit)
     model_version = get_embedder(triton_url, checkpoint=checkpoint).version
     manifest = Manifest(join(out, EMBED_MANIFEST))
     todo = pending_scans(scans, manifest, model_version, force)
     logger.info("cohort embed: %d scans under %s, %d to do (model %s)", len(scans), archive, len(todo), model_version)
-    summary: dict[str, Any] = {"scans": len(scans), "skipped": len(scans) - len(todo), "model_version": model_version}
+    summary: dict[str, Any] = {"scans": len(scans), "skipped": len(scans) - len(todo), "model_version": model_version,
+                               "storage_tier": tier}
     if todo:
         init_ray(ray_address)
-        settings = EmbedSettings(out, manifest.uri, triton_url, checkpoint, worker_env())
+        settings = EmbedSettings(out, manifest.uri, triton_url, checkpoint, worker_env(), tier)
         progress = fan_out(embed_scan, todo, (settings,), add_record(manifest), "cohort embed")
         manifest.save()
         summary.update(done=progress.done - progress.failed, failed=progress.failed)

@@ -72,7 +72,7 @@ def build_query(
         template.encode() + points.xyz.tobytes() + "\n".join(points.names).encode() + method.encode()
     ).hexdigest()[:12]
     maps_uri = join(out, "landmarks", f"template-{digest}.parquet")
-    write_maps(maps_uri, f"template-{digest}", maps)
+    write_maps(maps_uri, f"template-{digest}", maps, tier="full")  # one file: the query vectors stay exact
     return TemplateQuery(points.names, points.xyz, maps_uri, method, maps.model_version, digest)
 
 

@@ -36,6 +36,18 @@ def _trained_on(checkpoint: str | None) -> list[str]:
     return list(trained)
 
 
+def _embedder(args: argparse.Namespace):
+    """The benchmark's embedder; seen through ``--storage-tier`` when given."""
+    from uae_ray.serving import get_embedder
+
+    embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
+    if getattr(args, "storage_tier", None):
+        from uae_ray.cohort.maps_io import TierEmbedder
+
+        embedder = TierEmbedder(embedder, args.storage_tier)
+    return embedder
+
+
 def run(args: argparse.Namespace) -> int:
     from uae_ray.serving import get_embedder
 
@@ -48,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         from uae_ray.bench.accuracy import PARTS
         from uae_ray.split import SplitError
 
-        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
+        embedder = _embedder(args)
         methods = tuple(args.methods or METHODS)
         baselines = () if args.no_baseline else tuple(args.baselines or BASELINES)
         try:
@@ -71,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
         from uae_ray.split import SplitError
 
-        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
+        embedder = _embedder(args)
         methods = tuple(args.methods or TRACK_METHODS)
         try:
             result = run_tracking(data, embedder, args.out, args.seed, args.points_per_case, methods,

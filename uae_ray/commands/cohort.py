@@ -64,7 +64,8 @@ def _run_job(args: argparse.Namespace, triton: str | None, ray_address: str | No
     if args.job == "embed":
         from uae_ray.cohort.embed import run_cohort_embed
 
-        return run_cohort_embed(args.archive, args.out, triton, ray_address, force=args.force, limit=args.limit)
+        return run_cohort_embed(args.archive, args.out, triton, ray_address, force=args.force, limit=args.limit,
+                                tier=args.storage_tier)
     if args.job == "track":
         from uae_ray.cohort.track import run_cohort_track
 

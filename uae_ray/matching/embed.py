@@ -9,12 +9,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from uae_ray.models.config import EmbeddingConfig
-from uae_ray.volume import Grid, PreparedVolume, detect_modality, prepare_volume
+from uae_ray.volume import Grid, PreparedVolume, body_mask, detect_modality, prepare_volume
 
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Anything that turns a prepared volume into embedding maps (in-process torch, Triton)."""
+    """Anything that turns a prepared volume into embedding maps (in-process torch, Triton).
+
+    An embedder may also define ``finish(maps) -> EmbeddingMaps``, applied by
+    :func:`embed_prepared` to the maps it makes (e.g. to see them as a storage tier stores them).
+    """
 
     version: str
     config: EmbeddingConfig
@@ -48,6 +52,9 @@ class EmbeddingMaps:
         model_version: Version string of the model that made the maps.
         semantic: (Cs, z, y, x) float32/float16 UAE semantic embeddings on the local grid
             (L2-normalised over C), or ``None`` for a model without a semantic head.
+        body: (z, y, x) bool on the local grid: the body mask (:func:`uae_ray.volume.body_mask`,
+            within ``valid``), or ``None`` when unknown. Compact storage keeps the local and
+            semantic vectors inside it only.
     """
 
     local: np.ndarray
@@ -57,6 +64,7 @@ class EmbeddingMaps:
     valid: np.ndarray
     model_version: str
     semantic: np.ndarray | None = field(default=None)
+    body: np.ndarray | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.local.shape[1:] != self.local_grid.shape_zyx:
@@ -67,6 +75,8 @@ class EmbeddingMaps:
             raise ValueError(f"valid mask shape {self.valid.shape} != local map shape {self.local.shape[1:]}")
         if self.semantic is not None and (self.semantic.ndim != 4 or self.semantic.shape[1:] != self.local.shape[1:]):
             raise ValueError(f"semantic map shape {self.semantic.shape} does not match the local map {self.local.shape}")
+        if self.body is not None and self.body.shape != self.valid.shape:
+            raise ValueError(f"body mask shape {self.body.shape} != local map shape {self.valid.shape}")
 
     def in_view(self, points_world: np.ndarray) -> np.ndarray:
         """(N,) True where a world point's (N, 3; LPS mm) nearest local-map voxel is valid
@@ -116,6 +126,7 @@ def maps_from_outputs(
     local, glob = outputs["local"], outputs["global"]
     sz, sy, sx = config.stride_zyx("local")
     valid = np.asarray(prepared.valid, dtype=bool)[::sz, ::sy, ::sx][: local.shape[1], : local.shape[2], : local.shape[3]]
+    body = body_mask(prepared.array, prepared.modality, (sz, sy, sx), valid.shape, valid)
     return EmbeddingMaps(
         local=local,
         global_=glob,
@@ -124,12 +135,16 @@ def maps_from_outputs(
         valid=valid,
         model_version=model_version,
         semantic=outputs.get("semantic"),
+        body=body,
     )
 
 
 def embed_prepared(prepared: PreparedVolume, embedder: Embedder) -> EmbeddingMaps:
-    """Embed an already prepared volume (see :func:`embed_image`)."""
-    return maps_from_outputs(embedder.embed(prepared.array), prepared, embedder.config, embedder.version)
+    """Embed an already prepared volume (see :func:`embed_image`), then apply the embedder's
+    optional ``finish`` hook."""
+    maps = maps_from_outputs(embedder.embed(prepared.array), prepared, embedder.config, embedder.version)
+    finish = getattr(embedder, "finish", None)
+    return finish(maps) if finish is not None else maps
 
 
 def embed_image(image: sitk.Image, embedder: Embedder, modality: str | None = None) -> EmbeddingMaps:

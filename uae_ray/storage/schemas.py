@@ -4,18 +4,22 @@ Every field carries a ``doc`` entry in its metadata; every schema carries
 ``uae_ray.schema = "<name>/<version>"`` in its schema metadata.
 
 EMBEDDINGS (one file per scan, ``<out>/embeddings/<scan_id>.parquet``)
-    One row per (level, z slice) of each map. ``data`` holds the C-order bytes of the
-    (channels, ny, nx) array of that slice, little endian, in ``dtype``:
+    One row per (level, z slice) of each map. ``data`` holds the C-order bytes of that
+    slice's (B, n) array (n voxels: the whole ny * nx slice, or the ones inside the level's
+    mask), little endian, in the level's codec ``dtype``:
 
-    * ``"float16"`` for embedding levels (``"local"``, ``"global"``, ...);
-    * ``"bool"`` for the valid mask, stored as its own level ``"valid"`` (channels = 1, bits
-      packed with ``numpy.packbits`` over the C-order (1, ny, nx) slice, big bit order).
+    * ``"float16"`` (B = channels), ``"int8"`` (B = channels, per-channel scales in the
+      metadata) or ``"rpq"`` (B = channels / 4 bytes of two 4-bit residual product-quantiser
+      codes, codebook in the metadata) for embedding levels (``"local"``, ``"global"``, ...);
+    * ``"bool"`` for masks (the valid mask ``"valid"``, the body mask ``"body"``; channels = 1,
+      bits packed with ``numpy.packbits`` over the C-order (1, ny, nx) slice, big bit order).
 
     Keeping the mask as rows (not in the footer) keeps the footer small and lets readers skip
     it with a filter on ``level``. Per-file facts live in the schema metadata key
     ``uae_ray.embeddings`` (JSON, see :mod:`uae_ray.storage.embeddings`): format version,
     scan_id, model_version, source_uri_hash, and for each level its grid (origin, spacing,
-    direction, size in x, y, z order), array shape (C, Z, Y, X), original ndim and dtype.
+    direction, size in x, y, z order), array shape (C, Z, Y, X), original ndim, codec (``dtype``),
+    its mask level and the codec parameters (int8 scales, rpq codebook).
 
 DETECTIONS (landmark / lesion detections, one file per job shard or per scan)
     scan_id, name, x, y, z (world LPS mm), score, found (False: the matcher abstained),
@@ -52,6 +56,8 @@ EMBEDDINGS_META_KEY = b"uae_ray.embeddings"
 LEVEL_VALID = "valid"
 DTYPE_FLOAT16 = "float16"
 DTYPE_BOOL = "bool"
+DTYPE_INT8 = "int8"
+DTYPE_RPQ = "rpq"
 STATUS_OK, STATUS_ERROR, STATUS_PENDING = "ok", "error", "pending"
 STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_PENDING)
 
@@ -73,8 +79,8 @@ EMBEDDINGS = _schema(
         _f("channels", pa.int32(), "C: channels in this slice's array (1 for the mask)"),
         _f("ny", pa.int32(), "rows (y) of the slice"),
         _f("nx", pa.int32(), "columns (x) of the slice"),
-        _f("dtype", pa.string(), '"float16" (little endian) or "bool" (np.packbits, big bits)'),
-        _f("data", pa.binary(), "C-order bytes of the (channels, ny, nx) array of slice z"),
+        _f("dtype", pa.string(), 'codec: "float16", "int8", "rpq" or "bool" (np.packbits, big bits)'),
+        _f("data", pa.binary(), "C-order bytes of slice z: (B, n voxels) values, or packed bits"),
     ],
 )
 

@@ -4,6 +4,7 @@ Conventions: world points are LPS mm arrays (N, 3) in x, y, z order; :class:`Gri
 continuous x, y, z indices; numpy volumes are (Z, Y, X).
 """
 
+from uae_ray.volume.body import body_mask
 from uae_ray.volume.errors import VolumeError
 from uae_ray.volume.grid import Grid, model_grid, resample_to_grid
 from uae_ray.volume.io import read_dicom_series, read_image, read_labels
@@ -22,6 +23,7 @@ from uae_ray.volume.validate import validate_image
 
 __all__ = [
     "labels_on_border",
+    "body_mask",
     "AIR_VALUE",
     "Grid",
     "MODALITIES",
