@@ -465,6 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--storage-tier", choices=STORAGE_TIERS, default=DEFAULT_STORAGE_TIER,
                    help="how the maps are stored (default %(default)s: ~7 MB per 512x512x300 CT; full: float16, "
                         "~135 MB; see docs/benchmarks.md, storage tiers)")
+    c = _verb(csub, "query", "find a template's points in every stored scan, from the stored embeddings",
+              "Coarse answer from the global level of each file (a row filter), then the fixed-point matcher in a "
+              "window around it (unless --coarse-only). Writes <out>/query/points.parquet; reports seconds per "
+              "1,000 scans.",
+              ["uae-ray cohort query --template t.nii.gz --points points.csv --embeddings s3://bucket/out "
+               "--out s3://bucket/query", "uae-ray cohort query --template t.nii.gz --points p.csv --embeddings out/ "
+               "--out q/ --coarse-only"])
+    c.add_argument("--template", required=True, metavar="IMAGE", help="the scan the points are given on")
+    c.add_argument("--points", required=True, metavar="POINTS.csv", help="name,x,y,z on the template (LPS mm)")
+    c.add_argument("--embeddings", required=True, metavar="URI", help="output prefix of a `cohort embed` run")
+    c.add_argument("--out", required=True, metavar="URI", help="output prefix (local folder or s3://)")
+    c.add_argument("--coarse-only", action="store_true", help="global level only (16 mm voxels, no found flag)")
+    c.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
+    _add_cohort_run_args(c, "scan")
     c = _verb(csub, "landmarks", "detect a template's points in every scan of an archive",
               "Embeds the scans that have no stored embeddings of the model, then matches the template points "
               "into each; writes landmarks/index.parquet under --out.",

@@ -92,3 +92,40 @@ def test_ray_job_submit_runs_the_embed_job(services, archive, submit_job):
     assert "succeeded" in proc.stdout
     manifest = Manifest(join("s3://cohort-test/job-out", EMBED_MANIFEST))
     assert manifest.counts() == {"ok": 4, "error": 1}  # a bad scan is recorded; the job succeeds
+
+
+def test_query_over_stored_embeddings_coarse_then_refined(services, archive, shared_data, tmp_path):
+    from uae_ray.cohort.query import QueryInputError, run_cohort_query
+
+    case = shared_data / "cases" / "ts_example_ct"
+    points = tmp_path / "points.csv"
+    points.write_text("\n".join((case / "landmarks.csv").read_text().splitlines()[:6]) + "\n")
+    truth = read_points_csv(points)
+    embeddings = "s3://cohort-test/out"
+    run_cohort_embed(archive, embeddings, services["UAE_TRITON_URL"], services["UAE_RAY_ADDRESS"])  # no-op if done
+    self_id = next(s.scan_id for s in discover_scans(archive) if s.uri.endswith("ts_example_ct.nii.gz"))
+
+    def self_rows(summary):
+        table = read_table(summary["table_uri"])
+        assert table.num_rows == 4 * len(truth.names) and summary["failed"] == 0, summary
+        rows = sorted((r for r in table.to_pylist() if r["scan_id"] == self_id), key=lambda r: truth.names.index(r["name"]))
+        return rows, np.array([[r["x"], r["y"], r["z"]] for r in rows])
+
+    coarse = run_cohort_query(str(case / "image.nii.gz"), str(points), embeddings, "s3://cohort-test/query-coarse",
+                              services["UAE_TRITON_URL"], refine=False)
+    rows, xyz = self_rows(coarse)
+    assert all(r["found"] is None and not r["refined"] for r in rows)
+    assert np.linalg.norm(xyz - truth.xyz, axis=1).max() < 30.0  # within ~one 16 mm global voxel
+    assert coarse["coarse_s_per_1000_scans"] > 0
+
+    fine = run_cohort_query(str(case / "image.nii.gz"), str(points), embeddings, "s3://cohort-test/query-fine",
+                            services["UAE_TRITON_URL"])
+    rows, xyz = self_rows(fine)
+    assert all(r["refined"] and r["found"] for r in rows)
+    assert np.linalg.norm(xyz - truth.xyz, axis=1).max() < 4.0
+    coarse_xyz = np.array([[r["coarse_x"], r["coarse_y"], r["coarse_z"]] for r in rows])
+    np.testing.assert_allclose(coarse_xyz, self_rows(coarse)[1])  # the same coarse pass
+
+    with pytest.raises(QueryInputError, match="no stored embeddings of model"):
+        run_cohort_query(str(case / "image.nii.gz"), str(points), "s3://cohort-test/nothing-here",
+                         "s3://cohort-test/query-none", services["UAE_TRITON_URL"])

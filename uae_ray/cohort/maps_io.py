@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from uae_ray.matching import EmbeddingMaps, Embedder
+from uae_ray.matching import EmbeddingMaps, Embedder, global_valid
 from uae_ray.storage import join
 from uae_ray.storage.embeddings import RPQ_CHANNELS_PER_BYTE, embeddings_to_table, table_to_embeddings
 from uae_ray.storage.parquet import read_table, write_table_atomic
@@ -124,6 +124,20 @@ def table_to_maps(table: pa.Table) -> EmbeddingMaps:
         semantic=level("semantic"),
         body=body,
     )
+
+
+def read_coarse(uri: str) -> tuple[np.ndarray, Grid, np.ndarray, str]:
+    """Only the global level of a stored scan (and its masks), fetched with a row filter:
+    ``(global (Cg, z, y, x) unit float32, its grid, valid (z, y, x) on the global grid,
+    model_version)``. The coarse pass of ``cohort query`` reads this much of each file."""
+    levels, meta = table_to_embeddings(read_table(uri, filters=[("level", "in", ["global", "valid", _BODY])]))
+    valid = np.asarray(levels["valid"][0], dtype=bool)
+    if meta.get("body_only") and _BODY in levels:
+        valid = valid & np.asarray(levels[_BODY][0], dtype=bool)
+    glob, grid = _unit(levels["global"][0]), _grid(levels["global"][1])
+    local_spacing = levels["valid"][1]["spacing"]
+    factor = tuple(int(round(g / l)) for g, l in zip(grid.spacing[::-1], local_spacing[::-1]))  # z, y, x
+    return glob, grid, global_valid(valid, glob.shape[1:], factor), meta["model_version"]
 
 
 def roundtrip(maps: EmbeddingMaps, tier: str) -> EmbeddingMaps:

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from uae_ray.cohort.lease import JobLease, LeaseHeldError
     from uae_ray.cohort.pairs import PairsError
     from uae_ray.cohort.prelabel import PrelabelError
+    from uae_ray.cohort.query import QueryInputError
     from uae_ray.storage import StorageError
     from uae_ray.volume.errors import one_line
 
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         triton, ray_address = service_defaults(args.triton, args.ray_address)
         with JobLease(args.out, args.job):  # one job per output prefix at a time
             summary = _run_job(args, triton, ray_address)
-    except (CohortInputError, LeaseHeldError, PairsError, PrelabelError, StorageError, FileNotFoundError) as e:
+    except (CohortInputError, LeaseHeldError, PairsError, PrelabelError, QueryInputError, StorageError,
+            FileNotFoundError) as e:
         logger.error("cohort %s: %s", args.job, one_line(e))
         return 2
     except ValueError as e:  # unusable template points, lesions, supports: nothing to do
@@ -89,6 +91,11 @@ def _run_job(args: argparse.Namespace, triton: str | None, ray_address: str | No
             sam_kind=args.sam_kind, modality=args.modality, force=args.force, limit=args.limit,
             report=args.report, qc=not args.no_report, dicom_seg=args.dicom_seg,
         )
+    if args.job == "query":
+        from uae_ray.cohort.query import run_cohort_query
+
+        return run_cohort_query(args.template, args.points, args.embeddings, args.out, triton,
+                                checkpoint=args.checkpoint, refine=not args.coarse_only, limit=args.limit)
     from uae_ray.cohort.landmarks import run_cohort_landmarks
 
     return run_cohort_landmarks(args.archive, args.out, args.template, args.points, triton, args.embeddings,

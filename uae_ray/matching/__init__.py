@@ -4,7 +4,7 @@ from uae_ray.matching.embed import Embedder, EmbeddingMaps, embed_image, embed_p
 from uae_ray.matching.fit import PointMap, fit_points, well_spread
 from uae_ray.matching.fixed_point import FixedPointConfig, FixedPointMatcher, match_points_fixed
 from uae_ray.matching.methods import DEFAULT_METHOD, METHODS, find_points
-from uae_ray.matching.nn import Matcher, match_points, sample_embeddings
+from uae_ray.matching.nn import Matcher, coarse_points, global_valid, match_points, sample_embeddings
 from uae_ray.matching.result import MatchResult
 
 __all__ = [
@@ -17,10 +17,12 @@ __all__ = [
     "MatchResult",
     "Matcher",
     "PointMap",
+    "coarse_points",
     "embed_image",
     "embed_prepared",
     "find_points",
     "fit_points",
+    "global_valid",
     "map_grid",
     "maps_from_outputs",
     "match_points",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from uae_ray.matching.embed import EmbeddingMaps
+from uae_ray.volume import Grid
 from uae_ray.models.ops import upsample_aligned
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,38 @@ def sample_embeddings(maps: EmbeddingMaps, points_world: np.ndarray, with_semant
     if maps.semantic is not None:
         sem = _normalise(_interp(_as_tensor(maps.semantic, np.float32), idx_local)).numpy()
     return _normalise(loc).numpy(), _normalise(glo).numpy(), sem
+
+
+def global_valid(valid: np.ndarray | torch.Tensor, global_shape: tuple[int, ...], factor: tuple[int, int, int]) -> np.ndarray:
+    """The local-grid valid mask (z, y, x) sampled onto the global grid (every ``factor``-th
+    voxel, zero-padded to ``global_shape``)."""
+    v = np.asarray(valid, dtype=bool)[:: factor[0], :: factor[1], :: factor[2]][: global_shape[0], : global_shape[1], : global_shape[2]]
+    out = np.zeros(tuple(global_shape), dtype=bool)
+    out[: v.shape[0], : v.shape[1], : v.shape[2]] = v
+    return out
+
+
+def coarse_points(
+    query_global: np.ndarray, global_: np.ndarray, global_grid: Grid, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The coarse answer: for each query, the valid global voxel of highest cosine.
+
+    Args:
+        query_global: (N, Cg) unit query vectors (e.g. :func:`sample_embeddings` of a template).
+        global_: (Cg, z, y, x) unit global embeddings of the target.
+        global_grid: Their grid.
+        valid: (z, y, x) bool on the global grid (see :func:`global_valid`).
+
+    Returns:
+        ``(points (N, 3) world LPS mm of the voxel centres, scores (N,) cosine)``.
+    """
+    flat = _as_tensor(global_, np.float32).reshape(global_.shape[0], -1)
+    with torch.no_grad():
+        sim = (_as_tensor(query_global, np.float32) @ flat).masked_fill(
+            ~torch.from_numpy(np.ascontiguousarray(valid)).reshape(1, -1), float("-inf"))
+        score, best = sim.max(dim=1)
+        zyx = torch.stack(torch.unravel_index(best, tuple(global_.shape[1:])), dim=1)
+    return global_grid.index_to_world(zyx.flip(1).double().numpy()), score.numpy()
 
 
 class Matcher:
@@ -333,15 +366,8 @@ class Matcher:
         cheap first guess for a windowed :meth:`predict`."""
         t = self.target
         _, qg = sample_embeddings(template, points_world)
-        f = self._factor
-        valid = self._valid.reshape(t.local.shape[1:])[:: f[0], :: f[1], :: f[2]]
-        gshape = t.global_.shape[1:]
-        valid = torch.nn.functional.pad(valid, [0, gshape[2] - valid.shape[2], 0, gshape[1] - valid.shape[1],
-                                               0, gshape[0] - valid.shape[0]])
-        with torch.no_grad():
-            sim = (_as_tensor(qg, np.float32) @ self._global).masked_fill(~valid.reshape(1, -1), float("-inf"))
-            zyx = torch.stack(torch.unravel_index(sim.argmax(dim=1), gshape), dim=1)
-        return t.global_grid.index_to_world(zyx.flip(1).double().numpy())
+        valid = global_valid(t.valid, t.global_.shape[1:], self._factor)
+        return coarse_points(qg, t.global_, t.global_grid, valid)[0]
 
     def query_features(
         self, source: EmbeddingMaps, points_world: np.ndarray

@@ -41,6 +41,10 @@ PRELABEL (organ pre-labels of ``cohort prelabel``, one part per scan plus ``inde
     ymax, zmax (world LPS mm, NaN when none), voxels, volume_ml, n_slices, mask_uri (the scan's
     label map), localizer, boxes, localizer_version, sam_version, seconds.
 
+QUERY (``cohort query``, one table per run)
+    scan_id, name, coarse_x/y/z and coarse_score (global level only), x, y, z, score, found
+    (refined answer; found is null for coarse-only answers), refined, model_version.
+
 MANIFEST (``<out>/manifest.parquet``, see :mod:`uae_ray.storage.manifest`)
     One row per scan: scan_id, uri, status, error, model_version, output_uri, n_bytes, seconds,
     updated_at.
@@ -96,6 +100,25 @@ DETECTIONS = _schema(
         _f("found", pa.bool_(), "False where the matcher abstained (x, y, z: its best estimate)"),
         _f("method", pa.string(), "matching method: nn or fixed-point"),
         _f("model_version", pa.string(), "embedding model version that produced the detection"),
+    ],
+)
+
+QUERY = _schema(
+    "query/1",
+    [
+        _f("scan_id", pa.string(), "16-hex scan id of the stored scan"),
+        _f("name", pa.string(), "template point name"),
+        _f("coarse_x", pa.float64(), "coarse answer (global-level voxel centre), world x (LPS, mm)"),
+        _f("coarse_y", pa.float64(), "coarse answer, world y (LPS, mm)"),
+        _f("coarse_z", pa.float64(), "coarse answer, world z (LPS, mm)"),
+        _f("coarse_score", pa.float32(), "global cosine of the coarse answer"),
+        _f("x", pa.float64(), "answer (refined when refined, else the coarse one), world x (LPS, mm)"),
+        _f("y", pa.float64(), "answer, world y (LPS, mm)"),
+        _f("z", pa.float64(), "answer, world z (LPS, mm)"),
+        _f("score", pa.float32(), "matching similarity of the answer"),
+        _f("found", pa.bool_(), "fixed-point found flag (null for coarse-only answers)", nullable=True),
+        _f("refined", pa.bool_(), "whether the fine level refined the coarse answer"),
+        _f("model_version", pa.string(), "embedding model version"),
     ],
 )
 
