@@ -26,8 +26,8 @@ SEGMENT_BENCH_MODES = ("wpl", "spl", "gt-wpl", "gt-spl", "gt-slice")  # bench.se
 # Kept here for the same reason; tests check it equals bench.tracking.TRACK_METHODS.
 TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent")
 # Likewise; tests check they equal cohort.maps_io.TIERS and DEFAULT_TIER.
-STORAGE_TIERS = ("full", "int8", "int8-body", "compact")
-DEFAULT_STORAGE_TIER = "compact"
+STORAGE_TIERS = ("full", "int8", "int8-body", "compact", "compact-hq")
+DEFAULT_STORAGE_TIER = "compact-hq"
 
 #: Shipped embedding models by name (``--checkpoint NAME``); tests check it equals
 #: models.checkpoint.SHIPPED_WEIGHTS and DEFAULT_MODEL its default (kept here: no torch import).
@@ -463,8 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_archive_args(c)
     _add_cohort_run_args(c, "scan")
     c.add_argument("--storage-tier", choices=STORAGE_TIERS, default=DEFAULT_STORAGE_TIER,
-                   help="how the maps are stored (default %(default)s: ~7 MB per 512x512x300 CT; full: float16, "
-                        "~135 MB; see docs/benchmarks.md, storage tiers)")
+                   help="how the maps are stored (default %(default)s: ~9 MB per 512x512x300 CT; compact ~7 MB; "
+                        "full: float16, ~135 MB; see docs/benchmarks.md, storage tiers)")
     c = _verb(csub, "query", "find a template's points in every stored scan, from the stored embeddings",
               "Coarse answer from the global level of each file (a row filter), then the fixed-point matcher in a "
               "window around it (unless --coarse-only). Writes <out>/query/points.parquet; reports seconds per "

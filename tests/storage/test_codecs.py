@@ -32,11 +32,12 @@ def test_rpq_codes_clustered_vectors_closely_and_beats_one_stage() -> None:
     assert np.median(rel) < 0.25 and np.median(rel) < 0.7 * np.median(rel1)
 
 
-def test_nibbles_round_trip() -> None:
-    codes = np.random.default_rng(0).integers(0, 16, size=(100, 8, 2)).astype(np.uint8)
+@pytest.mark.parametrize("m,stages,n_bytes", [(8, 2, 8), (8, 3, 12), (3, 3, 5)])
+def test_nibbles_round_trip(m: int, stages: int, n_bytes: int) -> None:
+    codes = np.random.default_rng(0).integers(0, 16, size=(100, m, stages)).astype(np.uint8)
     packed = codecs.pack_nibbles(codes)
-    assert packed.shape == (100, 8) and packed.dtype == np.uint8
-    np.testing.assert_array_equal(codecs.unpack_nibbles(packed), codes)
+    assert packed.shape == (100, n_bytes) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(codecs.unpack_nibbles(packed, m, stages), codes)
 
 
 def test_rpq_refuses_channels_that_do_not_split() -> None:

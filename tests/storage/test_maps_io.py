@@ -98,7 +98,8 @@ def _cos(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> np.ndarray:
     return (a[:, where] * b[:, where]).sum(axis=0)
 
 
-@pytest.mark.parametrize("tier,min_cos", [("full", 0.9999), ("int8", 0.999), ("int8-body", 0.999), ("compact", 0.85)])
+@pytest.mark.parametrize("tier,min_cos", [("full", 0.9999), ("int8", 0.999), ("int8-body", 0.999), ("compact", 0.85),
+                                          ("compact-hq", 0.85)])
 def test_storage_tiers_round_trip(tmp_path: Path, tier: str, min_cos: float) -> None:
     from uae_ray.cohort.maps_io import roundtrip
 
@@ -106,7 +107,7 @@ def test_storage_tiers_round_trip(tmp_path: Path, tier: str, min_cos: float) -> 
     uri = str(tmp_path / f"{tier}.parquet")
     write_maps(uri, "abc", maps, tier=tier)
     back = read_maps(uri)
-    body_only = tier in ("int8-body", "compact")
+    body_only = tier in ("int8-body", "compact", "compact-hq")
     expected_valid = maps.valid & maps.body if body_only else maps.valid
     np.testing.assert_array_equal(back.valid, expected_valid)
     np.testing.assert_array_equal(back.body, maps.body)
@@ -124,10 +125,13 @@ def test_storage_tiers_round_trip(tmp_path: Path, tier: str, min_cos: float) -> 
     np.testing.assert_array_equal(mem.valid, back.valid)
 
 
-def test_compact_tier_is_much_smaller_than_full(tmp_path: Path) -> None:
+def test_compact_tiers_are_much_smaller_than_full_and_hq_is_closer(tmp_path: Path) -> None:
     maps = _smooth_maps(body=True)
-    sizes = {t: write_maps(str(tmp_path / f"{t}.parquet"), "abc", maps, tier=t) for t in ("full", "compact")}
-    assert sizes["compact"] * 3 < sizes["full"], sizes
+    sizes = {t: write_maps(str(tmp_path / f"{t}.parquet"), "abc", maps, tier=t) for t in ("full", "compact", "compact-hq")}
+    assert sizes["compact"] < sizes["compact-hq"] and sizes["compact-hq"] * 2 < sizes["full"], sizes
+    cos = {t: np.median(_cos(maps.local, read_maps(str(tmp_path / f"{t}.parquet")).local, maps.body))
+           for t in ("compact", "compact-hq")}
+    assert cos["compact-hq"] > cos["compact"], cos
 
 
 def test_masked_tier_without_a_body_mask_keeps_the_valid_voxels(tmp_path: Path) -> None:
@@ -176,3 +180,21 @@ def test_cli_mirrors_the_storage_tiers() -> None:
     from uae_ray.cohort.maps_io import DEFAULT_TIER, TIERS
 
     assert tuple(STORAGE_TIERS) == tuple(TIERS) and DEFAULT_STORAGE_TIER == DEFAULT_TIER
+
+
+def test_each_level_is_its_own_row_group_and_the_coarse_read_gets_only_the_global_level(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from uae_ray.cohort.maps_io import read_coarse
+
+    maps = _smooth_maps(body=True)
+    uri = str(tmp_path / "scan.parquet")
+    write_maps(uri, "abc", maps)
+    meta = pq.ParquetFile(uri).metadata
+    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    assert meta.num_row_groups == 5  # local, global, valid, body, semantic
+    assert {g.column(1).statistics.min for g in groups} == {"local", "global", "valid", "body", "semantic"}
+    glob, grid, valid, version = read_coarse(uri)
+    assert glob.shape == maps.global_.shape and grid == maps.global_grid and version == maps.model_version
+    assert valid.shape == maps.global_.shape[1:] and valid.any()
+    np.testing.assert_allclose(np.linalg.norm(glob, axis=0), 1.0, atol=1e-5)

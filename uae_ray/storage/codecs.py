@@ -9,7 +9,7 @@ Both work on a (N, C) float array of N vectors of C channels and return what
   ``C / m``; each subspace is quantised in ``stages`` passes, each pass coding the residual
   of the previous ones with one of 16 k-means centroids (4 bits). With 2 stages a subspace
   takes one byte (two nibbles): 1 byte per ``C / m`` channels, e.g. 8 bytes for 32 channels
-  with ``m = 8`` (4x smaller than int8, 8x smaller than float16).
+  with ``m = 8`` (4x smaller than int8, 8x smaller than float16); 3 stages take 1.5 bytes.
 
 Measured on the default model's maps of a 512 x 512 x 300 chest CT (median cosine between a
 vector and its decoded copy, 1 core): int8 1.000 (0.1 s); rpq m=8 x 2 stages 0.946 local,
@@ -135,10 +135,15 @@ def rpq_decode(codes: np.ndarray, codebook: np.ndarray) -> np.ndarray:
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
-    """(N, m, 2) 4-bit codes -> (N, m) uint8 (stage 0 in the low nibble)."""
-    return (codes[..., 0] | (codes[..., 1] << 4)).astype(np.uint8)
+    """(N, m, stages) 4-bit codes -> (N, ceil(m * stages / 2)) uint8, two codes per byte (the
+    even one of the flattened (m, stages) codes in the low nibble)."""
+    flat = codes.reshape(len(codes), -1).astype(np.uint8)
+    if flat.shape[1] % 2:
+        flat = np.concatenate([flat, np.zeros((len(flat), 1), np.uint8)], axis=1)
+    return (flat[:, 0::2] | (flat[:, 1::2] << 4)).astype(np.uint8)
 
 
-def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`pack_nibbles`: (N, m) uint8 -> (N, m, 2)."""
-    return np.stack([packed & 0x0F, packed >> 4], axis=-1).astype(np.uint8)
+def unpack_nibbles(packed: np.ndarray, m: int, stages: int) -> np.ndarray:
+    """Inverse of :func:`pack_nibbles`: (N, B) uint8 -> (N, m, stages)."""
+    flat = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(len(packed), -1)
+    return flat[:, : m * stages].reshape(len(packed), m, stages).astype(np.uint8)

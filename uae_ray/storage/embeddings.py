@@ -110,7 +110,16 @@ def _vectors(arr4: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.
     return arr4[:, mask].T, mask.reshape(nz, -1).sum(axis=1)
 
 
-def _encode(level: str, vectors: np.ndarray, codec: str, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _parse_codec(level: str, spec: str) -> tuple[str, int]:
+    """``"float16" | "int8" | "rpq" | "rpqN"`` -> (stored codec, rpq stages; 2 for ``"rpq"``)."""
+    if spec in (DTYPE_FLOAT16, DTYPE_INT8):
+        return spec, 0
+    if spec.startswith(DTYPE_RPQ) and (spec == DTYPE_RPQ or spec[3:] in ("1", "2", "3", "4")):
+        return DTYPE_RPQ, int(spec[3:] or 2)
+    raise ValueError(f"level {level!r}: unknown codec {spec!r}; known: float16, int8, rpq, rpq1..rpq4")
+
+
+def _encode(level: str, vectors: np.ndarray, codec: str, seed: int, stages: int) -> tuple[np.ndarray, dict[str, Any]]:
     """(N, C) vectors -> ``((N, B) payload, level metadata of the codec)``."""
     if codec == DTYPE_FLOAT16:
         if vectors.dtype != np.float16:
@@ -126,7 +135,7 @@ def _encode(level: str, vectors: np.ndarray, codec: str, seed: int) -> tuple[np.
     c = vectors.shape[1]
     if c % RPQ_CHANNELS_PER_BYTE:
         raise ValueError(f"level {level!r}: rpq needs channels in multiples of {RPQ_CHANNELS_PER_BYTE}, got {c}")
-    codebook = codecs.rpq_train(vectors, c // RPQ_CHANNELS_PER_BYTE, stages=2, seed=seed)
+    codebook = codecs.rpq_train(vectors, c // RPQ_CHANNELS_PER_BYTE, stages=stages, seed=seed)
     return codecs.pack_nibbles(codecs.rpq_encode(vectors, codebook)), {"codebook": _array_doc(codebook)}
 
 
@@ -137,7 +146,8 @@ def _decode(payload: np.ndarray, info: Mapping[str, Any]) -> np.ndarray:
         return payload.astype(np.float16, copy=False)
     if codec == DTYPE_INT8:
         return codecs.int8_decode(payload, _doc_array(info["scales"]))
-    return codecs.rpq_decode(codecs.unpack_nibbles(payload), _doc_array(info["codebook"]))
+    book = _doc_array(info["codebook"])
+    return codecs.rpq_decode(codecs.unpack_nibbles(payload, book.shape[1], book.shape[0]), book)
 
 
 def embeddings_to_table(maps: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]],
@@ -152,8 +162,8 @@ def embeddings_to_table(maps: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]]
             grid a JSON-able dict whose ``size`` (x, y, z), when given, must match the array.
         meta: Must hold ``scan_id`` and ``model_version``; ``source_uri_hash`` is optional;
             other JSON-able keys are kept under ``extra``.
-        codecs_by_level: ``level -> "float16" | "int8" | "rpq"`` for floating levels
-            (default float16).
+        codecs_by_level: ``level -> "float16" | "int8" | "rpq" | "rpqN"`` for floating levels
+            (default float16; ``rpq`` is ``rpq2``, N the residual stages of 4 bits).
         masks: ``level -> name of a bool level`` of the same (Z, Y, X) shape: store only the
             voxels inside it.
         seed: Seed of the rpq codebook training (deterministic output for a given input).
@@ -194,9 +204,7 @@ def embeddings_to_table(maps: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]]
             continue
         if not np.issubdtype(arr4.dtype, np.floating):
             raise ValueError(f"level {level!r}: dtype {arr4.dtype} not storable (float or bool only)")
-        codec = codecs_by_level.get(level, DTYPE_FLOAT16)
-        if codec not in CODECS:
-            raise ValueError(f"level {level!r}: unknown codec {codec!r}; known: {', '.join(CODECS)}")
+        codec, stages = _parse_codec(level, codecs_by_level.get(level, DTYPE_FLOAT16))
         mask = None
         if level in masks:
             mask_array = np.asarray(maps[masks[level]][0]) if masks[level] in maps else None
@@ -204,7 +212,7 @@ def embeddings_to_table(maps: Mapping[str, tuple[np.ndarray, Mapping[str, Any]]]
                 raise ValueError(f"level {level!r}: mask {masks[level]!r} is not a bool level of shape {(nz, ny, nx)}")
             mask, info["mask"] = mask_array, masks[level]
         vectors, counts = _vectors(arr4, mask)
-        payload, codec_info = _encode(level, vectors, codec, seed)
+        payload, codec_info = _encode(level, vectors, codec, seed, stages)
         info.update(dtype=codec, **codec_info)
         start = 0
         for z, n in enumerate(counts.tolist()):
@@ -272,7 +280,8 @@ def _decode_level(level: str, info: Mapping[str, Any], rows: pa.Table,
         if mask is None:
             raise ValueError(f"level {level!r} is stored inside mask {info['mask']!r}, which was not read")
     dtype = _PAYLOAD_DTYPE[codec]
-    b = info["codebook"]["shape"][1] if codec == DTYPE_RPQ else c  # values per voxel
+    book = info.get("codebook", {}).get("shape")
+    b = -(-book[0] * book[1] // 2) if codec == DTYPE_RPQ else c  # values per voxel
     payload = (np.concatenate([np.frombuffer(d, dtype=dtype).reshape(b, -1).T for d in slices]) if slices
                else np.empty((0, b), dtype))
     vectors = _decode(payload, info)

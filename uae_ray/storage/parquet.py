@@ -52,15 +52,26 @@ COMPRESSION_LEVEL = 3
 PARQUET_SUFFIX = ".parquet"
 
 
+def _runs(column: pa.ChunkedArray) -> list[tuple[int, int]]:
+    """(offset, length) of the runs of equal consecutive values of a column."""
+    values = column.to_pylist()
+    starts = [i for i in range(len(values)) if i == 0 or values[i] != values[i - 1]]
+    return [(a, b - a) for a, b in zip(starts, [*starts[1:], len(values)])]
+
+
 def table_to_parquet_bytes(
     table: pa.Table,
     compression: str = COMPRESSION,
     compression_level: int | None = COMPRESSION_LEVEL,
+    row_group_column: str | None = None,
 ) -> pa.Buffer:
     """Serialise a table to Parquet bytes in memory.
 
     Dictionary encoding and statistics are kept for every column except binary ones
     (statistics of multi-MB values would bloat the footer; dictionaries do not help them).
+    With ``row_group_column``, each run of equal consecutive values of that column becomes its
+    own row group, so a reader filtering on it skips the other groups unread (the embeddings'
+    ``level``: the coarse pass of ``cohort query`` fetches the global level alone).
     """
     plain = {
         f.name for f in table.schema
@@ -68,14 +79,14 @@ def table_to_parquet_bytes(
     }
     others = [f.name for f in table.schema if f.name not in plain]
     sink = pa.BufferOutputStream()
-    pq.write_table(
-        table,
-        sink,
-        compression=compression,
-        compression_level=compression_level,
-        use_dictionary=others,
-        write_statistics=others,
-    )
+    options = {"compression": compression, "compression_level": compression_level, "use_dictionary": others,
+               "write_statistics": others}
+    if row_group_column is None or table.num_rows == 0:
+        pq.write_table(table, sink, **options)
+    else:
+        with pq.ParquetWriter(sink, table.schema, **options) as writer:
+            for offset, length in _runs(table.column(row_group_column)):
+                writer.write_table(table.slice(offset, length), row_group_size=length)
     return sink.getvalue()
 
 
@@ -84,6 +95,7 @@ def write_table_atomic(
     uri: str | os.PathLike[str],
     compression: str = COMPRESSION,
     compression_level: int | None = COMPRESSION_LEVEL,
+    row_group_column: str | None = None,
 ) -> int:
     """Write a table as one Parquet file, atomically (temp name, then final; local or S3).
 
@@ -92,11 +104,12 @@ def write_table_atomic(
         uri: Destination file path or ``s3://bucket/key`` (bucket must exist).
         compression: Parquet codec (default zstd).
         compression_level: Codec level (default 3; None: Arrow's default, 1 for zstd).
+        row_group_column: One row group per run of this column (see :func:`table_to_parquet_bytes`).
 
     Returns:
         Bytes written.
     """
-    buf = table_to_parquet_bytes(table, compression, compression_level)
+    buf = table_to_parquet_bytes(table, compression, compression_level, row_group_column)
     n = write_bytes_atomic(uri, buf)
     logger.debug("wrote %d rows to %s (%d bytes)", table.num_rows, as_str(uri), n)
     return n
@@ -183,7 +196,7 @@ def write_embeddings(
     Returns:
         Bytes written.
     """
-    return write_table_atomic(embeddings_to_table(maps, meta), uri)
+    return write_table_atomic(embeddings_to_table(maps, meta), uri, row_group_column="level")
 
 
 def read_embeddings(
