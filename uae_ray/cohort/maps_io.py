@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from uae_ray.matching import EmbeddingMaps, Embedder, global_valid
 from uae_ray.storage import join
-from uae_ray.storage.embeddings import RPQ_CHANNELS_PER_BYTE, embeddings_to_table, table_to_embeddings
+from uae_ray.storage.embeddings import RPQ_SUBSPACE_CHANNELS, embeddings_to_table, table_to_embeddings
 from uae_ray.storage.parquet import read_table, write_table_atomic
 from uae_ray.volume import Grid
 
@@ -72,8 +72,8 @@ def check_tier(tier: str) -> str:
 
 
 def _codec(codec: str, array: np.ndarray) -> str:
-    """rpq where the channels split into groups of :data:`RPQ_CHANNELS_PER_BYTE`, else int8."""
-    return "int8" if codec.startswith("rpq") and array.shape[0] % RPQ_CHANNELS_PER_BYTE else codec
+    """rpq where the channels split into groups of :data:`RPQ_SUBSPACE_CHANNELS`, else int8."""
+    return "int8" if codec.startswith("rpq") and array.shape[0] % RPQ_SUBSPACE_CHANNELS else codec
 
 
 def maps_to_table(scan_id: str, maps: EmbeddingMaps, tier: str = DEFAULT_TIER) -> pa.Table:

@@ -14,15 +14,16 @@ Each floating level is stored with a codec (see :mod:`uae_ray.storage.codecs`):
 * ``float16`` (the default): exact for float16 input, float32 input rounded once, values beyond
   the float16 range refused; reads back bit for bit as float16;
 * ``int8``: per-channel symmetric int8 (the scales in the level's metadata); reads as float32;
-* ``rpq``: residual product quantisation, one byte per ``C / m`` channels (the codebook in the
-  level's metadata); reads as float32.
+* ``rpq``: residual product quantisation: subspaces of 4 channels, each coded by N stages of
+  4 bits (N = 2: one byte per 4 channels; the codebook in the level's metadata); reads as float32.
 
 and optionally a ``mask``: the name of a bool level of the same (Z, Y, X) shape; the rows then
 hold only the voxels where the mask is True (C order within a slice), and the others read back
 as 0. Bool levels are stored as packed bits and read back as bool.
 
 A row's ``data`` holds the slice's (B, n) array in C order: n voxels (all ``ny * nx`` of the
-slice, or its masked ones) of B values: float16 B = C, int8 B = C, rpq B = m (uint8).
+slice, or its masked ones) of B values: float16 B = C, int8 B = C, rpq B = ceil(m * N / 2)
+bytes of two 4-bit codes (m = C / 4 subspaces, N stages).
 
 Schema metadata ``uae_ray.embeddings`` (JSON)::
 
@@ -61,8 +62,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 CODECS = (DTYPE_FLOAT16, DTYPE_INT8, DTYPE_RPQ)
-#: Channels per rpq subspace (one byte codes this many channels).
-RPQ_CHANNELS_PER_BYTE = 4
+#: Channels per rpq subspace.
+RPQ_SUBSPACE_CHANNELS = 4
 _F16 = np.dtype("<f2")
 _F16_MAX = float(np.finfo(np.float16).max)
 _RESERVED = {"scan_id", "model_version", "source_uri_hash"}
@@ -133,9 +134,9 @@ def _encode(level: str, vectors: np.ndarray, codec: str, seed: int, stages: int)
         codes, scales = codecs.int8_encode(vectors)
         return codes, {"scales": _array_doc(scales)}
     c = vectors.shape[1]
-    if c % RPQ_CHANNELS_PER_BYTE:
-        raise ValueError(f"level {level!r}: rpq needs channels in multiples of {RPQ_CHANNELS_PER_BYTE}, got {c}")
-    codebook = codecs.rpq_train(vectors, c // RPQ_CHANNELS_PER_BYTE, stages=stages, seed=seed)
+    if c % RPQ_SUBSPACE_CHANNELS:
+        raise ValueError(f"level {level!r}: rpq needs channels in multiples of {RPQ_SUBSPACE_CHANNELS}, got {c}")
+    codebook = codecs.rpq_train(vectors, c // RPQ_SUBSPACE_CHANNELS, stages=stages, seed=seed)
     return codecs.pack_nibbles(codecs.rpq_encode(vectors, codebook)), {"codebook": _array_doc(codebook)}
 
 
