@@ -103,7 +103,7 @@ def test_cli_with_no_usable_support_exits_2_naming_the_file(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing written
 
 
-@pytest.mark.parametrize("job", ["embed", "landmarks", "track", "register", "prelabel"])
+@pytest.mark.parametrize("job", ["embed", "landmarks", "track", "register", "prelabel", "query"])
 def test_job_entrypoints_are_the_cli_verbs(job):
     jobs = Path(__file__).resolve().parents[2] / "jobs"
     proc = subprocess.run([sys.executable, str(jobs / f"cohort_{job}.py"), "--help"], capture_output=True, text=True,
