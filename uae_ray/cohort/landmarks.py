@@ -33,7 +33,7 @@ from uae_ray.api.inputs import read_points
 from uae_ray.tasks.points_io import NamedPoints
 
 if TYPE_CHECKING:
-    from uae_ray.matching import EmbeddingMaps, MatchResult
+    from uae_ray.matching import Embedder, EmbeddingMaps, MatchResult
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,8 @@ class TemplateQuery:
     job_key: str
 
 
-def build_query(
-    template: str, points: NamedPoints, out: str, method: str, triton_url: str | None, checkpoint: str | None
-) -> TemplateQuery:
-    """Embeds the template (with the same model as the cohort) and stores its maps under ``out``.
+def embed_template(template: str, points: NamedPoints, embedder: "Embedder") -> "EmbeddingMaps":
+    """The template's maps, after checking that every point lies inside it.
 
     Raises:
         ValueError: a point lies outside the template image (see
@@ -67,7 +65,19 @@ def build_query(
 
     image = read_image_uri(template)
     check_points_inside(points, image, "template")
-    maps = embed_image(image, get_embedder(triton_url, checkpoint=checkpoint), detect_modality(image, template))
+    return embed_image(image, embedder, detect_modality(image, template))
+
+
+def build_query(
+    template: str, points: NamedPoints, out: str, method: str, triton_url: str | None, checkpoint: str | None
+) -> TemplateQuery:
+    """Embeds the template (with the same model as the cohort) and stores its maps under ``out``.
+
+    Raises:
+        ValueError: a point lies outside the template image (see
+            :func:`~uae_ray.tasks.landmarks.check_points_inside`); nothing is embedded.
+    """
+    maps = embed_template(template, points, get_embedder(triton_url, checkpoint=checkpoint))
     digest = hashlib.sha256(
         template.encode() + points.xyz.tobytes() + "\n".join(points.names).encode() + method.encode()
     ).hexdigest()[:12]

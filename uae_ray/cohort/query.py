@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow as pa
 
 from uae_ray.cohort.embed import EMBED_MANIFEST
+from uae_ray.cohort.landmarks import embed_template
 from uae_ray.cohort.maps_io import embeddings_uri, read_coarse, read_maps
 from uae_ray.cohort.runner import Progress, one_line
 from uae_ray.serving import get_embedder
 from uae_ray.storage import Manifest, join, write_table_atomic
-from uae_ray.storage.images import read_image_uri
 from uae_ray.storage.schemas import QUERY
 from uae_ray.api.inputs import read_points
 
@@ -94,16 +94,11 @@ def run_cohort_query(
         scans for the coarse and refine passes (``coarse_s_per_1000_scans``, also per point).
     """
     from uae_ray.matching import coarse_points, find_points, sample_embeddings
-    from uae_ray.matching import embed_image
-    from uae_ray.tasks.landmarks import check_points_inside
-    from uae_ray.volume import detect_modality
 
     points = read_points(points_csv)
     embedder = get_embedder(triton_url, checkpoint=checkpoint)
     ids = stored_scan_ids(embeddings, embedder.version)[:limit]
-    image = read_image_uri(template)
-    check_points_inside(points, image, "template")
-    template_maps = embed_image(image, embedder, detect_modality(image, template))
+    template_maps = embed_template(template, points, embedder)
     _, query_global = sample_embeddings(template_maps, points.xyz)
     logger.info("cohort query: %d points in %d stored scans (model %s)%s", len(points), len(ids),
                 embedder.version, "" if refine else ", coarse only")

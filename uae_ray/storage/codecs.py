@@ -11,11 +11,8 @@ Both work on a (N, C) float array of N vectors of C channels and return what
   takes one byte (two nibbles): 1 byte per ``C / m`` channels, e.g. 8 bytes for 32 channels
   with ``m = 8`` (4x smaller than int8, 8x smaller than float16); 3 stages take 1.5 bytes.
 
-Measured on the default model's maps of a 512 x 512 x 300 chest CT (median cosine between a
-vector and its decoded copy, 1 core): int8 1.000 (0.1 s); rpq m=8 x 2 stages 0.946 local,
-0.967 semantic (1.2 s); plain PQ m=8 x 256 centroids 0.955 / 0.973 (5.8 s); rpq m=4 on the
-semantic level breaks point retrieval (p90 error 54 mm). The accuracy cost of the tiers built
-on these is in ``docs/benchmarks.md`` (storage tiers).
+The bytes and the accuracy cost of the storage tiers built on these, measured on test patients,
+are in ``docs/benchmarks.md`` (storage tiers).
 """
 
 from __future__ import annotations

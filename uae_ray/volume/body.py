@@ -1,7 +1,7 @@
 """The body (patient) mask of a prepared volume, on the grid of a strided map.
 
 Used to store embeddings only where a query can land (:mod:`uae_ray.cohort.maps_io`): air
-around the patient is about half of a clinical CT's field of view.
+around the patient is a large part of a clinical CT's field of view.
 
 Recipe (all on the normalised scale of :mod:`uae_ray.volume.normalize`, where air is -1):
 voxels above :data:`BODY_THRESHOLD` (CT: -500 HU; MR: the darkest 5 % of the body's
