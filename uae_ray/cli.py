@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--storage-tier", choices=STORAGE_TIERS, default=DEFAULT_STORAGE_TIER,
                    help="how the maps are stored (default %(default)s: ~9 MB per 512x512x300 CT; compact ~7 MB; "
                         "full: float16, ~135 MB; see docs/benchmarks.md, storage tiers)")
+    c.add_argument("--workers", type=int, metavar="N",
+                   help="embed actors (each holds the model or a Triton connection; default: one per free CPU "
+                        "of the cluster)")
     c = _verb(csub, "query", "find a template's points in every stored scan, from the stored embeddings",
               "Coarse answer from the global level of each file (a row filter), then the fixed-point matcher in a "
               "window around it (unless --coarse-only). Writes <out>/query/points.parquet; reports seconds per "
@@ -636,6 +639,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_io(b, "speed")
     b.add_argument("--repeats", type=int, default=5, help="runs per figure (the median is reported)")
     b.add_argument("--triton", metavar="URL", help="use this Triton server instead of starting the local stack")
+    b.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
+    b = _verb(bsub, "cohort", "cohort embed throughput: scans/s and seconds per stage per worker count, faults",
+              "Runs the real job (actors, in-process model, local storage) over --scans head-neck CTs on a local Ray "
+              "instance per worker count; then kills one worker mid-job, and on a simulated cluster of --nodes nodes "
+              "removes one mid-job, comparing the outputs with an undisturbed run. Medians over --repeats runs.",
+              ["uae-ray bench cohort --scans 8 --repeats 3 --out cohort.json"])
+    _add_bench_io(b, "cohort")
+    b.add_argument("--scans", type=int, default=8, help="scans per run (default %(default)s)")
+    b.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N", help="worker counts (default 1 2)")
+    b.add_argument("--repeats", type=int, default=3, help="runs per worker count (the median is reported)")
+    b.add_argument("--nodes", type=int, default=3, help="nodes of the simulated cluster (0: skip it)")
+    b.add_argument("--no-faults", action="store_true", help="skip the run with a worker killed")
+    b.add_argument("--storage-tier", choices=STORAGE_TIERS, help="storage tier of the job (default: cohort embed's)")
     b.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
     p.set_defaults(func=_cmd_bench)
 

@@ -92,9 +92,13 @@ class JobLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        held = self._read()
-        if held and held.get("token") == self.token:
-            delete(self.uri)
+        try:
+            held = self._read()
+            if held and held.get("token") == self.token:
+                delete(self.uri)
+        except OSError as e:  # storage down: the lease expires by itself after ttl_s
+            logger.warning("%s: lease not released (%s); it expires in %.0f s", self.uri, type(e).__name__,
+                           self.ttl_s)
         for folder in self._new_dirs:  # a job that stopped before writing anything leaves nothing
             try:
                 os.rmdir(folder)

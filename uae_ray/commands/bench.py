@@ -1,4 +1,5 @@
-"""``uae-ray bench accuracy|calibrate|tracking|registration|localization|segmentation|speed``: run a benchmark, write JSON, print a table."""
+"""``uae-ray bench accuracy|calibrate|tracking|registration|localization|segmentation|speed|cohort``: run a
+benchmark, write JSON, print a table."""
 
 from __future__ import annotations
 
@@ -152,6 +153,13 @@ def run(args: argparse.Namespace) -> int:
         print(segmentation_table(result))
         print("\nper organ (Dice), organs of at least %.0f ml:" % args.min_ml)
         print(per_organ_table(result))
+    elif args.bench == "cohort":
+        from uae_ray.bench.cohort import cohort_table, run_cohort_bench
+
+        result = run_cohort_bench(data, args.out, n_scans=args.scans, workers=tuple(args.workers),
+                                  repeats=args.repeats, nodes=args.nodes, checkpoint=args.checkpoint,
+                                  tier=args.storage_tier, faults=not args.no_faults)
+        print(cohort_table(result))
     else:
         from uae_ray.bench.speed import run_speed, speed_table
 

@@ -31,13 +31,14 @@ def service_defaults(triton: str | None, ray_address: str | None) -> tuple[str |
 
 def run(args: argparse.Namespace) -> int:
     """Runs a cohort job. Exit codes: 0 done (failures recorded per scan), 1 with ``--strict``
-    and a failure, 2 nothing to do (one error line: no scans, no pairs, unusable inputs, S3 or
-    the cluster unreachable)."""
+    and a failure, 2 nothing to do or stopped (one error line: no scans, no pairs, unusable
+    inputs, S3, Triton or the cluster unreachable; a re-run finishes what a stopped job left)."""
     from uae_ray.cohort.embed import CohortInputError
     from uae_ray.cohort.lease import JobLease, LeaseHeldError
     from uae_ray.cohort.pairs import PairsError
     from uae_ray.cohort.prelabel import PrelabelError
     from uae_ray.cohort.query import QueryInputError
+    from uae_ray.cohort.runner import ServiceUnreachableError
     from uae_ray.storage import StorageError
     from uae_ray.volume.errors import one_line
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         with JobLease(args.out, args.job):  # one job per output prefix at a time
             summary = _run_job(args, triton, ray_address)
     except (CohortInputError, LeaseHeldError, PairsError, PrelabelError, QueryInputError, StorageError,
-            FileNotFoundError) as e:
+            FileNotFoundError, ServiceUnreachableError) as e:
         logger.error("cohort %s: %s", args.job, one_line(e))
         return 2
     except ValueError as e:  # unusable template points, lesions, supports: nothing to do
@@ -67,7 +68,7 @@ def _run_job(args: argparse.Namespace, triton: str | None, ray_address: str | No
         from uae_ray.cohort.embed import run_cohort_embed
 
         return run_cohort_embed(args.archive, args.out, triton, ray_address, force=args.force, limit=args.limit,
-                                tier=args.storage_tier)
+                                tier=args.storage_tier, workers=args.workers)
     if args.job == "track":
         from uae_ray.cohort.track import run_cohort_track
 

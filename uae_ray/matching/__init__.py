@@ -1,6 +1,6 @@
 """Embedding maps and point matching: nearest neighbour and fixed-point (no Ray/Triton/S3 imports)."""
 
-from uae_ray.matching.embed import Embedder, EmbeddingMaps, embed_image, embed_prepared, map_grid, maps_from_outputs
+from uae_ray.matching.embed import Embedder, EmbeddingMaps, embed_image, embed_prepared, map_grid, maps_from_outputs, prepare_for
 from uae_ray.matching.fit import PointMap, fit_points, well_spread
 from uae_ray.matching.fixed_point import FixedPointConfig, FixedPointMatcher, match_points_fixed
 from uae_ray.matching.methods import DEFAULT_METHOD, METHODS, find_points
@@ -20,6 +20,7 @@ __all__ = [
     "coarse_points",
     "embed_image",
     "embed_prepared",
+    "prepare_for",
     "find_points",
     "fit_points",
     "global_valid",

@@ -147,6 +147,14 @@ def embed_prepared(prepared: PreparedVolume, embedder: Embedder) -> EmbeddingMap
     return finish(maps) if finish is not None else maps
 
 
+def prepare_for(image: sitk.Image, embedder: Embedder, modality: str | None = None) -> PreparedVolume:
+    """The image resampled and normalised on ``embedder``'s model grid (``modality`` ``"CT"`` /
+    ``"MR"``, detected from the intensities when None)."""
+    modality = detect_modality(image, "<image>", modality)
+    cfg = embedder.config
+    return prepare_volume(image, modality, spacing_mm=cfg.input_spacing_mm, pad_multiple=cfg.pad_multiple)
+
+
 def embed_image(image: sitk.Image, embedder: Embedder, modality: str | None = None) -> EmbeddingMaps:
     """Prepare an image on the model grid and embed it.
 
@@ -158,7 +166,4 @@ def embed_image(image: sitk.Image, embedder: Embedder, modality: str | None = No
     Returns:
         The :class:`EmbeddingMaps` of the image.
     """
-    modality = detect_modality(image, "<image>", modality)
-    cfg = embedder.config
-    prepared = prepare_volume(image, modality, spacing_mm=cfg.input_spacing_mm, pad_multiple=cfg.pad_multiple)
-    return embed_prepared(prepared, embedder)
+    return embed_prepared(prepare_for(image, embedder, modality), embedder)

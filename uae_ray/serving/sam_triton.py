@@ -40,7 +40,7 @@ class TritonSliceSegmenter:
     """
 
     def __init__(self, url: str, encoder_model: str = P.ENCODER_MODEL, decoder_model: str = P.DECODER_MODEL,
-                 timeout_s: float = 300.0, retries: int = 3, backoff_s: float = 0.5, encoder_batch: int = 16,
+                 timeout_s: float = 300.0, retries: int = 6, backoff_s: float = 0.5, encoder_batch: int = 16,
                  decoder_batch: int = 256) -> None:
         triton_http()  # one line naming the extra to install when the client is missing
         self._enc = TritonEmbedder(url, encoder_model, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)

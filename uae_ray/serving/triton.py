@@ -3,8 +3,11 @@
 The model's version and :class:`EmbeddingConfig` come with every response (outputs ``VERSION``
 and ``CONFIG``); on first use a small probe request reads them (see
 :mod:`uae_ray.serving.protocol`).
-Connection errors, HTTP 5xx answers and timeouts of the small metadata calls are retried with
-exponential backoff; 4xx answers (bad input) and timed-out inferences are not.
+Connection errors, HTTP 5xx answers, "model not ready / unknown" answers (a server restarting
+and loading its models) and timeouts of the small metadata calls are retried with exponential
+backoff (capped; by default about 24 s in all, longer than a restart of the local server); other
+4xx answers (bad input) and timed-out inferences are not. Every retry is counted
+(:attr:`TritonEmbedder.retries_done`) so that jobs can report them.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ class TritonEmbedderError(RuntimeError):
 
 
 class TritonUnavailableError(TritonEmbedderError):
-    """The Triton server could not be reached (after the retries)."""
+    """The Triton server could not be reached (after the retries); ``url`` names it."""
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
 
 
 def _split_url(url: str) -> tuple[str, bool]:
@@ -74,10 +81,18 @@ def _transient(exc: BaseException, retry_timeouts: bool) -> bool:
 
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
-        return status.startswith("5") or not status.isdigit()
+        message = str(exc.message() or "").lower()
+        loading = "unknown model" in message or "not ready" in message or "unavailable" in message
+        return status.startswith("5") or not status.isdigit() or loading
     if _is_timeout(exc):
         return retry_timeouts
-    return isinstance(exc, OSError)
+    try:
+        from geventhttpclient.response import HTTPConnectionClosed
+    except ImportError:  # pragma: no cover - geventhttpclient comes with tritonclient[http]
+        HTTPConnectionClosed = OSError  # noqa: N806
+    # the server closed the connection before answering (stopped or restarting); inference is a
+    # pure function of its input, so sending it again is safe
+    return isinstance(exc, (OSError, HTTPConnectionClosed))
 
 
 def _describe(exc: BaseException) -> str:
@@ -104,13 +119,16 @@ class TritonEmbedder:
         timeout_s: Network timeout of one request, queueing on the server included (an
             inference of a large volume on a busy CPU can take minutes). Timed-out inferences
             are not retried.
-        retries: Extra attempts after a connection error, timeout or 5xx answer.
-        backoff_s: Pause before the first retry; doubles for each further one.
+        retries: Extra attempts after a connection error, timeout, 5xx or model-loading answer.
+        backoff_s: Pause before the first retry; doubles for each further one, up to
+            ``max_backoff_s`` (defaults: 0.5, 1, 2, 4, 8, 8 s: about 24 s before giving up).
+        max_backoff_s: Longest pause between two attempts.
         connection_timeout_s: Timeout to open a connection.
 
     Attributes:
         url: The ``host:port`` used.
         version: Model version string (fetched from the server on first access).
+        retries_done: Retries made so far (a job reports the difference over a scan).
         config: The model's :class:`EmbeddingConfig` (fetched on first access).
 
     Raises:
@@ -123,8 +141,9 @@ class TritonEmbedder:
         url: str,
         model_name: str = P.MODEL_NAME,
         timeout_s: float = 300.0,
-        retries: int = 3,
+        retries: int = 6,
         backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
         connection_timeout_s: float = 5.0,
     ) -> None:
         triton_http()  # one line naming the extra to install when the client is missing
@@ -133,6 +152,8 @@ class TritonEmbedder:
         self.timeout_s = float(timeout_s)
         self.retries = max(int(retries), 0)
         self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.retries_done = 0  # retries made by this embedder (all threads), for job reports
         self.connection_timeout_s = float(connection_timeout_s)
         self._local = threading.local()  # tritonclient.http clients are not thread-safe
         self._meta: tuple[str, EmbeddingConfig] | None = None
@@ -201,9 +222,11 @@ class TritonEmbedder:
                     raise TritonUnavailableError(
                         f"Triton at {self.url}: {what} failed after {attempts} attempt(s) in "
                         f"{time.monotonic() - t0:.1f} s ({_describe(exc)}); is the server running? "
-                        f"Start the local one with `uae-ray stack up`, or check --triton / UAE_TRITON_URL"
+                        f"Start the local one with `uae-ray stack up`, or check --triton / UAE_TRITON_URL",
+                        self.url,
                     ) from exc
-                pause = self.backoff_s * (2 ** attempt)
+                pause = min(self.backoff_s * (2 ** attempt), self.max_backoff_s)
+                self.retries_done += 1
                 logger.warning("Triton at %s: %s failed (%s); retry %d/%d in %.1f s", self.url, what,
                                _describe(exc), attempt + 1, self.retries, pause)
                 time.sleep(pause)

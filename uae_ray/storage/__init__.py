@@ -12,7 +12,7 @@ from uae_ray.storage.embeddings import (
     embeddings_to_table,
     table_to_embeddings,
 )
-from uae_ray.storage.errors import StorageError
+from uae_ray.storage.errors import S3UnreachableError, StorageError
 from uae_ray.storage.images import (
     ScanRef,
     discover_scans,
@@ -63,6 +63,7 @@ __all__ = [
     "S3Config",
     "ScanRef",
     "StorageConfigError",
+    "S3UnreachableError",
     "StorageError",
     "basename",
     "delete",

@@ -1,7 +1,8 @@
 """Storage exceptions.
 
 A missing object or file raises the built-in :class:`FileNotFoundError` (local and S3 alike);
-other S3 failures raise :class:`StorageError`. Messages start with the URI, never with
+other S3 failures raise :class:`StorageError` (:class:`S3UnreachableError` when the endpoint
+cannot be reached). Messages start with the URI, never with
 credentials: ``"<uri>: <cause>"``.
 """
 
@@ -14,4 +15,12 @@ class StorageError(OSError):
     """An S3 request failed for a reason other than a missing object: ``"<uri>: <cause>"``."""
 
 
-__all__ = ["StorageConfigError", "StorageError"]
+class S3UnreachableError(StorageError):
+    """The S3 endpoint could not be reached (after the client's bounded retries)."""
+
+    def __init__(self, message: str, endpoint: str = "") -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+__all__ = ["S3UnreachableError", "StorageConfigError", "StorageError"]

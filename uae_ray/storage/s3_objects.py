@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from uae_ray.storage.clients import arrow_s3_filesystem, minio_client, s3_config_for
-from uae_ray.storage.errors import StorageError
+from uae_ray.storage.errors import S3UnreachableError, StorageError
 from uae_ray.storage.uri import make_s3, parse_s3
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def s3_errors(uri: str) -> Iterator[None]:
         raise StorageError(f"{uri}: S3 request failed: {type(exc).__name__}: {exc}") from None
     except HTTPError as exc:
         endpoint = s3_config_for(uri).endpoint
-        raise StorageError(f"{uri}: cannot reach S3 endpoint {endpoint}: {type(exc).__name__}") from exc
+        raise S3UnreachableError(f"{uri}: cannot reach S3 endpoint {endpoint}: {type(exc).__name__}",
+                                 endpoint) from exc
 
 
 class _MemoryReader:
