@@ -600,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model for the CT-MR pairs (default: %(default)s, the shipped cross-modality model)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (SimpleITK runs on 1)")
     _add_split_arg(b)
-    _add_embedder_args(b)
+    _add_embedder_args(b, storage_tier=True)
     b = _verb(bsub, "localization", "few-shot organ boxes, leave-one-out over ../shared/data",
               "For k = 1..max-k supports: box IoU and wall distance per organ and method.",
               ["uae-ray bench localization --max-k 5 --method embedding"])
@@ -643,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = _verb(bsub, "cohort", "cohort embed throughput: scans/s and seconds per stage per worker count, faults",
               "Runs the real job (actors, in-process model, local storage) over --scans head-neck CTs on a local Ray "
               "instance per worker count; then kills one worker mid-job, and on a simulated cluster of --nodes nodes "
-              "removes one mid-job, comparing the outputs with an undisturbed run. Medians over --repeats runs.",
+              "removes one mid-job, comparing the outputs with an undisturbed run; measures Triton's dynamic batching "
+              "(1, 2 and 4 concurrent clients). Medians over --repeats runs.",
               ["uae-ray bench cohort --scans 8 --repeats 3 --out cohort.json"])
     _add_bench_io(b, "cohort")
     b.add_argument("--scans", type=int, default=8, help="scans per run (default %(default)s)")
@@ -653,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-faults", action="store_true", help="skip the run with a worker killed")
     b.add_argument("--storage-tier", choices=STORAGE_TIERS, help="storage tier of the job (default: cohort embed's)")
     b.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
+    b.add_argument("--triton", metavar="URL", help="measure dynamic batching on this Triton server (default: start "
+                                                   "the local stack's Triton for it)")
+    b.add_argument("--no-triton", action="store_true", help="skip the Triton batching part")
     p.set_defaults(func=_cmd_bench)
 
     p = _verb(sub, "demo", "end-to-end demo on real sample CTs",

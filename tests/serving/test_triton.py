@@ -79,8 +79,8 @@ def test_bad_request_is_a_clear_error_and_the_server_goes_on(stack, remote: Trit
     from tritonclient.utils import InferenceServerException
 
     client = httpclient.InferenceServerClient(stack.env["UAE_TRITON_URL"])
-    inp = httpclient.InferInput("VOLUME", [1, 0, 8, 8], "FP32")
-    inp.set_data_from_numpy(np.zeros((1, 0, 8, 8), np.float32))
+    inp = httpclient.InferInput("VOLUME", [1, 1, 0, 8, 8], "FP32")  # batch, channel, Z, Y, X
+    inp.set_data_from_numpy(np.zeros((1, 1, 0, 8, 8), np.float32))
     with pytest.raises(InferenceServerException) as err:
         client.infer("uae_embedder", [inp])
     client.close()

@@ -110,7 +110,7 @@ def test_model_config_uses_the_protocol_names_and_gpu_variant_differs_only_in_ki
     cpu = _pbtxt(model_dir / "config.pbtxt")
     names = re.findall(r'name: "([^"]+)"', cpu)
     assert names == [P.MODEL_NAME, P.INPUT_VOLUME, P.OUTPUT_LOCAL, P.OUTPUT_GLOBAL, P.OUTPUT_SEMANTIC, P.OUTPUT_VERSION, P.OUTPUT_CONFIG]
-    assert re.search(r"max_batch_size: 0", cpu) and "kind: KIND_CPU" in cpu
+    assert re.search(r"max_batch_size: [1-9]", cpu) and "dynamic_batching" in cpu and "kind: KIND_CPU" in cpu
     for key in (P.PARAM_CHECKPOINT, P.PARAM_NUM_THREADS):
         assert f'key: "{key}"' in cpu
     gpu = _pbtxt(model_dir / "configs" / "gpu.pbtxt")

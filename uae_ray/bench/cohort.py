@@ -10,7 +10,10 @@ in-process, local storage) over ``n_scans`` head-neck CTs of ``../shared/data``:
   written its first outputs: the job must finish, every scan ``ok`` once in the manifest, the
   stored maps equal to those of an undisturbed run; ``resubmitted`` counts the scans run again;
 - ``multi_node``: a simulated cluster (``ray.cluster_utils.Cluster``: a head with no CPU and
-  ``nodes`` worker nodes of one CPU): scans per node, and one node removed mid-job.
+  ``nodes`` worker nodes of one CPU): scans per node, and one node removed mid-job;
+- ``triton`` (with a Triton URL): dynamic batching: the same prepared volume sent by 1, 2 and 4
+  concurrent clients (volumes/s, and requests per forward pass from the server's statistics),
+  and ``cohort embed`` through Triton with 2 workers (whose scans differ in shape).
 
 The figures of Triton and S3 faults need the stack: they are measured by the fault tests
 (``tests/cohort/test_cohort_faults.py``).
@@ -31,6 +34,9 @@ from uae_ray.bench.faults import compare_outputs, kill_actor, manifest_check, ru
 logger = logging.getLogger(__name__)
 
 STAGES = ("read", "prepare", "embed", "write")
+#: Concurrent clients of the Triton batching part: with one model instance, requests queue
+#: (and are batched) only while more clients than instances wait.
+TRITON_CLIENTS = (1, 2, 4)
 
 
 def bench_archive(data_dir: str | Path, n_scans: int, folder: Path) -> list[str]:
@@ -47,10 +53,12 @@ def bench_archive(data_dir: str | Path, n_scans: int, folder: Path) -> list[str]
 
 
 def _embed(archive: Path, out: Path, workers: int, checkpoint: str | None, tier: str,
-           ray_address: str | None = None) -> dict[str, Any]:
+           triton_url: str | None = None) -> dict[str, Any]:
+    """``cohort embed`` of the archive on the connected Ray instance (in-process model unless
+    ``triton_url``)."""
     from uae_ray.cohort.embed import run_cohort_embed
 
-    return run_cohort_embed(str(archive), str(out), None, ray_address, checkpoint=checkpoint, force=True,
+    return run_cohort_embed(str(archive), str(out), triton_url, None, checkpoint=checkpoint, force=True,
                             workers=workers, tier=tier)
 
 
@@ -138,10 +146,48 @@ def _multi_node(archive: Path, work: Path, reference: Path, nodes: int, checkpoi
         cluster.shutdown()
 
 
+def _concurrent(embedder, volume, clients: int, requests: int) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = embedder.batch_statistics()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda _: embedder.embed(volume), range(requests)))
+    wall = time.perf_counter() - t0
+    after = embedder.batch_statistics()
+    inferences, executions = (after[k] - before[k] for k in ("inferences", "executions"))
+    return {"clients": clients, "requests": requests, "volumes_per_s": requests / wall,
+            "requests_per_forward_pass": inferences / max(executions, 1)}
+
+
+def _triton(archive: Path, work: Path, triton_url: str, tier: str, requests: int) -> dict[str, Any]:
+    from uae_ray.matching import prepare_for
+    from uae_ray.serving import get_embedder
+    from uae_ray.storage import discover_scans
+    from uae_ray.storage.images import read_image_uri
+
+    embedder = get_embedder(triton_url)
+    scan = discover_scans(str(archive))[0]
+    volume = prepare_for(read_image_uri(scan.uri), embedder, "CT").array
+    embedder.embed(volume)  # warm-up
+    same_shape = [_concurrent(embedder, volume, c, requests) for c in TRITON_CLIENTS]
+    _fresh_ray(2)
+    before = embedder.batch_statistics()
+    job = _embed(archive, work / "triton", 2, None, tier, triton_url)
+    after = embedder.batch_statistics()
+    return {"url_model": embedder.version, "volume_shape": list(volume.shape), "same_shape": same_shape,
+            "speedup_vs_1_client": {str(f["clients"]): f["volumes_per_s"] / same_shape[0]["volumes_per_s"]
+                                    for f in same_shape},
+            "cohort_embed_2_workers": {"scans_per_s": job["scans_per_s"], "failed": job["failed"],
+                                       "requests_per_forward_pass": (after["inferences"] - before["inferences"])
+                                       / max(after["executions"] - before["executions"], 1)}}
+
+
 def run_cohort_bench(data_dir: str | Path, out: str | Path, n_scans: int = 8, workers: tuple[int, ...] = (1, 2),
                      repeats: int = 3, nodes: int = 3, checkpoint: str | None = None, tier: str | None = None,
-                     faults: bool = True) -> dict[str, Any]:
-    """Runs the benchmark (see the module docstring) and writes its JSON to ``out``."""
+                     faults: bool = True, triton_url: str | None = None, triton_requests: int = 8) -> dict[str, Any]:
+    """Runs the benchmark (see the module docstring) and writes its JSON to ``out``; the
+    ``triton`` part only with ``triton_url``."""
     import ray
 
     from uae_ray.cohort.maps_io import DEFAULT_TIER
@@ -160,6 +206,8 @@ def run_cohort_bench(data_dir: str | Path, out: str | Path, n_scans: int = 8, wo
             reference = work / f"w{min(workers)}-r0"
             if faults:
                 result["worker_killed"] = _worker_killed(work / "archive", work, reference, checkpoint, tier)
+            if triton_url:
+                result["triton"] = _triton(work / "archive", work, triton_url, tier, triton_requests)
             if nodes > 1:
                 result["multi_node"] = _multi_node(work / "archive", work, reference, nodes, checkpoint, tier)
         finally:
@@ -183,6 +231,16 @@ def cohort_table(result: dict[str, Any]) -> str:
                      "efficiency": "", "s/scan read/prepare/embed/write": str(sorted(multi["spread"]["per_node"].values())),
                      "ok": "yes" if not multi["spread"]["failed"] else "NO"})
         faults.append(("a node removed", multi["node_removed"]))
+    tri = result.get("triton")
+    if tri:
+        for fig in tri["same_shape"]:
+            rows.append({"run": f"Triton, {fig['clients']} client(s), one shape", "scans/s": fig["volumes_per_s"],
+                         "efficiency": "", "s/scan read/prepare/embed/write":
+                         f"{fig['requests_per_forward_pass']:.2f} requests per forward pass", "ok": "yes"})
+        job = tri["cohort_embed_2_workers"]
+        rows.append({"run": "Triton, cohort embed, 2 workers", "scans/s": job["scans_per_s"], "efficiency": "",
+                     "s/scan read/prepare/embed/write": f"{job['requests_per_forward_pass']:.2f} requests per "
+                                                        "forward pass", "ok": "yes" if not job["failed"] else "NO"})
     for name, fig in faults:
         if fig:
             good = fig["finished"] and fig["manifest"]["all_ok_once"] and fig["outputs_vs_undisturbed"]["equal"]

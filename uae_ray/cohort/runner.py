@@ -148,6 +148,12 @@ class DrainStats:
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + float(seconds)
 
 
+def _failed(item: Any, error: str) -> dict[str, Any]:
+    """The error record of an item whose call itself failed."""
+    return {"scan_id": getattr(item, "scan_id", str(item)), "uri": getattr(item, "uri", ""), "status": "error",
+            "error": error}
+
+
 def _drain(items: Sequence[Any], submit: Callable[[Any], Any], release: Callable[[Any, bool], None],
            on_result: Callable[[dict[str, Any]], None], label: str, max_in_flight: int | Callable[[], int],
            stats: DrainStats | None = None) -> Progress:
@@ -180,12 +186,13 @@ def _drain(items: Sequence[Any], submit: Callable[[Any], Any], release: Callable
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=30.0)
         for ref in ready:
             item = pending.pop(ref)
-            died = False
             try:
                 record = ray.get(ref)
-            except Exception as e:  # the task / actor itself died
-                died = True
-                release(ref, died)
+            except ray.exceptions.RayTaskError as e:  # the code raised (it should not): no rerun
+                release(ref, False)
+                record = _failed(item, f"task failed: {one_line(e)}")
+            except Exception as e:  # the worker process or its node died
+                release(ref, True)
                 attempts[id(item)] = attempts.get(id(item), 1) + 1
                 if attempts[id(item)] <= MAX_ATTEMPTS:
                     stats.resubmitted += 1
@@ -193,10 +200,9 @@ def _drain(items: Sequence[Any], submit: Callable[[Any], Any], release: Callable
                                    getattr(item, "uri", item), one_line(e))
                     queue.insert(0, item)
                     continue
-                record = {"scan_id": getattr(item, "scan_id", str(item)), "uri": getattr(item, "uri", ""),
-                          "status": "error", "error": f"task failed {MAX_ATTEMPTS} times: {one_line(e)}"}
+                record = _failed(item, f"worker lost {MAX_ATTEMPTS} times: {one_line(e)}")
             else:
-                release(ref, died)
+                release(ref, False)
             stats.add(record)
             progress.update(record.get("status") == "ok")
             if record.get("status") != "ok":
@@ -208,8 +214,8 @@ def _drain(items: Sequence[Any], submit: Callable[[Any], Any], release: Callable
                 left = len(queue) + len(pending)
                 raise ServiceUnreachableError(
                     f"{label} stopped: {record['unreachable']} ({unreachable_in_a_row} scans in a row failed "
-                    f"after retries); {progress.done - progress.failed} scans finished and kept, {left} not "
-                    f"started; re-run the same command to finish them"
+                    f"after retries); {progress.done - progress.failed} scans finished and kept, {left} left "
+                    f"undone; re-run the same command to finish them and the failed ones"
                 )
     return progress
 

@@ -41,11 +41,15 @@ def _embedder(args: argparse.Namespace):
     """The benchmark's embedder; seen through ``--storage-tier`` when given."""
     from uae_ray.serving import get_embedder
 
-    embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
+    return _tiered(get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device), args)
+
+
+def _tiered(embedder, args: argparse.Namespace):
+    """``embedder`` whose maps go through ``--storage-tier``'s write/read code when given."""
     if getattr(args, "storage_tier", None):
         from uae_ray.cohort.maps_io import TierEmbedder
 
-        embedder = TierEmbedder(embedder, args.storage_tier)
+        return TierEmbedder(embedder, args.storage_tier)
     return embedder
 
 
@@ -97,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.bench == "registration":
         from uae_ray.bench.registration import registration_table, run_registration
 
-        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
+        embedder = _embedder(args)
         # CT-MR needs the cross-modality model, in-process (a Triton server serves one model).
-        ctmr = None if args.no_ct_mr else get_embedder(None, checkpoint=args.ctmr_checkpoint)
+        ctmr = None if args.no_ct_mr else _tiered(get_embedder(None, checkpoint=args.ctmr_checkpoint), args)
         from uae_ray.split import SplitError
 
         try:
@@ -156,9 +160,22 @@ def run(args: argparse.Namespace) -> int:
     elif args.bench == "cohort":
         from uae_ray.bench.cohort import cohort_table, run_cohort_bench
 
-        result = run_cohort_bench(data, args.out, n_scans=args.scans, workers=tuple(args.workers),
-                                  repeats=args.repeats, nodes=args.nodes, checkpoint=args.checkpoint,
-                                  tier=args.storage_tier, faults=not args.no_faults)
+        def bench(triton_url: str | None) -> dict:
+            return run_cohort_bench(data, args.out, n_scans=args.scans, workers=tuple(args.workers),
+                                    repeats=args.repeats, nodes=args.nodes, checkpoint=args.checkpoint,
+                                    tier=args.storage_tier, faults=not args.no_faults, triton_url=triton_url)
+
+        if args.triton or args.no_triton:
+            result = bench(args.triton)
+        else:
+            from uae_ray.stack import StackConfig, client_env, ensure_credentials, stack_down, stack_up
+
+            config = ensure_credentials(StackConfig.load())
+            stack_up(config, ["triton"])
+            try:
+                result = bench(client_env(config)["UAE_TRITON_URL"])
+            finally:
+                stack_down(config, ["triton"])
         print(cohort_table(result))
     else:
         from uae_ray.bench.speed import run_speed, speed_table

@@ -2,7 +2,7 @@
 
 from uae_ray.models.checkpoint import SHIPPED_WEIGHTS, default_checkpoint, read_checkpoint, resolve_checkpoint, save_checkpoint
 from uae_ray.models.config import EmbeddingConfig
-from uae_ray.models.inference import embed_array
+from uae_ray.models.inference import embed_array, embed_batch
 from uae_ray.models.official import load_official_checkpoint
 from uae_ray.models.registry import MODEL_REGISTRY, build_model, build_sam_r18, build_tiny, load_model
 from uae_ray.models.resnet_fpn import EmbeddingNet
@@ -20,6 +20,7 @@ __all__ = [
     "default_checkpoint",
     "resolve_checkpoint",
     "embed_array",
+    "embed_batch",
     "load_model",
     "load_official_checkpoint",
     "read_checkpoint",

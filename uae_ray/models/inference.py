@@ -40,8 +40,24 @@ def embed_array(model: EmbeddingNet, array: np.ndarray) -> dict[str, np.ndarray]
     """
     if array.ndim != 3:
         raise ValueError(f"embed_array expects a (Z, Y, X) volume; got shape {array.shape}")
+    return embed_batch(model, array[None])[0]
+
+
+def embed_batch(model: EmbeddingNet, arrays: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Embed volumes of one shape in one forward pass (what a batching server does).
+
+    Args:
+        model: An :class:`EmbeddingNet` (eval mode), on its device.
+        arrays: (B, Z, Y, X) float32 prepared volumes.
+
+    Returns:
+        One :func:`embed_array` dict per volume, in order.
+    """
+    if arrays.ndim != 4:
+        raise ValueError(f"embed_batch expects (B, Z, Y, X) volumes; got shape {arrays.shape}")
     device = next(model.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(device)
+    x = torch.from_numpy(np.ascontiguousarray(arrays, dtype=np.float32))[:, None].to(device)
     with torch.no_grad():
         out = model(x)
-    return {k: v[0].float().cpu().numpy() for k, v in out.items()}
+    host = {k: v.float().cpu().numpy() for k, v in out.items()}
+    return [{k: v[i] for k, v in host.items()} for i in range(len(arrays))]

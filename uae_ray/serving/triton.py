@@ -257,7 +257,7 @@ class TritonEmbedder:
     def _infer(self, what: str, volume: np.ndarray, outputs: tuple[str, ...]) -> Any:
         httpclient = triton_http()
 
-        array = volume[None]
+        array = volume[None, None]  # batch, channel (the server batches requests of one shape)
         inp = httpclient.InferInput(P.INPUT_VOLUME, list(array.shape), "FP32")
         inp.set_data_from_numpy(array, binary_data=True)
         requested = [httpclient.InferRequestedOutput(n, binary_data=True) for n in outputs]
@@ -288,6 +288,13 @@ class TritonEmbedder:
             self._meta = (version, config)
             logger.debug("Triton at %s serves %s", self.url, version)
         return self._meta
+
+    def batch_statistics(self) -> dict[str, int]:
+        """The server's counts for this model since it started: ``inferences`` (requests
+        answered), ``executions`` (forward passes; fewer when requests were batched)."""
+        stats = self._call("statistics", lambda c: c.get_inference_statistics(self.model_name))
+        entry = next((m for m in stats.get("model_stats", []) if m.get("name") == self.model_name), {})
+        return {"inferences": int(entry.get("inference_count", 0)), "executions": int(entry.get("execution_count", 0))}
 
     @property
     def version(self) -> str:
@@ -329,12 +336,12 @@ class TritonEmbedder:
                 f"results would mix versions"
             )
         out = {
-            "local": np.ascontiguousarray(result.as_numpy(P.OUTPUT_LOCAL), dtype=np.float32),
-            "global": np.ascontiguousarray(result.as_numpy(P.OUTPUT_GLOBAL), dtype=np.float32),
+            "local": np.ascontiguousarray(result.as_numpy(P.OUTPUT_LOCAL)[0], dtype=np.float32),
+            "global": np.ascontiguousarray(result.as_numpy(P.OUTPUT_GLOBAL)[0], dtype=np.float32),
         }
         if semantic:
             sem = result.as_numpy(P.OUTPUT_SEMANTIC)
             if sem is None:
                 raise TritonEmbedderError(f"Triton at {self.url}: the model returned no {P.OUTPUT_SEMANTIC} output")
-            out["semantic"] = np.ascontiguousarray(sem, dtype=np.float32)
+            out["semantic"] = np.ascontiguousarray(sem[0], dtype=np.float32)
         return out

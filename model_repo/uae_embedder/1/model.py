@@ -1,7 +1,8 @@
 """Triton python-backend model ``uae_embedder``: a thin wrapper around ``uae_ray.models``.
 
-Loads the embedding network with ``uae_ray.models.load_model`` and answers each request with
-``uae_ray.models.embed_array``. The ``SEMANTIC`` output is added only for a model with a UAE
+Loads the embedding network with ``uae_ray.models.load_model`` and answers the requests that
+the dynamic batcher queued together with ``uae_ray.models.embed_batch`` (one forward pass per
+volume shape). The ``SEMANTIC`` output is added only for a model with a UAE
 semantic head (clients request it only when ``CONFIG`` says ``semantic_dim > 0``). Tensor and
 parameter names are the constants of
 ``uae_ray.serving.protocol``. The stub must run with the venv's Python so that ``uae_ray``
@@ -47,43 +48,48 @@ class TritonPythonModel:
         self.config_json = json.dumps(self.model.config.to_dict())
         pb_utils.Logger.log_info(f"uae_embedder: {self.version} on {self.device}")
 
-    def _embed(self, volume: np.ndarray) -> dict[str, np.ndarray]:
-        from uae_ray.models import embed_array
-
-        if self.device.type == "cpu":
-            return embed_array(self.model, volume)
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None].to(self.device)
-        with torch.no_grad():
-            out = self.model(x)
-        return {k: v[0].float().cpu().numpy() for k, v in out.items()}
-
-    def _respond(self, request) -> "pb_utils.InferenceResponse":
+    def _volume(self, request) -> np.ndarray:
+        """The request's prepared volume, (Z, Y, X), checked."""
         volume = pb_utils.get_input_tensor_by_name(request, P.INPUT_VOLUME).as_numpy()
-        if volume.ndim != 4 or volume.shape[0] != 1:
-            raise ValueError(f"{P.INPUT_VOLUME} must have shape [1, Z, Y, X]; got {list(volume.shape)}")
-        if min(volume.shape[1:]) < 1:
+        if volume.ndim != 5 or volume.shape[:2] != (1, 1):
+            raise ValueError(f"{P.INPUT_VOLUME} must have shape [1, 1, Z, Y, X] (batch, channel); got {list(volume.shape)}")
+        if min(volume.shape[2:]) < 1:
             raise ValueError(f"{P.INPUT_VOLUME} is empty: shape {list(volume.shape)}")
-        out = self._embed(volume[0])
+        return volume[0, 0]
+
+    def _response(self, out: dict[str, np.ndarray]) -> "pb_utils.InferenceResponse":
         tensors = [
-            pb_utils.Tensor(P.OUTPUT_LOCAL, np.ascontiguousarray(out["local"], dtype=np.float32)),
-            pb_utils.Tensor(P.OUTPUT_GLOBAL, np.ascontiguousarray(out["global"], dtype=np.float32)),
-            pb_utils.Tensor(P.OUTPUT_VERSION, np.array([self.version.encode()], dtype=np.object_)),
-            pb_utils.Tensor(P.OUTPUT_CONFIG, np.array([self.config_json.encode()], dtype=np.object_)),
+            pb_utils.Tensor(P.OUTPUT_LOCAL, np.ascontiguousarray(out["local"][None], dtype=np.float32)),
+            pb_utils.Tensor(P.OUTPUT_GLOBAL, np.ascontiguousarray(out["global"][None], dtype=np.float32)),
+            pb_utils.Tensor(P.OUTPUT_VERSION, np.array([[self.version.encode()]], dtype=np.object_)),
+            pb_utils.Tensor(P.OUTPUT_CONFIG, np.array([[self.config_json.encode()]], dtype=np.object_)),
         ]
         if "semantic" in out:  # optional output: only models with a semantic head have it
-            tensors.append(pb_utils.Tensor(P.OUTPUT_SEMANTIC, np.ascontiguousarray(out["semantic"], dtype=np.float32)))
+            tensors.append(pb_utils.Tensor(P.OUTPUT_SEMANTIC, np.ascontiguousarray(out["semantic"][None], dtype=np.float32)))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests: list) -> list:
-        """One response per request, in order; a failed request gets its own TritonError."""
-        responses = []
-        for request in requests:
+        """One response per request, in order. The dynamic batcher hands over the requests that
+        queued together; those of one volume shape are embedded in one forward pass. A failed
+        request (or shape group) gets its own TritonError, the others go on."""
+        from uae_ray.models import embed_batch
+
+        responses: list = [None] * len(requests)
+        groups: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        for i, request in enumerate(requests):
             try:
-                responses.append(self._respond(request))
-            except Exception as exc:  # reported to that request's client, the others go on
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(exc)))
+                volume = self._volume(request)
+                groups.setdefault(volume.shape, []).append((i, volume))
+            except Exception as exc:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_error(exc))
+        for members in groups.values():
+            try:
+                outs = embed_batch(self.model, np.stack([v for _, v in members]))
+                for (i, _), out in zip(members, outs):
+                    responses[i] = self._response(out)
+            except Exception as exc:  # reported to those requests' clients
+                for i, _ in members:
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_error(exc))
         return responses
 
     def finalize(self) -> None:
