@@ -47,7 +47,7 @@ def embed_scan(scan: ScanRef, settings: EmbedSettings) -> dict[str, Any]:
     t0 = time.perf_counter()
     record: dict[str, Any] = {"scan_id": scan.scan_id, "uri": scan.uri}
     clock = StageClock()
-    retries_before = 0
+    embedder, retries_before = None, 0
     extra: dict[str, Any] = {}
     try:
         from uae_ray.matching import embed_prepared, prepare_for
@@ -68,7 +68,6 @@ def embed_scan(scan: ScanRef, settings: EmbedSettings) -> dict[str, Any]:
     except Exception as e:  # recorded per scan; the job goes on
         record.update(status="error", error=one_line(e))
         extra["unreachable"] = unreachable(e)
-        embedder = None
     record["seconds"] = time.perf_counter() - t0
     extra.update(stages=clock.seconds, retries=getattr(embedder, "retries_done", 0) - retries_before)
     try:
