@@ -26,13 +26,13 @@ SEGMENT_BENCH_MODES = ("wpl", "spl", "gt-wpl", "gt-spl", "gt-slice")  # bench.se
 # Kept here for the same reason; tests check it equals bench.tracking.TRACK_METHODS.
 TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent")
 # Likewise; tests check they equal cohort.maps_io.TIERS and DEFAULT_TIER.
-STORAGE_TIERS = ("full", "int8", "int8-body", "compact", "compact-hq")
+STORAGE_TIERS = ("full", "int8", "int8-body", "compact", "compact-hq", "compact-hq-s1")
 DEFAULT_STORAGE_TIER = "compact-hq"
 
 #: Shipped embedding models by name (``--checkpoint NAME``); tests check it equals
 #: models.checkpoint.SHIPPED_WEIGHTS and DEFAULT_MODEL its default (kept here: no torch import).
 DEVICES = ("auto", "cpu", "cuda")
-SHIPPED_MODELS = ("tiny-uae-v3", "tiny-v0", "tiny-ctmr-v1", "tiny-uae-v2", "tiny-lpo-a", "tiny-lpo-b", "tiny-lpo-d")
+SHIPPED_MODELS = ("tiny-uae-v3", "tiny-v0", "tiny-ctmr-v1", "tiny-uae-v2", "tiny-lpo-a", "tiny-lpo-b", "tiny-lpo-d", "tiny-lpo-e")
 DEFAULT_MODEL = "tiny-uae-v3"
 
 

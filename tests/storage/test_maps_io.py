@@ -99,7 +99,7 @@ def _cos(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("tier,min_cos", [("full", 0.9999), ("int8", 0.999), ("int8-body", 0.999), ("compact", 0.85),
-                                          ("compact-hq", 0.85)])
+                                          ("compact-hq", 0.85), ("compact-hq-s1", 0.85)])
 def test_storage_tiers_round_trip(tmp_path: Path, tier: str, min_cos: float) -> None:
     from uae_ray.cohort.maps_io import roundtrip
 
@@ -107,7 +107,7 @@ def test_storage_tiers_round_trip(tmp_path: Path, tier: str, min_cos: float) -> 
     uri = str(tmp_path / f"{tier}.parquet")
     write_maps(uri, "abc", maps, tier=tier)
     back = read_maps(uri)
-    body_only = tier in ("int8-body", "compact", "compact-hq")
+    body_only = tier in ("int8-body", "compact", "compact-hq", "compact-hq-s1")
     expected_valid = maps.valid & maps.body if body_only else maps.valid
     np.testing.assert_array_equal(back.valid, expected_valid)
     np.testing.assert_array_equal(back.body, maps.body)

@@ -8,17 +8,20 @@ without a semantic head) read back with ``semantic=None`` / ``body=None``.
 
 Storage tiers (``--storage-tier``; bytes and accuracy cost per tier in ``docs/benchmarks.md``):
 
-=============  ===================================================================
-``full``       every level float16 (the format of earlier releases)
-``int8``       local, semantic and global int8 per channel
-``int8-body``  as ``int8``, local and semantic kept inside the body mask only
-``compact``    local and semantic as residual product-quantised codes (1 byte per 4
-               channels; int8 for a channel count not a multiple of 4) inside the
-               body only, global int8
-``compact-hq`` as ``compact`` with a third residual stage on the local level (1.5 bytes
-               per 4 channels); the default: the smallest tier within the accuracy
-               budget (+0.15 mm synthetic-warp MRE, +0.17 mm cross-patient)
-=============  ===================================================================
+===================  ===================================================================
+``full``             every level float16 (the format of earlier releases)
+``int8``             local, semantic and global int8 per channel
+``int8-body``        as ``int8``, local and semantic kept inside the body mask only
+``compact``          local and semantic as residual product-quantised codes (1 byte per
+                     4 channels; int8 for a channel count not a multiple of 4) inside the
+                     body only, global int8
+``compact-hq``       as ``compact`` with a third residual stage on the local level (1.5
+                     bytes per 4 channels); the default: the smallest measured tier within
+                     the accuracy budget (+0.15 mm synthetic-warp MRE, +0.17 mm
+                     cross-patient)
+``compact-hq-s1``    as ``compact-hq`` with one residual stage on the semantic level (0.5
+                     bytes per 4 channels): about 2 MB less per clinical CT
+===================  ===================================================================
 
 A body-only file reads back with ``valid`` restricted to the body (the matcher then never
 proposes a voxel that was not stored). Lossy levels are re-normalised to unit length on
@@ -46,6 +49,7 @@ TIERS: dict[str, dict[str, tuple[str, bool]]] = {
     "int8-body": {"local": ("int8", True), "semantic": ("int8", True), "global": ("int8", False)},
     "compact": {"local": ("rpq", True), "semantic": ("rpq", True), "global": ("int8", False)},
     "compact-hq": {"local": ("rpq3", True), "semantic": ("rpq", True), "global": ("int8", False)},
+    "compact-hq-s1": {"local": ("rpq3", True), "semantic": ("rpq1", True), "global": ("int8", False)},
 }
 DEFAULT_TIER = "compact-hq"
 _BODY = "body"

@@ -34,6 +34,7 @@ SHIPPED_WEIGHTS = {
     "tiny-lpo-a": "uae_tiny_lpo_a.pt",  # trained on the train side of the patients-v1 split only
     "tiny-lpo-b": "uae_tiny_lpo_b.pt",  # tiny-lpo-a + stronger deformation (no-regression figures measured)
     "tiny-lpo-d": "uae_tiny_lpo_d.pt",  # tiny-lpo-b continued: the best cross-patient head-neck model (d, e measured)
+    "tiny-lpo-e": "uae_tiny_lpo_e.pt",  # tiny-lpo-d continued, regions balanced: the best lpo tracking (95.1 %)
 }
 
 
