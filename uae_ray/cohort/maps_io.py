@@ -20,7 +20,8 @@ Storage tiers (``--storage-tier``; bytes and accuracy cost per tier in ``docs/be
                      the accuracy budget (+0.15 mm synthetic-warp MRE, +0.17 mm
                      cross-patient)
 ``compact-hq-s1``    as ``compact-hq`` with one residual stage on the semantic level (0.5
-                     bytes per 4 channels): about 2 MB less per clinical CT
+                     bytes per 4 channels): 7.4 MB per clinical CT, +0.20 mm synthetic-warp
+                     but +1.13 mm cross-patient MRE (the semantic level's tail)
 ===================  ===================================================================
 
 A body-only file reads back with ``valid`` restricted to the body (the matcher then never
