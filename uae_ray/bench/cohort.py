@@ -62,7 +62,8 @@ def _embed(archive: Path, out: Path, workers: int, checkpoint: str | None, tier:
                             workers=workers, tier=tier)
 
 
-def _fresh_ray(num_cpus: int, address: str | None = None) -> None:
+def _fresh_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+    """A new local Ray instance of ``num_cpus`` CPUs, or a connection to ``address``."""
     import ray
 
     ray.shutdown()
@@ -127,7 +128,7 @@ def _multi_node(archive: Path, work: Path, reference: Path, nodes: int, checkpoi
     try:
         workers = [cluster.add_node(num_cpus=1) for _ in range(nodes)]
         cluster.wait_for_nodes()
-        _fresh_ray(0, cluster.address)
+        _fresh_ray(address=cluster.address)
         spread_out = work / "spread"
         spread = _embed(archive, spread_out, nodes, checkpoint, tier)
         removed_out = work / "node-removed"

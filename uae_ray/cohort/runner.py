@@ -81,12 +81,10 @@ def unreachable(exc: BaseException) -> str | None:
     service could not be reached after its client's retries; None for any other error."""
     from uae_ray.storage import S3UnreachableError
 
+    from uae_ray.serving.triton import TritonUnavailableError  # cheap: the client loads on first use
+
     if isinstance(exc, S3UnreachableError):
         return f"S3 endpoint {exc.endpoint} unreachable"
-    try:
-        from uae_ray.serving.triton import TritonUnavailableError
-    except ImportError:  # pragma: no cover - the Triton client is an optional extra
-        return None
     if isinstance(exc, TritonUnavailableError):
         return f"Triton at {getattr(exc, 'url', '?')} unreachable"
     return None
