@@ -26,7 +26,7 @@ SEGMENT_BENCH_MODES = ("wpl", "spl", "gt-wpl", "gt-spl", "gt-slice")  # bench.se
 # Kept here for the same reason; tests check it equals bench.tracking.TRACK_METHODS.
 TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent")
 # Likewise; tests check they equal cohort.maps_io.TIERS and DEFAULT_TIER.
-STORAGE_TIERS = ("full", "int8", "int8-body", "compact", "compact-hq", "compact-hq-s1")
+STORAGE_TIERS = ("full", "int8", "int8-body", "compact", "compact-hq", "compact-hq-s1", "compact-hq-hs")
 DEFAULT_STORAGE_TIER = "compact-hq"
 
 #: Shipped embedding models by name (``--checkpoint NAME``); tests check it equals

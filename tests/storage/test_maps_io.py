@@ -99,7 +99,7 @@ def _cos(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("tier,min_cos", [("full", 0.9999), ("int8", 0.999), ("int8-body", 0.999), ("compact", 0.85),
-                                          ("compact-hq", 0.85), ("compact-hq-s1", 0.85)])
+                                          ("compact-hq", 0.85), ("compact-hq-s1", 0.85), ("compact-hq-hs", 0.85)])
 def test_storage_tiers_round_trip(tmp_path: Path, tier: str, min_cos: float) -> None:
     from uae_ray.cohort.maps_io import roundtrip
 
@@ -107,7 +107,7 @@ def test_storage_tiers_round_trip(tmp_path: Path, tier: str, min_cos: float) -> 
     uri = str(tmp_path / f"{tier}.parquet")
     write_maps(uri, "abc", maps, tier=tier)
     back = read_maps(uri)
-    body_only = tier in ("int8-body", "compact", "compact-hq", "compact-hq-s1")
+    body_only = tier in ("int8-body", "compact", "compact-hq", "compact-hq-s1", "compact-hq-hs")
     expected_valid = maps.valid & maps.body if body_only else maps.valid
     np.testing.assert_array_equal(back.valid, expected_valid)
     np.testing.assert_array_equal(back.body, maps.body)
@@ -132,6 +132,35 @@ def test_compact_tiers_are_much_smaller_than_full_and_hq_is_closer(tmp_path: Pat
     cos = {t: np.median(_cos(maps.local, read_maps(str(tmp_path / f"{t}.parquet")).local, maps.body))
            for t in ("compact", "compact-hq")}
     assert cos["compact-hq"] > cos["compact"], cos
+
+
+def test_half_resolution_semantic_tier_stores_a_quarter_of_the_semantic_voxels(tmp_path: Path) -> None:
+    from uae_ray.cohort.maps_io import half_grid
+
+    maps = _smooth_maps(body=True)
+    write_maps(str(tmp_path / "compact-hq-hs.parquet"), "abc", maps, tier="compact-hq-hs")
+    levels, _ = read_embeddings(str(tmp_path / "compact-hq-hs.parquet"))
+    assert levels["semantic"][0].shape == (16, 10, 6, 7) and levels["body_half"][0].shape == (10, 6, 7)
+    assert levels["body_half"][0].sum() <= maps.body.sum() / 2  # the semantic vectors stored (bytes: bench speed)
+    assert levels["semantic"][1] == {k: list(v) for k, v in asdict(half_grid(maps.local_grid)).items()}
+    back = read_maps(str(tmp_path / "compact-hq-hs.parquet"))
+    assert back.semantic.shape == maps.semantic.shape  # read back on the local grid
+    np.testing.assert_allclose(np.linalg.norm(back.semantic[:, maps.body], axis=0), 1.0, atol=1e-5)
+
+
+def test_halving_and_doubling_in_plane_keep_a_linear_field_and_the_geometry() -> None:
+    from uae_ray.cohort.maps_io import double_inplane, half_grid, halve_inplane
+
+    field = np.broadcast_to(np.arange(8, dtype=np.float32)[None, None, :, None], (1, 2, 8, 6))
+    x = np.concatenate([field, np.ones_like(field)])  # (2, Z, Y, X): direction varies with y
+    half, mask = halve_inplane(x, np.ones((2, 8, 6), bool))
+    assert half.shape == (2, 2, 4, 3) and mask.all()
+    back = double_inplane(half * np.sqrt(1 + np.arange(0.5, 8, 2) ** 2)[None, None, :, None], (8, 6))
+    np.testing.assert_allclose(back[0, 0, 1:-1, 2], np.arange(1, 7), atol=1e-5)  # interior exact, edges clamped
+    grid = Grid((10.0, 20.0, 30.0), (4.0, 3.0, 5.0), IDENTITY, (6, 8, 2))
+    half_g = half_grid(grid)
+    assert half_g.size == (3, 4, 2) and half_g.spacing == (8.0, 6.0, 5.0)
+    np.testing.assert_allclose(half_g.origin, (12.0, 21.5, 30.0))  # centre of the first 2x2 block
 
 
 def test_masked_tier_without_a_body_mask_keeps_the_valid_voxels(tmp_path: Path) -> None:

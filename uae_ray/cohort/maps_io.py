@@ -22,6 +22,9 @@ Storage tiers (``--storage-tier``; bytes and accuracy cost per tier in ``docs/be
 ``compact-hq-s1``    as ``compact-hq`` with one residual stage on the semantic level (0.5
                      bytes per 4 channels): 7.4 MB per clinical CT, +0.20 mm synthetic-warp
                      but +1.13 mm cross-patient MRE (the semantic level's tail)
+``compact-hq-hs``    as ``compact-hq`` with the semantic level at half the in-plane
+                     resolution (2x2 voxel blocks averaged inside the body; read back
+                     bilinearly on the local grid): 7.7 MB per clinical CT
 ===================  ===================================================================
 
 A body-only file reads back with ``valid`` restricted to the body (the matcher then never
@@ -51,9 +54,13 @@ TIERS: dict[str, dict[str, tuple[str, bool]]] = {
     "compact": {"local": ("rpq", True), "semantic": ("rpq", True), "global": ("int8", False)},
     "compact-hq": {"local": ("rpq3", True), "semantic": ("rpq", True), "global": ("int8", False)},
     "compact-hq-s1": {"local": ("rpq3", True), "semantic": ("rpq1", True), "global": ("int8", False)},
+    "compact-hq-hs": {"local": ("rpq3", True), "semantic": ("rpq3", True), "global": ("int8", False)},
 }
+#: tiers that store the semantic level at half the in-plane (y, x) resolution
+HALF_SEMANTIC_TIERS = frozenset({"compact-hq-hs"})
 DEFAULT_TIER = "compact-hq"
 _BODY = "body"
+_BODY_HALF = "body_half"  # the body mask of a half-resolution semantic level
 
 
 def embeddings_uri(out: str, scan_id: str) -> str:
@@ -67,6 +74,54 @@ def _grid_dict(grid: Grid) -> dict[str, Any]:
 
 def _grid(d: dict[str, Any]) -> Grid:
     return Grid(tuple(d["origin"]), tuple(d["spacing"]), tuple(d["direction"]), tuple(int(s) for s in d["size"]))
+
+
+def _pad_even_yx(x: np.ndarray) -> np.ndarray:
+    """(..., Y, X) -> (..., 2*ceil(Y/2), 2*ceil(X/2)), the last row / column repeated."""
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, x.shape[-2] % 2), (0, x.shape[-1] % 2)]
+    return np.pad(x, pad, mode="edge")
+
+
+def _blocks_yx(x: np.ndarray) -> np.ndarray:
+    """(..., Y, X) -> (..., Y/2, X/2, 4): the 2x2 in-plane blocks of an even-sized array."""
+    *lead, ny, nx = x.shape
+    return x.reshape(*lead, ny // 2, 2, nx // 2, 2).swapaxes(-3, -2).reshape(*lead, ny // 2, nx // 2, 4)
+
+
+def halve_inplane(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, Z, Y, X) vectors -> (C, Z, ceil(Y/2), ceil(X/2)) unit-length means over the voxels of
+    ``mask`` (Z, Y, X) in each 2x2 in-plane block, and the halved mask (any voxel of the block)."""
+    blocks = _blocks_yx(_pad_even_yx(mask))
+    total = (_blocks_yx(_pad_even_yx(np.asarray(x, dtype=np.float32))) * blocks).sum(axis=-1)
+    return _unit(total), blocks.any(axis=-1)
+
+
+def _double_axis(x: np.ndarray, axis: int) -> np.ndarray:
+    """Linear upsampling by 2 along ``axis`` (-2 or -1): output voxel 2k sits at k - 1/4 and
+    2k + 1 at k + 1/4 of the input, edges clamped."""
+    n = x.shape[axis]
+    prev = np.take(x, np.r_[0, np.arange(n - 1)], axis=axis)
+    nxt = np.take(x, np.r_[np.arange(1, n), n - 1], axis=axis)
+    pair = np.stack([0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt], axis=axis)
+    shape = list(x.shape)
+    shape[axis] = 2 * n
+    return pair.reshape(shape)
+
+
+def double_inplane(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, Z, y, x) -> (C, Z, *shape): bilinear upsampling by 2 in-plane (the inverse geometry
+    of :func:`halve_inplane`), cropped to ``shape`` (Y, X)."""
+    return _double_axis(_double_axis(x, -2), -1)[..., : shape[0], : shape[1]]
+
+
+def half_grid(grid: Grid) -> Grid:
+    """The grid of :func:`halve_inplane`'s output: x, y spacing doubled, origin at the centre
+    of the first 2x2 block."""
+    d = np.asarray(grid.direction, dtype=float).reshape(3, 3)
+    origin = np.asarray(grid.origin) + d @ np.array([0.5 * grid.spacing[0], 0.5 * grid.spacing[1], 0.0])
+    sx, sy, sz = grid.spacing
+    nx, ny, nz = grid.size
+    return Grid(tuple(origin), (2 * sx, 2 * sy, sz), grid.direction, ((nx + 1) // 2, (ny + 1) // 2, nz))
 
 
 def check_tier(tier: str) -> str:
@@ -92,10 +147,16 @@ def maps_to_table(scan_id: str, maps: EmbeddingMaps, tier: str = DEFAULT_TIER) -
         "valid": (maps.valid, local_grid),
         _BODY: (body, local_grid),
     }
-    if maps.semantic is not None:
+    masks = {level: _BODY for level in ("local", "global", "semantic") if spec[level][1]}
+    if maps.semantic is not None and tier in HALF_SEMANTIC_TIERS:
+        semantic, body_half = halve_inplane(maps.semantic, body)
+        half = _grid_dict(half_grid(maps.local_grid))
+        levels["semantic"], levels[_BODY_HALF] = (semantic, half), (body_half, half)
+        masks["semantic"] = _BODY_HALF
+    elif maps.semantic is not None:
         levels["semantic"] = (maps.semantic, local_grid)
+    masks = {level: mask for level, mask in masks.items() if level in levels}
     codecs = {level: _codec(spec[level][0], levels[level][0]) for level in levels if level in spec}
-    masks = {level: _BODY for level in levels if level in spec and spec[level][1]}
     meta = {"scan_id": scan_id, "model_version": maps.model_version, "storage_tier": tier,
             "body_only": bool(masks)}
     return embeddings_to_table(levels, meta, codecs, masks)
@@ -122,6 +183,11 @@ def table_to_maps(table: pa.Table) -> EmbeddingMaps:
     body = np.asarray(levels[_BODY][0], dtype=bool) if _BODY in levels else None
     if meta.get("body_only") and body is not None:
         valid = valid & body
+    semantic = level("semantic")
+    if semantic is not None and semantic.shape[1:] != valid.shape:  # stored at half resolution
+        semantic = _unit(double_inplane(semantic, valid.shape[1:]))
+        if body is not None:
+            semantic *= body
     return EmbeddingMaps(
         local=level("local"),
         global_=level("global"),
@@ -129,7 +195,7 @@ def table_to_maps(table: pa.Table) -> EmbeddingMaps:
         global_grid=_grid(levels["global"][1]),
         valid=valid,
         model_version=meta["model_version"],
-        semantic=level("semantic"),
+        semantic=semantic,
         body=body,
     )
 
