@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: setup demo test bench-accuracy bench-speed clean
 
 setup: $(VENV)/.installed
+	bash cluster/local/install_pacs.sh
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

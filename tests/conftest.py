@@ -3,8 +3,9 @@
 - ``shared_data``: the curated cases in ``../shared/data`` (skips when absent).
 - ``s3_env``: a running S3 server (only the S3 service of the local stack, unless the full
   stack is up already) as a dict of ``UAE_S3_*`` variables.
-- ``stack``: the full local stack (Ray head, Triton, S3) on free loopback ports in a temp run
-  dir, started once per session and stopped at the end.
+- ``stack``: the full local stack (Ray head, Triton, S3 and, where Orthanc is installed, the
+  PACS) on free loopback ports in a temp run dir, started once per session and stopped at the end.
+- ``services``: (module scope) the stack's client settings in the environment.
 
 Both service fixtures share one :class:`TestStack` (one run dir, one set of ports), so S3 is
 started at most once per session; ``stack`` adds Triton and Ray to it when first requested.
@@ -59,7 +60,8 @@ def make_free_port_config(run_dir: Path, checkpoint: Path | None = None) -> Stac
     while len(ports) < len(names):
         ports.add(free_port())
     values = dict(zip(names, sorted(ports)))
-    return StackConfig(run_dir=run_dir, checkpoint=checkpoint, ray_num_cpus=2, start_timeout_s=180.0, **values)
+    return StackConfig(run_dir=run_dir, checkpoint=checkpoint, ray_num_cpus=2, start_timeout_s=180.0,
+                       pacs_stable_age_s=1.0, **values)
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +143,24 @@ class RunningStack:
 def stack(_test_stack: TestStack) -> RunningStack:
     """The full local stack (Ray head, Triton, S3) on free ports, up for the session."""
     return RunningStack(_test_stack.config, _test_stack.ensure())
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def services(stack, monkeypatch_module):
+    """The stack's client settings in the environment (S3 credentials, Ray auth mode, loopback;
+    not RAY_ADDRESS: each job is given its address), and no Ray connection left behind."""
+    import ray
+
+    ray.shutdown()  # a local instance of an earlier module
+    for key, value in stack.env.items():
+        if key != "RAY_ADDRESS":
+            monkeypatch_module.setenv(key, value)
+    yield stack.env
+    ray.shutdown()

@@ -242,6 +242,12 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
     return cohort.run(args)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from uae_ray.commands import watch
+
+    return watch.run(args)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from uae_ray.commands import bench
 
@@ -427,12 +433,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embedder_args(p)
     p.set_defaults(func=_cmd_segment)
 
-    p = _verb(sub, "stack", "the local stack: Ray head, Triton server, S3 server",
+    p = _verb(sub, "stack", "the local stack: Ray head, Triton server, S3 server, DICOMweb PACS (Orthanc)",
               "Starts, stops or reports the services the cohort jobs use, all on loopback, with their state, logs "
               "and credentials in the stack's run folder (UAE_STACK_DIR; see docs/cohort.md).",
               ["uae-ray stack up", "uae-ray stack status", "uae-ray stack down"])
     p.add_argument("action", choices=["up", "down", "status"], help="up: start; down: stop; status: what runs")
     p.set_defaults(func=_cmd_stack)
+
+    p = _verb(sub, "watch", "scheduled, incremental jobs over a DICOMweb PACS; results go back as DICOM SEG and SR",
+              "Each cycle discovers the studies that became stable since the last one (Orthanc's changes feed), "
+              "fetches each one's primary CT/MR series de-identified, runs the pipeline's steps through the cohort "
+              "jobs (embed, landmarks, prelabel, and tracking and registration against the patient's prior study), "
+              "stores a DICOM SEG and a DICOM SR back to the PACS with STOW-RS and writes an HTML run report. The "
+              "cursor under OUT/watch/ advances only after a cycle's work is committed. PACS credentials: "
+              "UAE_PACS_USER / UAE_PACS_PASSWORD or the 'pacs' section of ~/.config/uae-ray/config.yaml "
+              "(see docs/watch.md).",
+              ["uae-ray watch --source dicomweb+http://127.0.0.1:8042/dicom-web --out s3://results/pacs "
+               "--pipeline jobs/watch_pipeline.yaml --once",
+               "uae-ray watch --source dicomweb+http://pacs:8042/dicom-web --out s3://results/pacs "
+               "--pipeline jobs/watch_pipeline.yaml --every 10m"])
+    p.add_argument("--source", required=True, metavar="URI", help="dicomweb+http://HOST:PORT/dicom-web")
+    p.add_argument("--out", required=True, metavar="URI", help="output prefix (s3:// or a folder)")
+    p.add_argument("--pipeline", required=True, metavar="YAML", help="the steps (schema: jobs/watch_pipeline.yaml)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="run one cycle and exit (for cron / a Kubernetes CronJob)")
+    when.add_argument("--every", metavar="DURATION", help="a cycle every DURATION (30s, 10m, 2h); default: the "
+                      "pipeline's schedule.every")
+    p.add_argument("--since", type=int, metavar="CURSOR", help="discover from this change number instead of the "
+                   "stored cursor (0: the whole feed again; done steps are still skipped)")
+    p.add_argument("--cycles", type=int, metavar="N", help="with --every: stop after N cycles")
+    p.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local "
+                   "stack's")
+    p.set_defaults(func=_cmd_watch)
 
     p = _verb(sub, "archive", "put a folder of scans into an archive (the local stack's S3 or any s3:// prefix)",
               "Uploads every file under SRC to DEST keeping relative paths (NIfTI/NRRD/MHA files and DICOM series "
@@ -678,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)  # per-module chatter
+    for chatty in ("highdicom", "dicomweb_client"):  # per-module / per-request chatter
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     if getattr(args, "device", "auto") not in ("auto", "cpu"):  # checked before any input is read
         from uae_ray.models.inference import resolve_device

@@ -54,6 +54,7 @@ def write_dicom_series(
     modality: str = "CT",
     skip: tuple[int, ...] = (),
     prefix: str = "slice",
+    tags: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write an int16 3D image as one DICOM file per slice (SimpleITK DicomSeriesFromArray).
 
@@ -64,6 +65,8 @@ def write_dicom_series(
         modality: 0008|0060.
         skip: Slice indices not written (to fake a missing slice).
         prefix: File name prefix (distinct per series in a shared folder).
+        tags: More tags (``"gggg|eeee": value``) for every slice, e.g. PatientID, StudyDate,
+            StudyInstanceUID (overrides the defaults above).
     """
     folder.mkdir(parents=True, exist_ok=True)
     direction = image.GetDirection()
@@ -85,7 +88,7 @@ def write_dicom_series(
         if k in skip:
             continue
         sl = image[:, :, k]
-        tags = {
+        slice_tags = {
             "0008|0060": modality,
             "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
             "0020|000d": series_uid + ".0",
@@ -98,8 +101,9 @@ def write_dicom_series(
             "0020|0013": str(k + 1),
             "0028|1050": "40",
             "0028|1051": "400",
+            **(tags or {}),
         }
-        for tag, value in tags.items():
+        for tag, value in slice_tags.items():
             sl.SetMetaData(tag, value)
         path = folder / f"{prefix}_{k:03d}.dcm"
         writer.SetFileName(str(path))

@@ -1,6 +1,7 @@
 """One job per output prefix: a lease object ``<out>/manifests/<job>.lease`` that a running job
 holds (and renews) and a second job on the same prefix sees, so two jobs never interleave their
-manifests and parts.
+manifests and parts. A lease whose process is gone (same host, pid not running) is taken over
+at once.
 
 The lease is JSON ``{token, host, pid, job, started, renewed}``, written atomically and renewed
 every ``ttl_s / 3`` by a background thread; a lease not renewed for ``ttl_s`` is stale (its job
@@ -27,6 +28,20 @@ logger = logging.getLogger(__name__)
 
 class LeaseHeldError(RuntimeError):
     """Another live job holds the output prefix (one line naming it)."""
+
+
+def _dead_here(held: dict) -> bool:
+    """Whether a lease was taken on this host by a process that no longer runs (a killed job:
+    its lease is free at once instead of after ``ttl_s``)."""
+    if held.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(held.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return False
+    return int(held.get("pid", 0)) <= 0
 
 
 class JobLease:
@@ -64,13 +79,13 @@ class JobLease:
         held = self._read()
         if held and held.get("token") != self.token:
             age = time.time() - float(held.get("renewed", 0))
-            if age < self.ttl_s:
+            if age < self.ttl_s and not _dead_here(held):
                 raise LeaseHeldError(
                     f"{self.uri}: another `cohort {held.get('job')}` (host {held.get('host')}, pid {held.get('pid')}, "
                     f"renewed {age:.0f} s ago) is writing to this output; wait for it to finish, or remove the lease "
                     f"if that job is gone")
-            logger.warning("%s: taking over a stale lease (pid %s on %s, not renewed for %.0f s)",
-                           self.uri, held.get("pid"), held.get("host"), age)
+            logger.warning("%s: taking over a stale lease (pid %s on %s, %s)", self.uri, held.get("pid"),
+                           held.get("host"), "gone" if _dead_here(held) else f"not renewed for {age:.0f} s")
         self._write()
         time.sleep(self.settle_s)
         now = self._read()

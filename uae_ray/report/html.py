@@ -55,12 +55,16 @@ def esc(value: object) -> str:
     return html.escape(str(value))
 
 
+def html_page(title: str, body: str) -> str:
+    """A complete HTML page (the reports' style) around ``body``."""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>"
+    )
+
+
 def write_html(path: str | Path, title: str, body: str) -> Path:
     """Writes a complete HTML page atomically and returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>"
-    )
-    return write_text_atomic(path, page)
+    return write_text_atomic(path, html_page(title, body))

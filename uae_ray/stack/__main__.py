@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0: healthy / stopped)."""
     parser = argparse.ArgumentParser(prog="python -m uae_ray.stack", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "status", "exec-triton"])
-    parser.add_argument("services", nargs="*", help="subset of s3, triton, ray (default: all)")
+    parser.add_argument("services", nargs="*", help="subset of s3, triton, ray, pacs (default: all; pacs where Orthanc is installed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     services = args.services or None

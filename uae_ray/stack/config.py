@@ -1,4 +1,4 @@
-"""Configuration of the local stack (Ray head, Triton server, S3 server).
+"""Configuration of the local stack (Ray head, Triton server, S3 server, DICOMweb PACS).
 
 Every field has a default, may be set in the optional YAML file ``cluster/local/stack.yaml``
 (path overridable with ``UAE_STACK_CONFIG``; keys are the field names below) and in the
@@ -8,8 +8,10 @@ field.
 S3 credentials come, first one set wins, from ``UAE_S3_ACCESS_KEY`` / ``UAE_S3_SECRET_KEY``, the
 ``s3`` section of the user config file ``~/.config/uae-ray/config.yaml`` (path overridable with
 ``UAE_CONFIG``), or the run-dir file ``s3.env`` that ``stack up`` writes (mode 0600) when none
-were given. They are never read from ``stack.yaml`` (a repository file) and never logged:
-``repr(StackConfig)`` masks them.
+were given. The PACS (Orthanc) user and password come the same way from ``UAE_PACS_USER`` /
+``UAE_PACS_PASSWORD``, the ``pacs`` section (``user``, ``password``) of the user config file, or
+the run-dir file ``pacs.env``. Credentials are never read from ``stack.yaml`` (a repository
+file) and never logged: ``repr(StackConfig)`` masks them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ ENV_STACK_CONFIG = "UAE_STACK_CONFIG"
 ENV_USER_CONFIG = "UAE_CONFIG"
 ENV_ACCESS_KEY = "UAE_S3_ACCESS_KEY"
 ENV_SECRET_KEY = "UAE_S3_SECRET_KEY"
+ENV_PACS_USER = "UAE_PACS_USER"
+ENV_PACS_PASSWORD = "UAE_PACS_PASSWORD"
 
 #: Field name -> environment variable. Every field except the credentials may also be a
 #: key of ``stack.yaml``.
@@ -65,12 +69,16 @@ ENV_VARS: dict[str, str] = {
     "s3_volume_grpc_port": "UAE_S3_VOLUME_GRPC_PORT",
     "s3_filer_port": "UAE_S3_FILER_PORT",
     "s3_filer_grpc_port": "UAE_S3_FILER_GRPC_PORT",
+    "pacs_http_port": "UAE_PACS_HTTP_PORT",
+    "pacs_stable_age_s": "UAE_PACS_STABLE_AGE_S",
     "start_timeout_s": "UAE_STACK_START_TIMEOUT_S",
     "stop_timeout_s": "UAE_STACK_STOP_TIMEOUT_S",
     "s3_access_key": ENV_ACCESS_KEY,
     "s3_secret_key": ENV_SECRET_KEY,
+    "pacs_user": ENV_PACS_USER,
+    "pacs_password": ENV_PACS_PASSWORD,
 }
-_SECRET_FIELDS = {"s3_access_key", "s3_secret_key"}
+_SECRET_FIELDS = {"s3_access_key", "s3_secret_key", "pacs_user", "pacs_password"}
 
 
 class StackError(RuntimeError):
@@ -102,10 +110,14 @@ class StackConfig:
         s3_master_port / s3_master_grpc_port: SeaweedFS master ports.
         s3_volume_port / s3_volume_grpc_port: SeaweedFS volume server ports.
         s3_filer_port / s3_filer_grpc_port: SeaweedFS filer ports.
+        pacs_http_port: HTTP port of the PACS (Orthanc REST and DICOMweb at ``/dicom-web``).
+        pacs_stable_age_s: Seconds without a new instance after which the PACS calls a study
+            stable (Orthanc's ``StableAge``; ``watch`` processes stable studies only).
         start_timeout_s: How long ``stack up`` waits for each service to become healthy.
         stop_timeout_s: How long ``stack down`` waits after SIGTERM before SIGKILL.
         s3_access_key: S3 access key id (masked in ``repr``).
         s3_secret_key: S3 secret key (never shown).
+        pacs_user / pacs_password: The PACS account (never shown).
     """
 
     run_dir: Path = field(default_factory=default_stack_dir)
@@ -130,10 +142,14 @@ class StackConfig:
     s3_volume_grpc_port: int = 19340
     s3_filer_port: int = 8888
     s3_filer_grpc_port: int = 18888
+    pacs_http_port: int = 8042
+    pacs_stable_age_s: float = 10.0
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 40.0
     s3_access_key: str | None = field(default=None, repr=False)
     s3_secret_key: str | None = field(default=None, repr=False)
+    pacs_user: str | None = field(default=None, repr=False)
+    pacs_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_dir", Path(self.run_dir).expanduser().absolute())
@@ -153,7 +169,7 @@ class StackConfig:
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
         key = "None" if not self.s3_access_key else repr(self.s3_access_key[:4] + "***")
-        return f"StackConfig({shown}, s3_access_key={key}, s3_secret_key='***')"
+        return f"StackConfig({shown}, s3_access_key={key}, s3_secret_key='***', pacs_user='***', pacs_password='***')"
 
     __str__ = __repr__
 
@@ -194,9 +210,19 @@ class StackConfig:
         return f"http://{self.host}:{self.ray_dashboard_port}"
 
     @property
+    def pacs_url(self) -> str:
+        """Base URL of the PACS (Orthanc's REST API; DICOMweb under ``/dicom-web``)."""
+        return f"http://{self.host}:{self.pacs_http_port}"
+
+    @property
     def has_credentials(self) -> bool:
         """Both S3 keys are known."""
         return bool(self.s3_access_key and self.s3_secret_key)
+
+    @property
+    def has_pacs_credentials(self) -> bool:
+        """The PACS user and password are known."""
+        return bool(self.pacs_user and self.pacs_password)
 
     def replace(self, **changes: Any) -> StackConfig:
         """A copy with some fields changed (``dataclasses.replace``)."""
@@ -231,9 +257,7 @@ class StackConfig:
             if raw not in (None, ""):
                 values[name] = raw
         config = cls(**{k: _coerce(k, v, ENV_VARS.get(k, k)) for k, v in values.items()})
-        if not config.has_credentials:
-            config = _fill_credentials(config, env)
-        return config
+        return _fill_credentials(config, env)
 
 
 def _read_stack_yaml(path: Path) -> dict[str, Any]:
@@ -248,8 +272,9 @@ def _read_stack_yaml(path: Path) -> dict[str, Any]:
     known = {f.name for f in fields(StackConfig)} - _SECRET_FIELDS
     unknown = set(data) - known
     if set(data) & _SECRET_FIELDS:
-        raise StackError(f"{path}: S3 credentials do not belong in the stack file; use {ENV_ACCESS_KEY}/"
-                         f"{ENV_SECRET_KEY} or the 's3' section of {DEFAULT_USER_CONFIG}")
+        raise StackError(f"{path}: credentials do not belong in the stack file; use {ENV_ACCESS_KEY}/"
+                         f"{ENV_SECRET_KEY}, {ENV_PACS_USER}/{ENV_PACS_PASSWORD} or the 's3' and 'pacs' "
+                         f"sections of {DEFAULT_USER_CONFIG}")
     if unknown:
         raise StackError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
     return {k: v for k, v in data.items() if v is not None}
@@ -262,7 +287,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     try:
         if name.endswith("_port") or name in ("ray_num_cpus", "ray_object_store_mb"):
             return int(value)
-        if name.endswith("_timeout_s"):
+        if name.endswith("_s"):
             return float(value)
     except (TypeError, ValueError):
         raise StackError(f"{source}: expected a number for {name}, got {value!r}") from None
@@ -278,7 +303,34 @@ def user_config_path(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get(ENV_USER_CONFIG) or DEFAULT_USER_CONFIG).expanduser()
 
 
-def _user_config_keys(path: Path) -> tuple[str | None, str | None]:
+@dataclass(frozen=True)
+class _Credentials:
+    """One pair of credentials: its config fields, variables, user-config keys and the run-dir
+    file ``stack up`` generates it into when no source has it."""
+
+    label: str
+    fields: tuple[str, str]
+    env_vars: tuple[str, str]
+    section: str
+    keys: tuple[str, str]
+    file: str
+
+    def generate(self) -> tuple[str, str]:
+        alphabet = string.ascii_uppercase + string.digits
+        first = ("UAE" + "".join(secrets.choice(alphabet) for _ in range(17)) if self.label == "S3"
+                 else "uae-ray")
+        return first, secrets.token_urlsafe(30)
+
+
+_CREDENTIALS = (
+    _Credentials("S3", ("s3_access_key", "s3_secret_key"), (ENV_ACCESS_KEY, ENV_SECRET_KEY), "s3",
+                 ("access_key", "secret_key"), S3_ENV_FILE),
+    _Credentials("PACS", ("pacs_user", "pacs_password"), (ENV_PACS_USER, ENV_PACS_PASSWORD), "pacs",
+                 ("user", "password"), "pacs.env"),
+)
+
+
+def _user_config_keys(path: Path, cred: _Credentials) -> tuple[str | None, str | None]:
     if not path.is_file():
         return None, None
     import yaml
@@ -288,11 +340,11 @@ def _user_config_keys(path: Path) -> tuple[str | None, str | None]:
     except (OSError, yaml.YAMLError):
         # The parser's message may quote a secret: report only the file.
         raise StackError(f"{path}: cannot parse config file") from None
-    section = data.get("s3") if isinstance(data, dict) else None
+    section = data.get(cred.section) if isinstance(data, dict) else None
     if not isinstance(section, dict):
         return None, None
-    access, secret = section.get("access_key"), section.get("secret_key")
-    return (str(access) if access else None, str(secret) if secret else None)
+    first, second = (section.get(key) for key in cred.keys)
+    return (str(first) if first else None, str(second) if second else None)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -310,47 +362,51 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def _fill_credentials(config: StackConfig, env: Mapping[str, str]) -> StackConfig:
-    """Take the key pair from the first source that has one: environment, user config file,
-    ``<run_dir>/s3.env``. A source with only one of the two keys is an error."""
+    """For each credential pair not set yet, take it from the first source that has it:
+    environment, user config file, the generated run-dir file. A source with only one of the
+    two values is an error."""
     user_file = user_config_path(env)
-    sources = (
-        (f"{ENV_ACCESS_KEY}/{ENV_SECRET_KEY}", lambda: (config.s3_access_key, config.s3_secret_key)),
-        (f"{user_file} (s3.access_key/secret_key)", lambda: _user_config_keys(user_file)),
-        (str(config.s3_env_file), lambda: _generated_keys(config)),
-    )
-    for name, read in sources:
-        access, secret = read()
-        if access and secret:
-            return config.replace(s3_access_key=access, s3_secret_key=secret)
-        if access or secret:
-            raise StackError(f"S3 credentials incomplete in {name}: both the access key and the secret are needed")
+    for cred in _CREDENTIALS:
+        sources = (
+            ("/".join(cred.env_vars), lambda: tuple(getattr(config, f) for f in cred.fields)),
+            (f"{user_file} ({cred.section}.{cred.keys[0]}/{cred.keys[1]})", lambda: _user_config_keys(user_file, cred)),
+            (str(config.run_dir / cred.file), lambda: _generated(config, cred)),
+        )
+        for name, read in sources:
+            first, second = read()
+            if first and second:
+                config = config.replace(**dict(zip(cred.fields, (first, second))))
+                break
+            if first or second:
+                raise StackError(f"{cred.label} credentials incomplete in {name}: both values are needed")
     return config
 
 
-def _generated_keys(config: StackConfig) -> tuple[str | None, str | None]:
-    values = read_env_file(config.s3_env_file)
-    return values.get(ENV_ACCESS_KEY), values.get(ENV_SECRET_KEY)
+def _generated(config: StackConfig, cred: _Credentials) -> tuple[str | None, str | None]:
+    values = read_env_file(config.run_dir / cred.file)
+    return values.get(cred.env_vars[0]), values.get(cred.env_vars[1])
 
 
 def ensure_credentials(config: StackConfig) -> StackConfig:
-    """Return ``config`` with S3 keys, generating and storing random ones if none are known.
+    """Return ``config`` with S3 keys and a PACS account, generating and storing random ones
+    for a pair no source has.
 
-    Generated keys go to ``<run_dir>/s3.env`` (mode 0600) so that later commands
-    (``stack status``, :func:`~uae_ray.stack.manager.client_env`) find them.
+    Generated values go to ``<run_dir>/s3.env`` and ``<run_dir>/pacs.env`` (mode 0600) so that
+    later commands (``stack status``, :func:`~uae_ray.stack.manager.client_env`) find them.
     """
-    if config.has_credentials:
-        return config
-    alphabet = string.ascii_uppercase + string.digits
-    access = "UAE" + "".join(secrets.choice(alphabet) for _ in range(17))
-    secret = secrets.token_urlsafe(30)
-    write_private_file(
-        config.s3_env_file,
-        f"# generated by `uae-ray stack up`; S3 credentials of the local stack\n"
-        f"{ENV_ACCESS_KEY}={access}\n{ENV_SECRET_KEY}={secret}\n",
-    )
-    logger.info("generated S3 credentials for the local stack (key id %s..., stored in %s)",
-                access[:4], config.s3_env_file)
-    return config.replace(s3_access_key=access, s3_secret_key=secret)
+    for cred in _CREDENTIALS:
+        if all(getattr(config, f) for f in cred.fields):
+            continue
+        first, second = cred.generate()
+        write_private_file(
+            config.run_dir / cred.file,
+            f"# generated by `uae-ray stack up`; {cred.label} credentials of the local stack\n"
+            f"{cred.env_vars[0]}={first}\n{cred.env_vars[1]}={second}\n",
+        )
+        logger.info("generated %s credentials for the local stack (stored in %s)", cred.label,
+                    config.run_dir / cred.file)
+        config = config.replace(**dict(zip(cred.fields, (first, second))))
+    return config
 
 
 def write_private_file(path: Path, text: str) -> None:

@@ -1,4 +1,5 @@
-"""``stack up | down | status`` of the local stack: Ray head, Triton server, S3 server.
+"""``stack up | down | status`` of the local stack: Ray head, Triton server, S3 server and,
+where Orthanc is installed, a DICOMweb PACS.
 
 Each service runs in its own process group with its pid file in ``<run_dir>/pids`` and its log
 in ``<run_dir>/logs/<name>.log``. ``stack_up`` is idempotent: services that already run are
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from uae_ray.stack import process, ray_head, s3, triton
+from uae_ray.stack import pacs, process, ray_head, s3, triton
 from uae_ray.paths import CLIENT_ENV_FILE
 from uae_ray.stack.config import ENV_VARS, StackConfig, StackError, ensure_credentials, write_private_file
 from uae_ray.stack.service import ServiceSpec
@@ -30,7 +31,17 @@ SERVICES: dict[str, Callable[[StackConfig], ServiceSpec]] = {
     s3.NAME: s3.service,
     triton.NAME: triton.service,
     ray_head.NAME: ray_head.service,
+    pacs.NAME: pacs.service,
 }
+#: Services started by default only where their software is installed (asked for by name
+#: without it, ``stack up`` fails with the install hint).
+OPTIONAL: dict[str, Callable[[], bool]] = {pacs.NAME: pacs.available}
+
+
+def default_services() -> list[str]:
+    """The services ``stack up`` starts without a selection: all but the optional ones whose
+    software is missing."""
+    return [name for name in SERVICES if name not in OPTIONAL or OPTIONAL[name]()]
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ class ServiceStatus:
     """State of one service.
 
     Attributes:
-        name: ``"s3"``, ``"triton"`` or ``"ray"``.
+        name: ``"s3"``, ``"triton"``, ``"ray"`` or ``"pacs"``.
         pid: Pid from the pid file (``None``: not started).
         alive: The recorded process still runs.
         healthy: Its health probe succeeds.
@@ -114,7 +125,7 @@ class StackStatus:
 
 def _select(names: Sequence[str] | None) -> list[str]:
     if names is None:
-        return list(SERVICES)
+        return default_services()
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
         raise StackError(f"unknown services {unknown}; known: {list(SERVICES)}")
@@ -180,7 +191,8 @@ def stack_up(config: StackConfig, services: Sequence[str] | None = None) -> Stac
 
     Args:
         config: The stack configuration (:meth:`StackConfig.load`).
-        services: Subset of ``("s3", "triton", "ray")``; default all.
+        services: Subset of ``("s3", "triton", "ray", "pacs")``; default all
+            (:func:`default_services`).
 
     Returns:
         The status after start-up.
@@ -226,7 +238,7 @@ def stack_up(config: StackConfig, services: Sequence[str] | None = None) -> Stac
             _stop(config, sorted(started))
             raise
     status = stack_status(config, names)
-    if status.healthy and (set(names) == set(SERVICES) or stack_status(config).healthy):
+    if status.healthy and (set(names) == set(default_services()) or stack_status(config).healthy):
         env = client_env(config)
         write_private_file(config.run_dir / CLIENT_ENV_FILE, "# written by `uae-ray stack up`, removed by `stack down`: "
                            "the running stack's client settings, for every verb from any folder\n"
@@ -270,7 +282,7 @@ def stack_down(config: StackConfig, services: Sequence[str] | None = None) -> St
     Raises:
         StackError: Some process survived SIGKILL.
     """
-    names = _select(services)
+    names = _select(services) if services is not None else list(SERVICES)  # stop what runs, installed or not
     t0 = time.monotonic()
     with _locked(config):
         left = _stop(config, names)
@@ -306,7 +318,8 @@ def client_env(config: StackConfig) -> dict[str, str]:
         ``UAE_S3_SECRET_KEY``, ``UAE_TRITON_URL`` (``host:port``), ``RAY_ADDRESS`` (the
         dashboard URL, for ``ray job submit``), ``UAE_RAY_ADDRESS`` (GCS ``host:port``, for
         ``ray.init`` drivers) and the Ray settings the head runs with (``RAY_AUTH_MODE``,
-        ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``). Contains the secret: never log it.
+        ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``), and with a PACS account ``UAE_PACS_URL`` (the
+        DICOMweb root), ``UAE_PACS_USER``, ``UAE_PACS_PASSWORD``. Contains secrets: never log it.
 
     Raises:
         StackError: No S3 credentials are known (the stack was never started).
@@ -316,6 +329,8 @@ def client_env(config: StackConfig) -> dict[str, str]:
             f"no S3 credentials for the local stack: run `uae-ray stack up` first (it writes "
             f"{config.s3_env_file}) or set UAE_S3_ACCESS_KEY/UAE_S3_SECRET_KEY"
         )
+    pacs_env = ({"UAE_PACS_URL": f"{config.pacs_url}/dicom-web", "UAE_PACS_USER": str(config.pacs_user),
+                 "UAE_PACS_PASSWORD": str(config.pacs_password)} if config.has_pacs_credentials else {})
     return {
         "UAE_S3_ENDPOINT": config.s3_endpoint,
         "UAE_S3_SECURE": "false",
@@ -326,4 +341,5 @@ def client_env(config: StackConfig) -> dict[str, str]:
         "UAE_RAY_ADDRESS": config.ray_gcs_address,
         "RAY_AUTH_MODE": ray_head.RAY_ENV["RAY_AUTH_MODE"],
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": ray_head.RAY_ENV["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"],
+        **pacs_env,
     }

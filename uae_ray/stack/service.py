@@ -49,8 +49,9 @@ def venv_bin() -> Path:
     return Path(sys.executable).parent
 
 
-#: Variables never passed to a service unless it needs them (see ``ray_head``).
-SECRET_VARS = ("UAE_S3_ACCESS_KEY", "UAE_S3_SECRET_KEY")
+#: Variables never passed to a service unless it needs them (see ``ray_head``; the PACS reads
+#: its account from its own config file).
+SECRET_VARS = ("UAE_S3_ACCESS_KEY", "UAE_S3_SECRET_KEY", "UAE_PACS_USER", "UAE_PACS_PASSWORD")
 
 
 def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -49,7 +49,7 @@ def segment_code(name: str):
     return codes.SCT.AnatomicalStructure
 
 
-def _derived_uid(text: str) -> str:
+def derived_uid(text: str) -> str:
     """A stable UID (``2.25.<128-bit decimal>``) derived from ``text``."""
     return "2.25." + str(int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:32], 16))
 
@@ -76,7 +76,7 @@ def _complete_uids(datasets: list, series: str) -> None:
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
         if any(not str(ds.get(keyword, "") or "") for ds in datasets):
             blank.append(keyword)
-            uid = _derived_uid(f"{keyword}:{seed}")
+            uid = derived_uid(f"{keyword}:{seed}")
             for ds in datasets:
                 if not str(ds.get(keyword, "") or ""):
                     setattr(ds, keyword, uid)
@@ -106,6 +106,7 @@ def dicom_seg(
     algorithm_version: str,
     series_uid: str | None = None,
     algorithm_name: str = "uae-ray MedLSAM",
+    seg_uids: tuple[str, str] | None = None,
 ):
     """A DICOM SEG dataset of ``labels`` over the DICOM series in folder ``series``.
 
@@ -118,6 +119,8 @@ def dicom_seg(
         algorithm_version: Model versions, recorded as the algorithm's version and the
             software version.
         series_uid: The SeriesInstanceUID to reference when the folder holds several.
+        seg_uids: ``(series, SOP instance)`` UIDs of the SEG (default: new random ones); stable
+            ones make a re-sent SEG the same instance.
 
     Returns:
         A ``highdicom.seg.Segmentation`` (a pydicom ``Dataset``).
@@ -158,9 +161,9 @@ def dicom_seg(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=seg_uids[0] if seg_uids else hd.UID(),
         series_number=9001,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=seg_uids[1] if seg_uids else hd.UID(),
         instance_number=1,
         manufacturer="uae-ray",
         manufacturer_model_name=algorithm_name,
@@ -169,12 +172,25 @@ def dicom_seg(
         series_description="uae-ray organ segmentation",
         omit_empty_frames=True,
     )
-    seg.PatientName = pseudonym
-    seg.PatientID = pseudonym
-    for keyword in ("PatientBirthDate", "AccessionNumber", "ReferringPhysicianName"):
-        if keyword in seg:
-            setattr(seg, keyword, "")
-    return seg
+    return pseudonymize(seg, pseudonym)
 
 
-__all__ = ["dicom_seg", "segment_code"]
+#: Patient and study attributes a derived object (SEG, SR) copies from its source that
+#: identify people; :func:`pseudonymize` empties them.
+IDENTIFYING = ("PatientBirthDate", "PatientSex", "PatientAge", "OtherPatientIDs", "OtherPatientNames",
+               "AccessionNumber", "ReferringPhysicianName", "InstitutionName", "InstitutionAddress",
+               "StudyID", "PhysiciansOfRecord", "OperatorsName", "PerformingPhysicianName")
+
+
+def pseudonymize(ds, pseudonym: str):
+    """``ds`` with PatientName and PatientID replaced by ``pseudonym`` and the other
+    :data:`IDENTIFYING` attributes emptied (study, series and frame UIDs kept); returns it."""
+    ds.PatientName = pseudonym
+    ds.PatientID = pseudonym
+    for keyword in IDENTIFYING:
+        if keyword in ds:
+            setattr(ds, keyword, None)
+    return ds
+
+
+__all__ = ["IDENTIFYING", "derived_uid", "dicom_seg", "pseudonymize", "segment_code"]

@@ -1,0 +1,53 @@
+"""DICOM studies made from cases of ``../shared/data`` for the watch tests: a CT written as a
+DICOM series with PatientID, StudyDate and UIDs set, optionally moved by a translation (a
+follow-up of the same patient whose anatomy sits elsewhere in the scanner)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from tests.volume.helpers import write_dicom_series
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study as written: its folder, UIDs, patient and date, and the translation (mm, LPS)
+    applied to the case's CT."""
+
+    folder: Path
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    study_date: str
+    shift_mm: tuple[float, float, float]
+
+
+def write_study(root: Path, ct: Path, name: str, patient_id: str, study_date: str, n: int,
+                shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Study:
+    """Writes ``ct`` (int16 HU) as a one-series DICOM study in ``root/name``; ``n`` makes the
+    UIDs unique (``2.25.<n>...``)."""
+    image = sitk.Cast(sitk.ReadImage(str(ct)), sitk.sitkInt16)
+    image.SetOrigin(tuple(o + s for o, s in zip(image.GetOrigin(), shift_mm)))
+    study_uid, series_uid = f"2.25.{n}1", f"2.25.{n}2"
+    tags = {
+        "0010|0010": f"Doe^{name}", "0010|0020": patient_id, "0010|0030": "19600101",
+        "0008|0020": study_date, "0008|0030": "101500", "0008|0050": f"ACC{n}",
+        "0020|000d": study_uid, "0020|0052": f"2.25.{n}3", "0008|0016": CT_IMAGE_STORAGE,
+        "0008|0060": "CT", "0020|0010": str(n), "0020|0011": "1",
+        "0018|0050": f"{image.GetSpacing()[2]:.6g}",  # SliceThickness
+    }
+    folder = root / name
+    write_dicom_series(folder, image, series_uid, tags=tags)
+    return Study(folder, study_uid, series_uid, patient_id, study_date, shift_mm)
+
+
+def upload(pacs, study: Study) -> None:
+    """Stores a study's files in the PACS with STOW-RS."""
+    import pydicom
+
+    pacs.store([pydicom.dcmread(f) for f in sorted(study.folder.glob("*.dcm"))])

@@ -1,0 +1,201 @@
+"""The pipeline's steps over the watcher's archive, through the existing cohort jobs.
+
+Every step is the cohort job of the same name over ``<out>/watch/series`` (one scan per
+materialised series), each under its own lease, so their manifests skip what an earlier cycle
+(or a killed one) already did:
+
+* ``embed`` -> ``<out>/embeddings``; ``landmarks:<name>`` -> ``<out>/landmarks-<name>/``;
+  ``prelabel`` -> ``<out>/labels``, ``<out>/prelabel``;
+* ``track``: each new study's primary series paired with the patient's most recent prior
+  (:func:`~uae_ray.watch.index.prior_of`); the prior's lesions are its ``lesions.csv`` (the
+  lesions it was tracked to, or the configured ``<lesions>/<StudyInstanceUID>.csv``) ->
+  ``<out>/tracks``; afterwards the new study's found lesions become its ``lesions.csv``, so the
+  next follow-up is tracked from them;
+* ``register``: the new study (moving) to its prior (fixed) -> ``<out>/transforms``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uae_ray.cohort.lease import JobLease
+from uae_ray.cohort.pairs import pair_key
+from uae_ray.storage import exists, join, read_bytes, read_table, write_bytes_atomic
+from uae_ray.storage.images import scan_id_for
+from uae_ray.watch.materialize import IMAGE_NAME, series_root
+from uae_ray.watch.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+LESIONS_NAME = "lesions.csv"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where and with what the steps run."""
+
+    out: str
+    pipeline: Pipeline
+    triton_url: str | None
+    ray_address: str | None
+
+    @property
+    def archive(self) -> str:
+        return series_root(self.out)
+
+    def scan_uri(self, meta: dict) -> str:
+        return join(self.archive, meta["series_key"], IMAGE_NAME)
+
+    def scan_id(self, meta: dict) -> str:
+        return scan_id_for(self.scan_uri(meta), self.archive)
+
+    def landmarks_out(self, name: str) -> str:
+        return join(self.out, f"landmarks-{name}")
+
+
+@dataclass(frozen=True)
+class StudyPair:
+    """A new study and the patient's prior (metas of their primary series)."""
+
+    prior: dict
+    new: dict
+
+    def pair_id(self, ctx: StepContext) -> str:
+        return pair_key(ctx.scan_id(self.prior), ctx.scan_id(self.new))
+
+
+def _rel(ctx: StepContext, meta: dict, name: str = IMAGE_NAME) -> str:
+    return f"{meta['series_key']}/{name}"
+
+
+def _pairs_csv(ctx: StepContext, name: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Writes this cycle's pairs of a step as ``<out>/watch/pairs/<name>.csv``; returns its URI."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    uri = join(ctx.out, "watch", "pairs", f"{name}.csv")
+    write_bytes_atomic(uri, text.getvalue().encode("utf-8"))
+    return uri
+
+
+def prior_lesions(ctx: StepContext, prior: dict) -> str | None:
+    """The prior's ``lesions.csv`` URI: its own (from tracking), else a copy of the configured
+    ``<lesions>/<StudyInstanceUID>.csv``; ``None`` when it has none."""
+    own = join(ctx.archive, prior["series_key"], LESIONS_NAME)
+    if exists(own):
+        return own
+    folder = ctx.pipeline.track.lesions if ctx.pipeline.track else None
+    if folder:
+        configured = join(folder, f"{prior['study_uid']}.csv")
+        if exists(configured):
+            write_bytes_atomic(own, read_bytes(configured))
+            return own
+    return None
+
+
+def write_tracked_lesions(ctx: StepContext, pair: StudyPair) -> int:
+    """The new study's ``lesions.csv`` from its found tracks (for the next follow-up); returns
+    the number of lesions written (0: none found, nothing written)."""
+    tracks_uri = join(ctx.out, "tracks", "tracks.parquet")
+    if not exists(tracks_uri):
+        return 0
+    rows = read_table(tracks_uri, filters=[("pair_id", "=", pair.pair_id(ctx)), ("found", "=", True)]).to_pylist()
+    if not rows:
+        return 0
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(("name", "x", "y", "z", "radius_mm"))
+    for r in sorted(rows, key=lambda r: r["name"]):
+        writer.writerow((r["name"], r["x"], r["y"], r["z"], "" if r["radius_mm"] is None else r["radius_mm"]))
+    write_bytes_atomic(join(ctx.archive, pair.new["series_key"], LESIONS_NAME), text.getvalue().encode("utf-8"))
+    return len(rows)
+
+
+def run_steps(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
+    """Runs every step of the pipeline (module docstring); returns each job's summary by step.
+
+    Raises:
+        ServiceUnreachableError / StorageError / LeaseHeldError: as the cohort jobs do; what
+            finished is kept in their manifests.
+    """
+    from uae_ray.cohort.embed import run_cohort_embed
+    from uae_ray.cohort.maps_io import DEFAULT_TIER
+
+    p, out = ctx.pipeline, ctx.out
+    summaries: dict[str, Any] = {}
+    with JobLease(out, "embed"):
+        summaries["embed"] = run_cohort_embed(ctx.archive, out, ctx.triton_url, ctx.ray_address, p.checkpoint,
+                                              tier=p.storage_tier or DEFAULT_TIER)
+    for step in p.landmarks:
+        from uae_ray.cohort.landmarks import run_cohort_landmarks
+
+        with JobLease(ctx.landmarks_out(step.name), "landmarks"):
+            summaries[f"landmarks:{step.name}"] = run_cohort_landmarks(
+                ctx.archive, ctx.landmarks_out(step.name), step.template, step.points, ctx.triton_url,
+                embeddings=out, ray_address=ctx.ray_address, checkpoint=p.checkpoint)
+    if p.prelabel is not None:
+        from uae_ray.cohort.prelabel import run_cohort_prelabel
+
+        with JobLease(out, "prelabel"):
+            summaries["prelabel"] = run_cohort_prelabel(ctx.archive, list(p.prelabel.supports), p.prelabel.organs, out,
+                                                        ctx.triton_url, ctx.ray_address, boxes=p.prelabel.boxes,
+                                                        checkpoint=p.checkpoint)
+    if p.track is not None:
+        summaries["track"] = _track(ctx, pairs)
+    if p.register is not None and pairs:
+        from uae_ray.cohort.register import FIXED_COL, MOVING_COL, run_cohort_register
+
+        uri = _pairs_csv(ctx, "register", (FIXED_COL, MOVING_COL),
+                         [(_rel(ctx, pr.prior), _rel(ctx, pr.new)) for pr in pairs])
+        with JobLease(out, "register"):
+            summaries["register"] = run_cohort_register(uri, out, ctx.triton_url, ctx.archive, out, ctx.ray_address,
+                                                         p.checkpoint, kind=p.register.kind)
+    return summaries
+
+
+def _track(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
+    """Tracks in rounds: the pairs whose prior has lesions first; the lesions they carry into
+    their new study let a later pair of the same cycle (that study as its prior) run next."""
+    from uae_ray.cohort.track import BASELINE_COL, FOLLOWUP_COL, LESIONS_COL, run_cohort_track
+
+    summary: dict[str, Any] = {"pairs": len(pairs), "rounds": 0, "done": 0, "failed": 0, "lesions_carried": 0}
+    waiting = list(pairs)
+    while True:
+        ready = [pr for pr in waiting if prior_lesions(ctx, pr.prior) is not None]
+        if not ready:
+            break
+        waiting = [pr for pr in waiting if pr not in ready]
+        rows = [(_rel(ctx, pr.prior), _rel(ctx, pr.new), _rel(ctx, pr.prior, LESIONS_NAME)) for pr in ready]
+        uri = _pairs_csv(ctx, f"track-{summary['rounds']}", (BASELINE_COL, FOLLOWUP_COL, LESIONS_COL), rows)
+        with JobLease(ctx.out, "track"):
+            job = run_cohort_track(uri, ctx.out, ctx.triton_url, ctx.archive, ctx.out, ctx.ray_address,
+                                   ctx.pipeline.checkpoint)
+        summary["rounds"] += 1
+        summary["done"] += job.get("done", 0)
+        summary["failed"] += job.get("failed", 0)
+        summary["lesions_carried"] += sum(write_tracked_lesions(ctx, pr) for pr in ready)
+    summary["priors_without_lesions"] = len(waiting)
+    return summary
+
+
+def found_points(ctx: StepContext, meta: dict, pair: StudyPair | None) -> list[dict]:
+    """The found landmarks of the scan and the found tracked lesions of its pair."""
+    sid = ctx.scan_id(meta)
+    points = []
+    for step in ctx.pipeline.landmarks:
+        uri = join(ctx.landmarks_out(step.name), "landmarks", "detections.parquet")
+        if exists(uri):
+            rows = read_table(uri, filters=[("scan_id", "=", sid), ("found", "=", True)]).to_pylist()
+            points += [{"kind": "landmark", "name": f"{step.name}/{r['name']}", "x": r["x"], "y": r["y"], "z": r["z"],
+                        "score": r["score"]} for r in rows]
+    tracks = join(ctx.out, "tracks", "tracks.parquet")
+    if pair is not None and exists(tracks):
+        rows = read_table(tracks, filters=[("pair_id", "=", pair.pair_id(ctx)), ("found", "=", True)]).to_pylist()
+        points += [{"kind": "lesion", "name": r["name"], "x": r["x"], "y": r["y"], "z": r["z"], "score": r["score"]}
+                   for r in rows]
+    return sorted(points, key=lambda q: (q["kind"], q["name"]))
