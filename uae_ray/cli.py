@@ -673,6 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5, help="runs per figure (the median is reported)")
     b.add_argument("--triton", metavar="URL", help="use this Triton server instead of starting the local stack")
     b.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
+    b.add_argument("--storage-only", action="store_true",
+                   help="only the storage tiers (bytes, write and read seconds; no stack is started)")
     b = _verb(bsub, "cohort", "cohort embed throughput: scans/s and seconds per stage per worker count, faults",
               "Runs the real job (actors, in-process model, local storage) over --scans head-neck CTs on a local Ray "
               "instance per worker count; then kills one worker mid-job, and on a simulated cluster of --nodes nodes "
@@ -690,6 +692,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--triton", metavar="URL", help="measure dynamic batching on this Triton server (default: start "
                                                    "the local stack's Triton for it)")
     b.add_argument("--no-triton", action="store_true", help="skip the Triton batching part")
+    b = _verb(bsub, "watch", "one `uae-ray watch` cycle over new series: seconds per series per step, "
+              "discovery and STOW-RS overhead",
+              "Makes --series DICOM studies from head-neck CTs (two studies per patient, the follow-up moved), stores "
+              "them in the stack's PACS, and times one cycle of the full pipeline (embed, landmarks, prelabel, track, "
+              "register, SEG + SR sent back). Uses the running stack when UAE_PACS_URL is set, else starts the local "
+              "stack (with its PACS) and stops it.",
+              ["uae-ray bench watch --series 20 --out watch.json"])
+    _add_bench_io(b, "watch")
+    b.add_argument("--series", type=int, default=20, help="new series of the cycle, even (default %(default)s)")
+    b.add_argument("--repeats", type=int, default=5, help="reads of the changes feed timed after the cycle")
+    b.add_argument("--checkpoint", metavar="NAME|PATH", help=_CHECKPOINT_HELP)
     p.set_defaults(func=_cmd_bench)
 
     p = _verb(sub, "demo", "end-to-end demo on real sample CTs",

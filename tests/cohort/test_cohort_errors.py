@@ -110,3 +110,32 @@ def test_a_second_job_on_the_same_output_is_refused_while_the_first_runs(tmp_pat
     with caplog.at_level(logging.WARNING), JobLease(str(out), "embed", settle_s=0.0) as lease:
         assert json.loads((out / "manifests" / "embed.lease").read_text())["token"] == lease.token
     assert any("stale lease" in r.getMessage() for r in caplog.records)
+
+
+def test_a_fresh_lease_of_a_process_that_died_on_this_host_is_taken_over_at_once(tmp_path, caplog) -> None:
+    """A job killed with -9 leaves its lease renewed seconds ago: on the same host its dead pid
+    frees it at once; a fresh lease of a live process (or of another host) still refuses."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from uae_ray.cohort.lease import JobLease, LeaseHeldError
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lease_file = tmp_path / "out" / "manifests" / "watch.lease"
+    lease_file.parent.mkdir(parents=True)
+
+    def held_by(pid: int, host: str) -> None:
+        lease_file.write_text(json.dumps({"token": "x", "job": "watch", "pid": pid, "host": host,
+                                          "renewed": time.time()}))
+
+    held_by(int(dead.stdout), socket.gethostname())
+    with caplog.at_level(logging.WARNING), JobLease(str(tmp_path / "out"), "watch", settle_s=0.0):
+        pass
+    assert any("stale lease" in r.getMessage() and "gone" in r.getMessage() for r in caplog.records)
+    for pid, host in ((os.getppid(), socket.gethostname()), (int(dead.stdout), "another-host")):
+        held_by(pid, host)
+        with pytest.raises(LeaseHeldError):
+            JobLease(str(tmp_path / "out"), "watch", settle_s=0.0).__enter__()

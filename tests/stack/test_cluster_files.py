@@ -46,7 +46,8 @@ def test_kustomization_lists_existing_files() -> None:
     (kust,) = _docs(K8S / "kustomization.yaml")
     for name in kust["resources"]:
         assert (K8S / name).is_file(), name
-    assert "s3-secret.example.yaml" not in kust["resources"]
+    assert "s3-secret.example.yaml" not in kust["resources"] and "pacs-secret.example.yaml" not in kust["resources"]
+    assert "watch-raycronjob.yaml" not in kust["resources"]  # needs a KubeRay feature gate
 
 
 def test_configmap_points_at_the_services_on_the_local_stack_ports() -> None:
@@ -87,6 +88,35 @@ def test_secret_and_env_names_are_the_stack_variables() -> None:
         assert {"secretRef": {"name": "uae-ray-s3"}} in env_from
     (gpu,) = ray["workerGroupSpecs"]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_watch_schedules_run_one_cycle_against_the_configured_pacs_without_overlap() -> None:
+    from uae_ray.stack.config import ENV_PACS_PASSWORD, ENV_PACS_USER
+    from uae_ray.watch import load_pipeline
+
+    objs = _k8s()
+    data = objs[("ConfigMap", "uae-ray-config")]["data"]
+    assert data["UAE_PACS_URL"].endswith("/dicom-web") and data["UAE_WATCH_OUT"].startswith("s3://")
+    assert set(objs[("Secret", "uae-ray-pacs")]["stringData"]) == {ENV_PACS_USER, ENV_PACS_PASSWORD}
+    cron = objs[("CronJob", "uae-ray-watch")]["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid" and cron["suspend"] is True
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert container["command"] == ["uae-ray"] and args[0] == "watch" and "--once" in args
+    assert args[args.index("--source") + 1] == "dicomweb+$(UAE_PACS_URL)"
+    assert args[args.index("--out") + 1] == "$(UAE_WATCH_OUT)"
+    mount = container["volumeMounts"][0]["mountPath"]
+    assert args[args.index("--pipeline") + 1].startswith(mount)
+    assert {"secretRef": {"name": "uae-ray-pacs", "optional": True}} in container["envFrom"]
+    ray_cron = objs[("RayCronJob", "uae-ray-watch")]["spec"]
+    entry = ray_cron["jobTemplate"]["entrypoint"].split()
+    assert entry[:2] == ["uae-ray", "watch"] and "--once" in entry
+    assert ray_cron["jobTemplate"]["clusterSelector"] == {"ray.io/cluster": "uae-ray"}
+    head = objs[("RayCluster", "uae-ray")]["spec"]["headGroupSpec"]["template"]["spec"]
+    assert any(v["configMap"]["name"] == pod["volumes"][0]["configMap"]["name"] for v in head["volumes"])
+    assert head["containers"][0]["volumeMounts"][0]["mountPath"] == mount
+    load_pipeline(REPO_ROOT / "jobs" / "watch_pipeline.yaml")  # the documented example is valid
 
 
 def test_ray_cluster_launcher_config() -> None:

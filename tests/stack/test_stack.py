@@ -1,4 +1,5 @@
-"""The real local stack: up -> status (3 healthy processes, ports answer) -> down (nothing left).
+"""The real local stack: up -> status (3 healthy processes, 4 with the PACS where Orthanc is
+installed; ports answer) -> down (nothing left).
 
 Uses the session ``stack`` fixture; the teardown test runs after every other test.
 """
@@ -18,7 +19,7 @@ from uae_ray.stack.process import ProcessFiles, group_members, pid_alive, port_o
 
 pytestmark = pytest.mark.stack
 
-EXECUTABLES = {"ray": "ray", "triton": "tritonserver", "s3": "weed"}
+EXECUTABLES = {"ray": "ray", "triton": "tritonserver", "s3": "weed", "pacs": "Orthanc"}
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -27,14 +28,17 @@ def _cmdline(pid: int) -> list[str]:
 
 def _service_ports(config: StackConfig) -> dict[str, list[int]]:
     from uae_ray.stack import SERVICES
+    from uae_ray.stack.manager import default_services
 
-    return {name: list(build(config).ports.values()) for name, build in SERVICES.items()}
+    return {name: list(SERVICES[name](config).ports.values()) for name in default_services()}
 
 
-def test_status_shows_three_healthy_processes(stack) -> None:
+def test_status_shows_every_service_healthy(stack) -> None:
+    from uae_ray.stack import pacs
+
     status = stack_status(stack.config)
     assert status.healthy, status.table()
-    assert [s.name for s in status.services] == ["s3", "triton", "ray"]
+    assert [s.name for s in status.services] == ["s3", "triton", "ray"] + (["pacs"] if pacs.available() else [])
     for svc in status.services:
         assert svc.alive and svc.healthy and svc.pid
         os.kill(svc.pid, 0)  # a real process
@@ -44,6 +48,40 @@ def test_status_shows_three_healthy_processes(stack) -> None:
     for name, ports in _service_ports(stack.config).items():
         assert all(port_open("127.0.0.1", p) for p in ports), f"{name}: a port does not answer"
     assert stack.config.s3_secret_key not in status.table()
+
+
+def test_the_pacs_answers_its_account_only_and_keeps_its_password_private(stack) -> None:
+    import requests
+
+    from uae_ray.stack import pacs
+
+    if not pacs.available():
+        pytest.skip(f"no PACS on this machine: {pacs.INSTALL_HINT}")
+    env, config = stack.env, stack.config
+    url = env["UAE_PACS_URL"]
+    assert url == f"http://127.0.0.1:{config.pacs_http_port}/dicom-web"
+    session = requests.Session()
+    session.trust_env = False
+    ok = session.get(f"{url}/studies", auth=(env["UAE_PACS_USER"], env["UAE_PACS_PASSWORD"]), timeout=10)
+    assert ok.status_code == 200 and isinstance(ok.json(), list)
+    assert session.get(f"{url}/studies", auth=(env["UAE_PACS_USER"], "wrong"), timeout=10).status_code == 401
+    assert session.get(f"{url}/studies", timeout=10).status_code == 401
+    config_file = pacs.pacs_dir(config) / "orthanc.json"
+    assert config_file.stat().st_mode & 0o077 == 0
+    password = env["UAE_PACS_PASSWORD"]
+    for log in config.logs_dir.glob("*.log"):
+        assert password not in log.read_text(errors="replace"), log
+    assert password not in stack_status(config).table() and password not in repr(config)
+    # the Debian package's own service is not running: every Orthanc here is the stack's
+    orthancs = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_orthanc(int(p.name))]
+    assert orthancs == [stack_status(config).service("pacs").pid], orthancs
+
+
+def _is_orthanc(pid: int) -> bool:
+    try:
+        return Path(_cmdline(pid)[0]).name == "Orthanc"
+    except OSError:
+        return False
 
 
 def test_services_answer_with_the_client_env(stack) -> None:

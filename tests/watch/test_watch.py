@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.watch.studies import Study, upload, write_study
+from uae_ray.bench.dicom_studies import Study, upload, write_study
 from uae_ray.stack import pacs as pacs_service
 
 pytestmark = [
@@ -137,7 +137,7 @@ def test_first_cycle_processes_the_new_studies_and_pairs_the_follow_up(world, cy
     assert first["studies"] == 3 and first["processed"] == 3 and first["paired"] == 1, first
     assert first["failed"] == 0, first
     tracks = [t for t in _tracks(cycles["out"]) if t["followup_id"] == _scan_id(world, cycles["out"], "a2")]
-    assert len(tracks) == 1 and tracks[0]["found"], tracks
+    assert len(tracks) == 1 and tracks[0]["found"], json.dumps({"tracks": tracks, "cycle": first}, default=str)
     expected = np.add(LESION, SHIFT_A2)
     assert np.linalg.norm(np.subtract([tracks[0][k] for k in "xyz"], expected)) < 3.0, tracks
 

@@ -92,8 +92,10 @@ def run_speed(
     triton: Embedder | None,
     out: str | Path,
     repeats: int = 5,
+    storage_only: bool = False,
 ) -> dict[str, Any]:
-    """Times in-process and (when given) Triton embedding, and matching; writes JSON."""
+    """Times in-process and (when given) Triton embedding, and matching, then measures every
+    storage tier (``storage_only``: the tiers only); writes JSON."""
     image = clinical_size_ct(data_dir)
     result: dict[str, Any] = {
         "benchmark": "speed",
@@ -102,13 +104,14 @@ def run_speed(
         "repeats": repeats,
         "machine": machine_info(),
     }
-    logger.info("timing in-process embedding (%d runs)", repeats)
-    result["in_process"] = time_embedder(image, local, repeats)
-    if triton is not None:
-        logger.info("timing Triton embedding (%d runs)", repeats)
-        result["triton"] = time_embedder(image, triton, repeats)
-    logger.info("timing matching")
-    result["matching"] = time_matching(image, local, repeats)
+    if not storage_only:
+        logger.info("timing in-process embedding (%d runs)", repeats)
+        result["in_process"] = time_embedder(image, local, repeats)
+        if triton is not None:
+            logger.info("timing Triton embedding (%d runs)", repeats)
+            result["triton"] = time_embedder(image, triton, repeats)
+        logger.info("timing matching")
+        result["matching"] = time_matching(image, local, repeats)
     from uae_ray.cohort.maps_io import DEFAULT_TIER
 
     result["storage_tiers"] = storage_tiers(image, local, repeats)
@@ -121,12 +124,14 @@ def run_speed(
 
 def speed_table(result: dict[str, Any]) -> str:
     """The headline figures as a text table."""
-    rows = [{"what": "embed, in-process (s/scan)", "median": result["in_process"]["embed_s_per_scan"]}]
-    rows.append({"what": "  of which prepare (s/scan)", "median": result["in_process"]["prepare_s"]})
+    rows = []
+    if "in_process" in result:
+        rows.append({"what": "embed, in-process (s/scan)", "median": result["in_process"]["embed_s_per_scan"]})
+        rows.append({"what": "  of which prepare (s/scan)", "median": result["in_process"]["prepare_s"]})
     if "triton" in result:
         rows.append({"what": "embed, Triton (s/scan)", "median": result["triton"]["embed_s_per_scan"]})
     for method in METHODS:
-        if method in result["matching"]:
+        if method in result.get("matching", {}):
             ms = 1000 * result["matching"][method]["match_s_per_landmark"]
             rows.append({"what": f"match, {method} (ms/landmark)", "median": ms})
     for tier, figures in result.get("storage_tiers", {}).items():

@@ -1,5 +1,5 @@
-"""``uae-ray bench accuracy|calibrate|tracking|registration|localization|segmentation|speed|cohort``: run a
-benchmark, write JSON, print a table."""
+"""``uae-ray bench accuracy|calibrate|tracking|registration|localization|segmentation|speed|cohort|watch``:
+run a benchmark, write JSON, print a table."""
 
 from __future__ import annotations
 
@@ -51,6 +51,34 @@ def _tiered(embedder, args: argparse.Namespace):
 
         return TierEmbedder(embedder, args.storage_tier)
     return embedder
+
+
+def _bench_watch(data: Path, args: argparse.Namespace) -> dict:
+    """``bench watch`` on the running stack (``UAE_PACS_URL`` set) or on a local stack it starts."""
+    import os
+
+    from uae_ray.bench.watch import run_watch_bench, watch_table
+
+    def bench(env: dict[str, str]) -> dict:
+        result = run_watch_bench(data, args.out, env, n_series=args.series, checkpoint=args.checkpoint,
+                                 repeats=args.repeats)
+        print(watch_table(result))
+        return result
+
+    if os.environ.get("UAE_PACS_URL"):
+        return bench(dict(os.environ))
+    from uae_ray.stack import StackConfig, client_env, ensure_credentials, pacs, stack_down, stack_up
+
+    if not pacs.available():
+        raise SystemExit(f"uae-ray bench watch: needs the stack's PACS: {pacs.INSTALL_HINT}")
+    config = ensure_credentials(StackConfig.load())
+    stack_up(config)
+    try:
+        env = client_env(config)
+        os.environ.update(env)
+        return bench(env)
+    finally:
+        stack_down(config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,22 +205,26 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 stack_down(config, ["triton"])
         print(cohort_table(result))
+    elif args.bench == "watch":
+        result = _bench_watch(data, args)
     else:
         from uae_ray.bench.speed import run_speed, speed_table
 
         local = get_embedder(None, checkpoint=args.checkpoint)
-        if args.triton:
+        if args.storage_only:
+            result = run_speed(data, local, None, args.out, args.repeats, storage_only=True)
+        elif args.triton:
             result = run_speed(data, local, get_embedder(args.triton), args.out, args.repeats)
         else:
             from uae_ray.stack import StackConfig, client_env, ensure_credentials, stack_down, stack_up
 
             config = ensure_credentials(StackConfig.load())
-            stack_up(config)
+            stack_up(config, ["triton"])
             try:
                 triton = get_embedder(client_env(config)["UAE_TRITON_URL"])
                 result = run_speed(data, local, triton, args.out, args.repeats)
             finally:
-                stack_down(config)
+                stack_down(config, ["triton"])
         print(speed_table(result))
     print(f"\nJSON: {args.out}")
     return 0

@@ -164,12 +164,14 @@ def _record_steps(ctx: StepContext, metas: list[dict], pairs: dict[str, StudyPai
 
 
 def _send(pacs: DicomWebPacs, ctx: StepContext, metas: list[dict], pairs: dict[str, StudyPair], staging: Path,
-          manifest: Manifest, log: CycleLog, model_version: str) -> None:
-    """SEG and SR of each new study to the PACS (once: a record ``ok`` is not sent again)."""
+          manifest: Manifest, log: CycleLog, model_version: str) -> int:
+    """SEG and SR of each new study to the PACS (once: a record ``ok`` is not sent again);
+    returns the number of objects stored."""
     from uae_ray.cohort.prelabel.settings import labels_uri
     from uae_ray.watch.send import seg_dataset, source_datasets, sr_dataset
 
     p = ctx.pipeline
+    sent = 0
     for meta in metas:
         key, sid = meta["study_key"], ctx.scan_id(meta)
         wanted = []
@@ -192,12 +194,14 @@ def _send(pacs: DicomWebPacs, ctx: StepContext, metas: list[dict], pairs: dict[s
                     digest = hashlib.sha256(json.dumps(points, sort_keys=True).encode()).hexdigest()[:16]
                     ds = sr_dataset(points, datasets, meta, model_version, digest)
                 pacs.store([ds])
+                sent += 1
             except PacsError:
                 raise
             except Exception as e:  # noqa: BLE001 - a SEG / SR that cannot be built is this study's error only
                 _record(manifest, log, key, what, ctx.scan_uri(meta), "error", one_line(e), model_version)
                 continue
             _record(manifest, log, key, what, ctx.scan_uri(meta), "ok", None, model_version, str(ds.SOPInstanceUID))
+    return sent
 
 
 def run_cycle(settings: WatchSettings) -> dict[str, Any]:
@@ -235,6 +239,7 @@ def run_cycle(settings: WatchSettings) -> dict[str, Any]:
         manifest = Manifest(join(out, WATCH_MANIFEST))
         ctx = StepContext(out, p, settings.triton_url, settings.ray_address)
         pairs: dict[str, StudyPair] = {}
+        summary["sent"] = 0
         with tempfile.TemporaryDirectory(prefix="uae-ray-watch-") as tmp:
             staging = Path(tmp)
             clock = time.perf_counter()
@@ -251,7 +256,7 @@ def run_cycle(settings: WatchSettings) -> dict[str, Any]:
                 _record_steps(ctx, metas, pairs, manifest, log)
                 model_version = get_embedder(settings.triton_url, checkpoint=p.checkpoint).version
                 clock = time.perf_counter()
-                _send(pacs, ctx, metas, pairs, staging, manifest, log, model_version)
+                summary["sent"] = _send(pacs, ctx, metas, pairs, staging, manifest, log, model_version)
                 log.seconds["send"] = time.perf_counter() - clock
             manifest.save()
         summary.update(processed=len(metas), paired=len(pairs),

@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,12 +75,22 @@ def _rel(ctx: StepContext, meta: dict, name: str = IMAGE_NAME) -> str:
 
 
 def _pairs_csv(ctx: StepContext, name: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    """Writes this cycle's pairs of a step as ``<out>/watch/pairs/<name>.csv``; returns its URI."""
+    """Adds this cycle's pairs of a step to ``<out>/watch/pairs/<name>.csv`` (every pair the
+    watcher has run the step on, in order, once each); returns its URI. The cohort job runs over
+    the whole file: its manifest skips the pairs done before, and its table holds them all."""
+    uri = join(ctx.out, "watch", "pairs", f"{name}.csv")
+    known: list[tuple[str, ...]] = []
+    if exists(uri):
+        known = [tuple(r) for r in list(csv.reader(io.StringIO(read_bytes(uri).decode("utf-8"))))[1:]]
+    seen = set(known)
+    for row in rows:
+        if row not in seen:
+            known.append(row)
+            seen.add(row)
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(header)
-    writer.writerows(rows)
-    uri = join(ctx.out, "watch", "pairs", f"{name}.csv")
+    writer.writerows(known)
     write_bytes_atomic(uri, text.getvalue().encode("utf-8"))
     return uri
 
@@ -116,8 +128,17 @@ def write_tracked_lesions(ctx: StepContext, pair: StudyPair) -> int:
     return len(rows)
 
 
+@contextmanager
+def _timed(summaries: dict[str, Any], step: str):
+    """Adds ``seconds`` (wall) to the summary the block stores as ``summaries[step]``."""
+    t0 = time.perf_counter()
+    yield
+    summaries[step]["seconds"] = round(time.perf_counter() - t0, 3)
+
+
 def run_steps(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
-    """Runs every step of the pipeline (module docstring); returns each job's summary by step.
+    """Runs every step of the pipeline (module docstring); returns each job's summary by step,
+    with its wall ``seconds``.
 
     Raises:
         ServiceUnreachableError / StorageError / LeaseHeldError: as the cohort jobs do; what
@@ -128,31 +149,32 @@ def run_steps(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
 
     p, out = ctx.pipeline, ctx.out
     summaries: dict[str, Any] = {}
-    with JobLease(out, "embed"):
+    with _timed(summaries, "embed"), JobLease(out, "embed"):
         summaries["embed"] = run_cohort_embed(ctx.archive, out, ctx.triton_url, ctx.ray_address, p.checkpoint,
                                               tier=p.storage_tier or DEFAULT_TIER)
     for step in p.landmarks:
         from uae_ray.cohort.landmarks import run_cohort_landmarks
 
-        with JobLease(ctx.landmarks_out(step.name), "landmarks"):
+        with _timed(summaries, f"landmarks:{step.name}"), JobLease(ctx.landmarks_out(step.name), "landmarks"):
             summaries[f"landmarks:{step.name}"] = run_cohort_landmarks(
                 ctx.archive, ctx.landmarks_out(step.name), step.template, step.points, ctx.triton_url,
                 embeddings=out, ray_address=ctx.ray_address, checkpoint=p.checkpoint)
     if p.prelabel is not None:
         from uae_ray.cohort.prelabel import run_cohort_prelabel
 
-        with JobLease(out, "prelabel"):
+        with _timed(summaries, "prelabel"), JobLease(out, "prelabel"):
             summaries["prelabel"] = run_cohort_prelabel(ctx.archive, list(p.prelabel.supports), p.prelabel.organs, out,
                                                         ctx.triton_url, ctx.ray_address, boxes=p.prelabel.boxes,
                                                         checkpoint=p.checkpoint)
     if p.track is not None:
-        summaries["track"] = _track(ctx, pairs)
+        with _timed(summaries, "track"):
+            summaries["track"] = _track(ctx, pairs)
     if p.register is not None and pairs:
         from uae_ray.cohort.register import FIXED_COL, MOVING_COL, run_cohort_register
 
         uri = _pairs_csv(ctx, "register", (FIXED_COL, MOVING_COL),
                          [(_rel(ctx, pr.prior), _rel(ctx, pr.new)) for pr in pairs])
-        with JobLease(out, "register"):
+        with _timed(summaries, "register"), JobLease(out, "register"):
             summaries["register"] = run_cohort_register(uri, out, ctx.triton_url, ctx.archive, out, ctx.ray_address,
                                                          p.checkpoint, kind=p.register.kind)
     return summaries
@@ -160,10 +182,12 @@ def run_steps(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
 
 def _track(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
     """Tracks in rounds: the pairs whose prior has lesions first; the lesions they carry into
-    their new study let a later pair of the same cycle (that study as its prior) run next."""
+    their new study let a later pair of the same cycle (that study as its prior) run next.
+    Each pair's own outcome is in the track manifest; the summary counts this cycle's pairs and
+    (``table_*``) every pair of the tracks table."""
     from uae_ray.cohort.track import BASELINE_COL, FOLLOWUP_COL, LESIONS_COL, run_cohort_track
 
-    summary: dict[str, Any] = {"pairs": len(pairs), "rounds": 0, "done": 0, "failed": 0, "lesions_carried": 0}
+    summary: dict[str, Any] = {"pairs": len(pairs), "rounds": 0, "lesions_carried": 0}
     waiting = list(pairs)
     while True:
         ready = [pr for pr in waiting if prior_lesions(ctx, pr.prior) is not None]
@@ -171,13 +195,12 @@ def _track(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
             break
         waiting = [pr for pr in waiting if pr not in ready]
         rows = [(_rel(ctx, pr.prior), _rel(ctx, pr.new), _rel(ctx, pr.prior, LESIONS_NAME)) for pr in ready]
-        uri = _pairs_csv(ctx, f"track-{summary['rounds']}", (BASELINE_COL, FOLLOWUP_COL, LESIONS_COL), rows)
+        uri = _pairs_csv(ctx, "track", (BASELINE_COL, FOLLOWUP_COL, LESIONS_COL), rows)
         with JobLease(ctx.out, "track"):
             job = run_cohort_track(uri, ctx.out, ctx.triton_url, ctx.archive, ctx.out, ctx.ray_address,
                                    ctx.pipeline.checkpoint)
         summary["rounds"] += 1
-        summary["done"] += job.get("done", 0)
-        summary["failed"] += job.get("failed", 0)
+        summary.update(table_pairs=job["pairs"], table_done=job["done"], tracks_uri=job["tracks_uri"])
         summary["lesions_carried"] += sum(write_tracked_lesions(ctx, pr) for pr in ready)
     summary["priors_without_lesions"] = len(waiting)
     return summary

@@ -1,5 +1,5 @@
-"""DICOM studies made from cases of ``../shared/data`` for the watch tests: a CT written as a
-DICOM series with PatientID, StudyDate and UIDs set, optionally moved by a translation (a
+"""DICOM studies made from NIfTI cases (for the watch tests and ``bench watch``): a CT written as
+a DICOM series with PatientID, StudyDate and UIDs set, optionally moved by a translation (a
 follow-up of the same patient whose anatomy sits elsewhere in the scanner)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from tests.volume.helpers import write_dicom_series
+from uae_ray.volume.dicom_write import write_dicom_series
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
