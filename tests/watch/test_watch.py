@@ -32,8 +32,12 @@ pytestmark = [
 ]
 
 LESION = (250.0, 260.0, 150.0)  # world LPS mm in patient A's first study
+BOX_A = (120.0, 120.0, 100.0, 380.0, 380.0, 290.0)  # head of openkbp_pt1 (its case frame, mm)
+BOX_B = (170.0, 190.0, 150.0, 430.0, 450.0, 340.0)  # head of openkbp_pt10
 SHIFT_A2, SHIFT_A3 = (6.0, -4.0, 5.0), (-5.0, 7.0, -2.5)
 TEMPLATE = "openkbp_pt20"
+LANDMARKS = ("brainstem", "mandible", "parotid_gland_left")
+ORGANS = ["brainstem", "mandible"]
 BUCKET = "watch-test"
 
 
@@ -61,11 +65,11 @@ def world(services, shared_data, tmp_path_factory):
     start = pacs.stable_studies_since(0)[1]
     cases = shared_data / "cases"
     ct_a, ct_b = cases / "openkbp_pt1" / "image.nii.gz", cases / "openkbp_pt10" / "image.nii.gz"
-    studies = {
-        "a1": write_study(root / "dcm", ct_a, "a1", "PAT-A", "20250110", 71),
-        "a2": write_study(root / "dcm", ct_a, "a2", "PAT-A", "20260112", 72, SHIFT_A2),
-        "b1": write_study(root / "dcm", ct_b, "b1", "PAT-B", "20250301", 73),
-        "a3": write_study(root / "dcm", ct_a, "a3", "PAT-A", "20270115", 74, SHIFT_A3),
+    studies = {  # cropped to the head (the steps' cost grows with the voxels)
+        "a1": write_study(root / "dcm", ct_a, "a1", "PAT-A", "20250110", 71, box_mm=BOX_A),
+        "a2": write_study(root / "dcm", ct_a, "a2", "PAT-A", "20260112", 72, SHIFT_A2, BOX_A),
+        "b1": write_study(root / "dcm", ct_b, "b1", "PAT-B", "20250301", 73, box_mm=BOX_B),
+        "a3": write_study(root / "dcm", ct_a, "a3", "PAT-A", "20270115", 74, SHIFT_A3, BOX_A),
     }
     for name in ("a1", "a2", "b1"):
         upload(pacs, studies[name])
@@ -73,26 +77,32 @@ def world(services, shared_data, tmp_path_factory):
     lesions.mkdir()
     (lesions / f"{studies['a1'].study_uid}.csv").write_text("name,x,y,z\nl1,%s,%s,%s\n" % LESION)
     template = cases / TEMPLATE
-    pipeline = root / "pipeline.yaml"
-    pipeline.write_text(f"""
-version: 1
-steps:
+    points = root / "points.csv"  # three of the template's landmarks (the matching cost is per point)
+    rows = (template / "landmarks.csv").read_text().splitlines()
+    points.write_text("\n".join([rows[0]] + [r for r in rows[1:] if r.split(",")[0] in LANDMARKS]) + "\n")
+    steps = f"""
   landmarks:
     - name: hn
       template: {template / 'image.nii.gz'}
-      points: {template / 'landmarks.csv'}
-  prelabel:
-    supports: ["{template / 'image.nii.gz'}:{template / 'labels.nii.gz'}"]
-    organs: brainstem,mandible
-    boxes: wpl
+      points: {points}
   track:
     lesions: {lesions}
   register:
     kind: rigid
-""")
+"""
+    prelabel = f"""
+  prelabel:
+    supports: ["{template / 'image.nii.gz'}:{template / 'labels.nii.gz'}"]
+    organs: {','.join(ORGANS)}
+    boxes: wpl
+"""
+    pipeline = root / "pipeline.yaml"
+    pipeline.write_text("version: 1\nsteps:" + steps + prelabel)
+    light = root / "pipeline-tables.yaml"  # the steps whose tables the kill test compares
+    light.write_text("version: 1\nsteps:" + steps)
     ensure_bucket(f"s3://{BUCKET}")
     _wait_stable(pacs, start, [studies[name] for name in ("a1", "a2", "b1")])
-    return {"pacs": pacs, "studies": studies, "pipeline": pipeline, "start": start, "root": root,
+    return {"pacs": pacs, "studies": studies, "pipeline": pipeline, "light_pipeline": light, "start": start, "root": root,
             "source": "dicomweb+" + services["UAE_PACS_URL"], "env": services}
 
 
@@ -201,7 +211,7 @@ def test_the_seg_in_the_pacs_matches_the_label_map_and_references_the_series(wor
     assert seg.PatientID != "PAT-A" and "Doe" not in str(seg.PatientName)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == study.series_uid
     labels = sitk.GetArrayFromImage(read_labels_uri(f"{cycles['out']}/labels/{_scan_id(world, cycles['out'], 'a1')}.nii.gz"))
-    organs = ["brainstem", "mandible"]
+    organs = ORGANS
     instance_uids = [f"{study.series_uid}.{k + 1}" for k in range(labels.shape[0])]
     for number in seg.segment_numbers:
         name = seg.get_segment_description(number).SegmentLabel
@@ -245,11 +255,12 @@ def test_outputs_hold_no_patient_identity_and_the_report_lists_every_study(world
 
 
 def test_a_watcher_killed_mid_cycle_and_run_again_gives_the_undisturbed_tables(world, cycles):
+    """The same studies on a new prefix, with the steps whose tables are compared (no prelabel)."""
     from uae_ray.storage import exists, list_uris, read_table
 
     out = f"s3://{BUCKET}/out2"
     cmd = [str(Path(sys.executable).parent / "uae-ray"), "watch", "--source", world["source"], "--out", out,
-           "--pipeline", str(world["pipeline"]), "--once", "--since", str(world["start"]),
+           "--pipeline", str(world["light_pipeline"]), "--once", "--since", str(world["start"]),
            "--triton", world["env"]["UAE_TRITON_URL"], "--ray-address", world["env"]["UAE_RAY_ADDRESS"]]
     env = {**os.environ, **{k: v for k, v in world["env"].items() if k != "RAY_ADDRESS"}}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

@@ -27,11 +27,25 @@ class Study:
     shift_mm: tuple[float, float, float]
 
 
+def crop_mm(image: sitk.Image, box_mm: tuple[float, ...]) -> sitk.Image:
+    """The voxels of ``image`` inside the world box ``(xmin, ymin, zmin, xmax, ymax, zmax)`` (LPS
+    mm; an axis-aligned image), its geometry kept."""
+    lo = image.TransformPhysicalPointToIndex(box_mm[:3])
+    hi = image.TransformPhysicalPointToIndex(box_mm[3:])
+    size = image.GetSize()
+    start = [max(0, min(a, b)) for a, b in zip(lo, hi)]
+    stop = [min(n, max(a, b) + 1) for a, b, n in zip(lo, hi, size)]
+    return image[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
+
+
 def write_study(root: Path, ct: Path, name: str, patient_id: str, study_date: str, n: int,
-                shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Study:
-    """Writes ``ct`` (int16 HU) as a one-series DICOM study in ``root/name``; ``n`` makes the
-    UIDs unique (``2.25.<n>...``)."""
+                shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                box_mm: tuple[float, ...] | None = None) -> Study:
+    """Writes ``ct`` (int16 HU; cropped to ``box_mm`` first when given, see :func:`crop_mm`) as a
+    one-series DICOM study in ``root/name``; ``n`` makes the UIDs unique (``2.25.<n>...``)."""
     image = sitk.Cast(sitk.ReadImage(str(ct)), sitk.sitkInt16)
+    if box_mm is not None:
+        image = crop_mm(image, box_mm)
     image.SetOrigin(tuple(o + s for o, s in zip(image.GetOrigin(), shift_mm)))
     study_uid, series_uid = f"2.25.{n}1", f"2.25.{n}2"
     tags = {

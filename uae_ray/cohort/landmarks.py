@@ -2,8 +2,9 @@
 matched against the stored embeddings (scans without embeddings are embedded first).
 
 Layout under ``out``:
-  ``landmarks/template-<job_key>.parquet`` the template's embedding maps (fixed-point matching
-                                         matches back into the template, so workers read them)
+  ``references/<key>.parquet``          the template's embedding maps (fixed-point matching
+                                         matches back into the template, so workers read them;
+                                         a re-run with the same template and model reads them)
   ``landmarks/parts/<scan_id>.parquet``  per-scan detections (written by the workers)
   ``landmarks/detections.parquet``      all detections of the archive (written by the driver)
   ``manifests/landmarks``               status per scan, keyed by model version + job key
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from uae_ray.cohort.embed import add_record, archive_scans, embed_scans, pending_scans, persist_record
-from uae_ray.cohort.maps_io import embeddings_uri, read_maps, write_maps
+from uae_ray.cohort.maps_io import embeddings_uri, read_maps
 from uae_ray.cohort.runner import apply_worker_env, fan_out, init_ray, one_line, worker_env
 from uae_ray.serving import get_embedder
 from uae_ray.storage import DETECTIONS, Manifest, ScanRef, join, read_files, write_table_atomic
@@ -52,37 +53,36 @@ class TemplateQuery:
     job_key: str
 
 
-def embed_template(template: str, points: NamedPoints, embedder: "Embedder") -> "EmbeddingMaps":
-    """The template's maps, after checking that every point lies inside it.
+def template_maps(template: str, points: NamedPoints, embedder: "Embedder", out: str) -> tuple["EmbeddingMaps", str]:
+    """``(maps, uri)`` of the template, after checking that every point lies inside it: embedded,
+    or read back from ``<out>/references/`` (:mod:`uae_ray.cohort.references`).
 
     Raises:
         ValueError: a point lies outside the template image (see
             :func:`~uae_ray.tasks.landmarks.check_points_inside`); nothing is embedded.
     """
-    from uae_ray.matching import embed_image
+    from uae_ray.cohort.references import reference_maps
     from uae_ray.tasks.landmarks import check_points_inside
     from uae_ray.volume import detect_modality
 
     image = read_image_uri(template)
     check_points_inside(points, image, "template")
-    return embed_image(image, embedder, detect_modality(image, template))
+    return reference_maps(template, image, embedder, detect_modality(image, template), out)
 
 
 def build_query(
-    template: str, points: NamedPoints, out: str, method: str, triton_url: str | None, checkpoint: str | None
+    template: str, points: NamedPoints, references: str, method: str, triton_url: str | None, checkpoint: str | None
 ) -> TemplateQuery:
-    """Embeds the template (with the same model as the cohort) and stores its maps under ``out``.
+    """The template's query (its maps from :func:`template_maps` under ``references``, with the
+    same model as the cohort).
 
     Raises:
-        ValueError: a point lies outside the template image (see
-            :func:`~uae_ray.tasks.landmarks.check_points_inside`); nothing is embedded.
+        ValueError: a point lies outside the template image; nothing is embedded.
     """
-    maps = embed_template(template, points, get_embedder(triton_url, checkpoint=checkpoint))
+    maps, maps_uri = template_maps(template, points, get_embedder(triton_url, checkpoint=checkpoint), references)
     digest = hashlib.sha256(
         template.encode() + points.xyz.tobytes() + "\n".join(points.names).encode() + method.encode()
     ).hexdigest()[:12]
-    maps_uri = join(out, "landmarks", f"template-{digest}.parquet")
-    write_maps(maps_uri, f"template-{digest}", maps, tier="full")  # one file: the query vectors stay exact
     return TemplateQuery(points.names, points.xyz, maps_uri, method, maps.model_version, digest)
 
 
@@ -155,13 +155,15 @@ def run_cohort_landmarks(
     force: bool = False,
     limit: int | None = None,
     method: str = "fixed-point",
+    references: str | None = None,
 ) -> dict[str, Any]:
     """Detects the template's points in every scan of ``archive`` with ``method`` (``nn`` or
-    ``fixed-point``); returns a summary."""
+    ``fixed-point``); returns a summary. ``references``: the prefix whose ``references/`` keeps
+    the template's maps (default ``out``)."""
     embeddings = embeddings or out
     points = read_points(points_csv)
     scans = archive_scans(archive, limit)
-    query = build_query(template, points, out, method, triton_url, checkpoint)
+    query = build_query(template, points, references or out, method, triton_url, checkpoint)
     logger.info("cohort landmarks: %d points, %d scans, model %s", len(points), len(scans), query.model_version)
     summary: dict[str, Any] = {"scans": len(scans), "points": len(points), "model_version": query.model_version}
 

@@ -1,5 +1,6 @@
 """``uae-ray cohort query``: a template's points found in every stored scan of an archive's
-embeddings, without embedding anything but the template.
+embeddings, without embedding anything but the template (once per model: its maps are kept
+under ``<out>/references/``).
 
 Two passes per scan:
 
@@ -27,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from uae_ray.cohort.embed import EMBED_MANIFEST
-from uae_ray.cohort.landmarks import embed_template
+from uae_ray.cohort.landmarks import template_maps
 from uae_ray.cohort.maps_io import embeddings_uri, read_coarse, read_maps
 from uae_ray.cohort.runner import Progress, one_line
 from uae_ray.serving import get_embedder
@@ -98,8 +99,8 @@ def run_cohort_query(
     points = read_points(points_csv)
     embedder = get_embedder(triton_url, checkpoint=checkpoint)
     ids = stored_scan_ids(embeddings, embedder.version)[:limit]
-    template_maps = embed_template(template, points, embedder)
-    _, query_global = sample_embeddings(template_maps, points.xyz)
+    query_maps, _ = template_maps(template, points, embedder, out)
+    _, query_global = sample_embeddings(query_maps, points.xyz)
     logger.info("cohort query: %d points in %d stored scans (model %s)%s", len(points), len(ids),
                 embedder.version, "" if refine else ", coarse only")
 
@@ -119,7 +120,7 @@ def run_cohort_query(
             coarse_s += t1 - t0
             fine = None
             if refine:
-                fine = find_points(template_maps, points.xyz, read_maps(uri), "fixed-point", guess=coarse,
+                fine = find_points(query_maps, points.xyz, read_maps(uri), "fixed-point", guess=coarse,
                                    window_mm=REFINE_WINDOW_MM)
                 refine_s += time.perf_counter() - t1
             for key, values in _rows(scan_id, points.names, coarse, coarse_score, fine, embedder.version).items():

@@ -12,6 +12,9 @@ materialised series), each under its own lease, so their manifests skip what an 
   ``<out>/tracks``; afterwards the new study's found lesions become its ``lesions.csv``, so the
   next follow-up is tracked from them;
 * ``register``: the new study (moving) to its prior (fixed) -> ``<out>/transforms``.
+
+The templates' and supports' maps are embedded once per model and kept in
+``<out>/references/`` (:mod:`uae_ray.cohort.references`): later cycles read them.
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ def run_steps(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
         with _timed(summaries, f"landmarks:{step.name}"), JobLease(ctx.landmarks_out(step.name), "landmarks"):
             summaries[f"landmarks:{step.name}"] = run_cohort_landmarks(
                 ctx.archive, ctx.landmarks_out(step.name), step.template, step.points, ctx.triton_url,
-                embeddings=out, ray_address=ctx.ray_address, checkpoint=p.checkpoint)
+                embeddings=out, ray_address=ctx.ray_address, checkpoint=p.checkpoint, references=out)
     if p.prelabel is not None:
         from uae_ray.cohort.prelabel import run_cohort_prelabel
 

@@ -4,7 +4,8 @@ annotated support scans (MedLSAM, as ``uae-ray segment``), one Ray task per scan
 The driver loads the supports once (a support that cannot be read is an error line and is left
 out; a support whose labels lack an organ is named in a warning and not used for that organ; an
 organ that no support has is marked in every scan's rows and the others go on), embeds them once
-for the embedding localizer, and ships both to the workers through the object store. Each task
+for the embedding localizer (kept in ``references/`` for the next run with the same model), and
+ships both to the workers through the object store. Each task
 reads its scan, localizes the organs (:func:`~uae_ray.tasks.segment.localize_prompts`), segments
 them with segment-anything (Triton with ``triton_url``, else in-process), writes the label map,
 its part of the index and, for the QC report, one PNG per segmented organ.
@@ -21,6 +22,7 @@ Layout under ``out``:
                                             failed has one ``error`` row per organ
   ``qc/prelabel/<scan_id>/<label>.png``     the three slices through each organ with its contour
   ``qc/prelabel.html``                      the QC report (default; ``report`` moves or disables it)
+  ``references/<key>.parquet``              the supports' embedding maps (float16)
   ``manifests/prelabel``                    status per scan
 Only hashed scan ids appear in the index and the report. A re-run skips the scans that are
 ``ok`` for the same supports, organs, options and model versions (``force`` redoes them).

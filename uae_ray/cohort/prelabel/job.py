@@ -79,9 +79,10 @@ def _job_key(supports: Sequence, names: Sequence[str], label_names: str | None, 
 
 
 def _models_on_driver(supports, method, triton_url, checkpoint, medlam_checkpoint, embedding_mode,
-                      sam_checkpoint, sam_kind) -> tuple[str, str, dict]:
+                      sam_checkpoint, sam_kind, out: str) -> tuple[str, str, dict]:
     """``(localizer version, SAM version, support maps)``: the models loaded once here and the
-    supports embedded once (embedding localizer).
+    supports embedded once (embedding localizer), or read back from ``<out>/references/`` where
+    an earlier run with the same model stored them (:mod:`uae_ray.cohort.references`).
 
     Raises:
         PrelabelError: a model cannot be loaded or reached.
@@ -97,13 +98,14 @@ def _models_on_driver(supports, method, triton_url, checkpoint, medlam_checkpoin
         raise PrelabelError(one_line(e)) from e
     maps: dict = {}
     if method == "embedding":
-        from uae_ray.matching import embed_image
+        from uae_ray.cohort.references import reference_maps
 
         t0 = time.perf_counter()
         for s in supports:
             if s.spec.image not in maps:
-                maps[s.spec.image] = embed_image(s.image, localizer.embedder, s.modality)
-        logger.info("embedded %d support image(s) once for every scan in %.1f s", len(maps), time.perf_counter() - t0)
+                maps[s.spec.image] = reference_maps(s.spec.image, s.image, localizer.embedder, s.modality, out)[0]
+        logger.info("%d support image(s) embedded or read once for every scan in %.1f s", len(maps),
+                    time.perf_counter() - t0)
     return localizer_version, sam_version, maps
 
 
@@ -128,6 +130,7 @@ def run_cohort_prelabel(
     report: str | None = None,
     qc: bool = True,
     dicom_seg: bool = False,
+    references: str | None = None,
 ) -> dict[str, Any]:
     """Pre-labels every scan under ``archive`` that is not done yet (see the module docstring).
 
@@ -139,6 +142,7 @@ def run_cohort_prelabel(
         report: the QC report's path or URI (default ``<out>/qc/prelabel.html``).
         qc: write the QC images and report.
         dicom_seg: also write a DICOM SEG for every DICOM series scan.
+        references: the prefix whose ``references/`` keeps the supports' maps (default ``out``).
 
     Returns:
         A summary dict (counts, versions, the index and report URIs).
@@ -164,7 +168,8 @@ def run_cohort_prelabel(
     if not used:
         raise PrelabelError(f"no support scan has any of the organs {', '.join(names)}")
     loc_version, sam_version, maps = _models_on_driver(used, method, triton_url, checkpoint,
-                                                       medlam_checkpoint, embedding_mode, sam_checkpoint, sam_kind)
+                                                       medlam_checkpoint, embedding_mode, sam_checkpoint, sam_kind,
+                                                       references or out)
     settings = PrelabelSettings(
         out=out, manifest=join(out, PRELABEL_MANIFEST), organs=tuple(names), supports=tuple(used), support_maps=maps,
         boxes=boxes, method=method, embedding_mode=embedding_mode, triton_url=triton_url, checkpoint=checkpoint,
