@@ -27,7 +27,7 @@ SEGMENT_BENCH_MODES = ("wpl", "spl", "gt-wpl", "gt-spl", "gt-slice")  # bench.se
 TRACKING_BENCH_METHODS = ("nn", "fixed-point", "nn+extent", "fixed-point+extent")
 # Likewise; tests check they equal cohort.maps_io.TIERS and DEFAULT_TIER.
 STORAGE_TIERS = ("full", "int8", "int8-body", "compact", "compact-hq", "compact-hq-s1", "compact-hq-hs")
-DEFAULT_STORAGE_TIER = "compact-hq"
+DEFAULT_STORAGE_TIER = "compact-hq-hs"
 
 #: Shipped embedding models by name (``--checkpoint NAME``); tests check it equals
 #: models.checkpoint.SHIPPED_WEIGHTS and DEFAULT_MODEL its default (kept here: no torch import).
@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_archive_args(c)
     _add_cohort_run_args(c, "scan")
     c.add_argument("--storage-tier", choices=STORAGE_TIERS, default=DEFAULT_STORAGE_TIER,
-                   help="how the maps are stored (default %(default)s: ~9 MB per 512x512x300 CT; compact ~7 MB; "
+                   help="how the maps are stored (default %(default)s: ~7.8 MB per 512x512x300 CT; compact-hq ~9 MB; "
                         "full: float16, ~135 MB; see docs/benchmarks.md, storage tiers)")
     c.add_argument("--workers", type=int, metavar="N",
                    help="embed actors (each holds the model or a Triton connection; default: one per free CPU "

@@ -221,8 +221,11 @@ def test_each_level_is_its_own_row_group_and_the_coarse_read_gets_only_the_globa
     write_maps(uri, "abc", maps)
     meta = pq.ParquetFile(uri).metadata
     groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
-    assert meta.num_row_groups == 5  # local, global, valid, body, semantic
-    assert {g.column(1).statistics.min for g in groups} == {"local", "global", "valid", "body", "semantic"}
+    # the default tier keeps the semantic level at half resolution, with its own body mask
+    levels = {"local", "global", "valid", "body", "semantic", "body_half"}
+    assert meta.num_row_groups == len(levels)
+    assert all(g.column(1).statistics.min == g.column(1).statistics.max for g in groups)
+    assert {g.column(1).statistics.min for g in groups} == levels
     glob, grid, valid, version = read_coarse(uri)
     assert glob.shape == maps.global_.shape and grid == maps.global_grid and version == maps.model_version
     assert valid.shape == maps.global_.shape[1:] and valid.any()
