@@ -440,19 +440,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status"], help="up: start; down: stop; status: what runs")
     p.set_defaults(func=_cmd_stack)
 
-    p = _verb(sub, "watch", "scheduled, incremental jobs over a DICOMweb PACS; results go back as DICOM SEG and SR",
+    p = _verb(sub, "watch", "scheduled, incremental jobs over a DICOMweb PACS or an S3 archive; results go back to "
+              "the PACS as DICOM SEG and SR",
               "Each cycle discovers the studies that became stable since the last one (Orthanc's changes feed), "
               "fetches each one's primary CT/MR series de-identified, runs the pipeline's steps through the cohort "
               "jobs (embed, landmarks, prelabel, and tracking and registration against the patient's prior study), "
-              "stores a DICOM SEG and a DICOM SR back to the PACS with STOW-RS and writes an HTML run report. The "
-              "cursor under OUT/watch/ advances only after a cycle's work is committed. PACS credentials: "
+              "stores a DICOM SEG and a DICOM SR back to the PACS with STOW-RS and writes an HTML run report. An "
+              "s3:// (or folder) source: the scans not yet in the watch manifest, processed in place (no send-back). "
+              "The cursor under OUT/watch/ advances only after a cycle's work is committed. PACS credentials: "
               "UAE_PACS_USER / UAE_PACS_PASSWORD or the 'pacs' section of ~/.config/uae-ray/config.yaml "
               "(see docs/watch.md).",
               ["uae-ray watch --source dicomweb+http://127.0.0.1:8042/dicom-web --out s3://results/pacs "
                "--pipeline jobs/watch_pipeline.yaml --once",
                "uae-ray watch --source dicomweb+http://pacs:8042/dicom-web --out s3://results/pacs "
-               "--pipeline jobs/watch_pipeline.yaml --every 10m"])
-    p.add_argument("--source", required=True, metavar="URI", help="dicomweb+http://HOST:PORT/dicom-web")
+               "--pipeline jobs/watch_pipeline.yaml --every 10m",
+               "uae-ray watch --source s3://archive/ct --out s3://results/ct --pipeline jobs/watch_pipeline.yaml --once"])
+    p.add_argument("--source", required=True, metavar="URI",
+                   help="dicomweb+http://HOST:PORT/dicom-web, or an archive: s3://bucket/prefix or a folder")
     p.add_argument("--out", required=True, metavar="URI", help="output prefix (s3:// or a folder)")
     p.add_argument("--pipeline", required=True, metavar="YAML", help="the steps (schema: jobs/watch_pipeline.yaml)")
     when = p.add_mutually_exclusive_group()
@@ -460,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--every", metavar="DURATION", help="a cycle every DURATION (30s, 10m, 2h); default: the "
                       "pipeline's schedule.every")
     p.add_argument("--since", type=int, metavar="CURSOR", help="discover from this change number instead of the "
-                   "stored cursor (0: the whole feed again; done steps are still skipped)")
+                   "stored cursor (0: the whole feed, or every scan of an archive, again; done steps are still "
+                   "skipped)")
     p.add_argument("--cycles", type=int, metavar="N", help="with --every: stop after N cycles")
     p.add_argument("--triton", metavar="URL", help="Triton HTTP endpoint; default: the local stack's")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address; default: $RAY_ADDRESS or the local "
@@ -634,10 +639,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="torch threads (SimpleITK runs on 1)")
     _add_split_arg(b)
     _add_embedder_args(b, storage_tier=True)
-    b = _verb(bsub, "localization", "few-shot organ boxes, leave-one-out over ../shared/data",
-              "For k = 1..max-k supports: box IoU and wall distance per organ and method.",
-              ["uae-ray bench localization --max-k 5 --method embedding"])
+    b = _verb(bsub, "localization", "few-shot organ boxes: head-neck leave-patient-out, or the curated cases",
+              "--protocol headneck (default): the seven head-neck structures of --targets test patients of the split, "
+              "from supports drawn from its training patients, for each k of --k: box IoU, wall distance and seconds "
+              "per structure, seconds per scan. --protocol curated: leave-one-out over the other labelled cases "
+              "(abdomen, thorax) for k = 1..max-k, per organ and method.",
+              ["uae-ray bench localization --targets 20 --k 1 3 5",
+               "uae-ray bench localization --protocol curated --max-k 5 --method embedding"])
     _add_bench_io(b, "localization", seed=True)
+    b.add_argument("--protocol", choices=["headneck", "curated"], default="headneck", help="which benchmark")
+    b.add_argument("--targets", type=int, default=20, help="headneck: test patients measured")
+    b.add_argument("--k", type=int, nargs="+", default=[1, 3, 5], metavar="K", help="headneck: support counts")
+    _add_split_arg(b)
     b.add_argument("--max-k", type=int, default=5, help="largest number of support scans")
     b.add_argument("--method", action="append", choices=LOCALIZE_METHODS, dest="methods",
                    help="localizer to measure (repeatable; default: all)")

@@ -84,3 +84,23 @@ def test_elastix_baseline_recovers_a_translation():
     assert set(moved) == {"elastix_affine", "elastix_bspline"} and "failed" not in moved["elastix_affine"]
     for key in moved:
         np.testing.assert_allclose(moved[key]["points"], pts + np.array(shift), atol=1.5)
+
+
+def test_bench_watch_studies_are_two_per_patient_with_fresh_uids_and_a_valid_pipeline(shared_data, tmp_path):
+    import pydicom
+
+    from uae_ray.bench.watch import SHIFT_MM, make_studies
+    from uae_ray.watch import load_pipeline
+
+    studies, lesions, pipeline, cases, template = make_studies(shared_data, 2, tmp_path / "a")
+    first, follow = studies
+    assert first.patient_id == follow.patient_id and first.study_date < follow.study_date
+    assert follow.shift_mm == SHIFT_MM and template not in cases
+    assert (lesions / f"{first.study_uid}.csv").is_file() and not (lesions / f"{follow.study_uid}.csv").exists()
+    assert load_pipeline(pipeline).steps == ("embed", "landmarks:hn", "prelabel", "track", "register")
+    again, *_ = make_studies(shared_data, 2, tmp_path / "b")
+    assert {s.study_uid for s in again}.isdisjoint({s.study_uid for s in studies})  # new to the PACS each run
+    ds = pydicom.dcmread(sorted(first.folder.glob("*.dcm"))[0], stop_before_pixels=True)
+    assert len(ds.AccessionNumber) <= 16 and len(ds.StudyID) <= 16 and len(ds.StudyInstanceUID) <= 64
+    with pytest.raises(ValueError, match="even"):
+        make_studies(shared_data, 3, tmp_path / "c")

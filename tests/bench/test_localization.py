@@ -1,4 +1,5 @@
-"""`uae-ray bench localization`: summaries (unit) and a smoke run on two real cases."""
+"""`uae-ray bench localization`: summaries (unit), a smoke run of the curated protocol on two real
+cases, and the head-neck leave-patient-out protocol on one test patient."""
 
 import json
 
@@ -31,7 +32,7 @@ def test_bench_smoke_on_two_cases(shared_data, tmp_path, capsys):
     from uae_ray.cli import main
 
     out = tmp_path / "loc.json"
-    code = main(["bench", "localization", "--data", str(shared_data), "--out", str(out),
+    code = main(["bench", "localization", "--protocol", "curated", "--data", str(shared_data), "--out", str(out),
                  "--cases", "ts_example_ct,ts_upper_abdomen", "--organs", "liver",
                  "--embedding-mode", "transfer"])
     assert code == 0
@@ -44,3 +45,21 @@ def test_bench_smoke_on_two_cases(shared_data, tmp_path, capsys):
     assert all(0.0 <= r["iou"] <= 1.0 and r["wall_mm"] >= 0 and r["k"] == 1 for r in recs)
     text = capsys.readouterr().out
     assert "iou_min_ml" in text and "per organ" in text
+
+
+def test_headneck_protocol_draws_supports_from_training_and_targets_from_test_patients(shared_data, tmp_path):
+    from uae_ray.cli import main
+    from uae_ray.split import load_split, read_case_patients
+
+    out = tmp_path / "hn.json"
+    code = main(["bench", "localization", "--data", str(shared_data), "--out", str(out), "--targets", "1",
+                 "--k", "1"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    split, patients = load_split(result["split"]), read_case_patients(shared_data)
+    assert result["leave_patient_out"] and len(result["supports"]) == 1 and len(result["targets"]) == 1
+    assert not split.is_test(patients[result["supports"][0]]) and split.is_test(patients[result["targets"][0]])
+    (row,) = result["summary"]
+    assert row["k"] == "1" and row["n_organs"] >= 4  # the structures whole in both scans
+    # one support of another patient already places the boxes: a real, loose bound
+    assert row["iou_all"] > 0.25, row

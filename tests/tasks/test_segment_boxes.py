@@ -86,3 +86,36 @@ def test_spl_supports_split_the_organ_into_named_z_parts():
     lows = [np.argwhere(parts == k)[:, 0] for k in sorted(derived.names)]
     assert lows[0].max() < lows[1].min()  # inferior part first
     assert derived.image is image and derived.organ(part_name("liver", 1, 2)) is not None
+
+
+def test_spl_embeds_the_target_once_for_both_localizations():
+    """SPL localizes the organs, then their parts: one embedding of the target and one of the
+    support serve both (the factory reuses the support's maps for its SPL twin)."""
+    from uae_ray.api.models import make_localizer_factory
+    from uae_ray.models.sam2d import Sam2DConfig
+    from uae_ray.serving import get_embedder
+    from uae_ray.tasks.segment import localize_prompts
+    from uae_ray.tasks.segment.assembly import TargetSlices
+    from uae_ray.tasks.support import Support, SupportSpec
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(-100, 200, size=(48, 40, 40)).astype(np.int16)
+    labels_arr = np.zeros(arr.shape, np.uint8)
+    labels_arr[8:40, 10:30, 12:28] = 1
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((2.0, 2.0, 2.5))
+    labels = sitk.GetImageFromArray(labels_arr)
+    labels.CopyInformation(image)
+    support = Support(SupportSpec("img", "lab"), image, labels, {1: "liver"}, "test", "CT")
+    calls = []
+    inner = get_embedder(None)
+    original = inner.embed
+    inner.embed = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        factory = make_localizer_factory("embedding", None, None, None, None)
+        prompts = localize_prompts(factory, [support], image, TargetSlices(image, "CT", Sam2DConfig()), ["liver"],
+                                   mode="spl")
+    finally:
+        inner.embed = original
+    assert len(calls) == 2, f"{len(calls)} embeddings: the target and the support once each"
+    assert [p.name for p in prompts] == ["liver"]

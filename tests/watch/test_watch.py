@@ -4,13 +4,14 @@ the later ones moved by known translations; patient B: one study) are stored in 
 cycles process them; the SEG and SR are read back from Orthanc and checked against the tables
 and label maps; a second cycle does nothing; a study stored afterwards is the only one
 processed and is paired with its prior; a watcher killed mid-cycle and run again ends with the
-tables of an undisturbed run."""
+tables of an undisturbed run; an S3 prefix of DICOM series is watched the same way, in place."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -283,3 +284,46 @@ def test_a_watcher_killed_mid_cycle_and_run_again_gives_the_undisturbed_tables(w
     for table, drop in (("tracks/tracks.parquet", ()), ("transforms/transforms.parquet", ("seconds", "tfm_uri")),
                         ("landmarks-hn/landmarks/detections.parquet", ())):
         assert rows(out, table, drop) == rows(cycles["out"], table, drop), table
+
+
+def test_an_archive_source_is_watched_in_place_and_pairs_by_the_dicom_headers(world, tmp_path):
+    """An S3 prefix of DICOM series: the first cycle takes every scan and pairs patient A's two
+    studies by their headers; a second does nothing; a series uploaded later is the only one
+    processed and is tracked from its prior."""
+    from uae_ray.api.archive import upload_archive
+    from uae_ray.watch import WatchSettings, load_pipeline, run_cycle
+
+    archive, out = f"s3://{BUCKET}/archive", f"s3://{BUCKET}/out3"
+    staged = tmp_path / "archive"
+    for name in ("a1", "a2", "b1"):
+        shutil.copytree(world["studies"][name].folder, staged / name)
+    upload_archive(str(staged), archive, progress=False)
+    lesions = tmp_path / "lesions"
+    lesions.mkdir()
+    (lesions / "a1.csv").write_text("name,x,y,z\nl1,%s,%s,%s\n" % LESION)  # <path below the archive>.csv
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"version: 1\nsteps:\n  track:\n    lesions: {lesions}\n")
+    env = world["env"]
+    settings = WatchSettings(archive, out, load_pipeline(pipeline), env["UAE_TRITON_URL"], env["UAE_RAY_ADDRESS"])
+    first = run_cycle(settings)
+    assert (first["studies"], first["processed"], first["paired"], first["failed"]) == (3, 3, 1, 0), first
+    assert first["sent"] == 0 and first["feed_last"] == 3
+
+    def track_of(name: str) -> dict:
+        from uae_ray.storage import read_table
+        from uae_ray.storage.images import scan_id_for
+
+        sid = scan_id_for(f"{archive}/{name}", archive)
+        (row,) = [t for t in read_table(f"{out}/tracks/tracks.parquet").to_pylist() if t["followup_id"] == sid]
+        return row
+
+    a2 = track_of("a2")
+    assert a2["found"] and np.linalg.norm(np.subtract([a2[k] for k in "xyz"], np.add(LESION, SHIFT_A2))) < 3.0
+    assert run_cycle(settings)["processed"] == 0
+    shutil.copytree(world["studies"]["a3"].folder, staged / "a3")
+    upload_archive(str(staged), archive, progress=False)
+    third = run_cycle(settings)
+    assert (third["processed"], third["paired"], third["failed"]) == (1, 1, 0), third
+    a3 = track_of("a3")
+    assert a3["found"] and a3["baseline_id"] == a2["followup_id"]
+    np.testing.assert_allclose([a3[k] for k in "xyz"], np.add(LESION, SHIFT_A3), atol=3.0)

@@ -50,9 +50,9 @@ def write_study(root: Path, ct: Path, name: str, patient_id: str, study_date: st
     study_uid, series_uid = f"2.25.{n}1", f"2.25.{n}2"
     tags = {
         "0010|0010": f"Doe^{name}", "0010|0020": patient_id, "0010|0030": "19600101",
-        "0008|0020": study_date, "0008|0030": "101500", "0008|0050": f"ACC{n}",
+        "0008|0020": study_date, "0008|0030": "101500", "0008|0050": f"ACC{n % 10**9}",  # SH: <= 16 chars
         "0020|000d": study_uid, "0020|0052": f"2.25.{n}3", "0008|0016": CT_IMAGE_STORAGE,
-        "0008|0060": "CT", "0020|0010": str(n), "0020|0011": "1",
+        "0008|0060": "CT", "0020|0010": str(n % 10**9), "0020|0011": "1",
         "0018|0050": f"{image.GetSpacing()[2]:.6g}",  # SliceThickness
     }
     folder = root / name

@@ -1,6 +1,8 @@
-"""``uae-ray bench localization``: few-shot organ boxes, leave-one-out over the curated cases.
+"""``uae-ray bench localization --protocol curated``: few-shot organ boxes, leave-one-out over the
+curated cases (the head-neck cohort ``openkbp_*`` has its own protocol,
+:mod:`uae_ray.bench.localization_hn`).
 
-Every labelled case of one modality (CT by default; MR supports only for MR targets) is a
+Every other labelled case of one modality (CT by default; MR supports only for MR targets) is a
 target in turn. Its organs (labels with at least :data:`MIN_VOXELS` voxels, tumours and
 planning volumes excluded, see :data:`~uae_ray.data.cases.NON_ANATOMICAL`) that at least one
 *other patient's* case also has are localized from those cases as supports: for k = 1 .. up
@@ -92,8 +94,9 @@ def _subset_rng(seed: int, target: str, organ: str, k: int) -> np.random.Generat
     return np.random.default_rng([seed, zlib.crc32(f"{target}/{organ}".encode()), k])
 
 
-def _record(target: str, organ: str, volume_ml: float, method: str, k: int, subset: tuple[str, ...],
-            box: OrganBox, truth: np.ndarray, seconds: float) -> dict[str, Any]:
+def box_record(target: str, organ: str, volume_ml: float, method: str, k: int, subset: tuple[str, ...],
+               box: OrganBox, truth: np.ndarray, seconds: float) -> dict[str, Any]:
+    """One benchmark row: a predicted box against the truth."""
     return {
         "target": target, "organ": organ, "volume_ml": volume_ml, "method": method, "k": k,
         "supports": list(subset), "iou": box_iou(box.box, truth), "wall_mm": wall_distance(box.box, truth),
@@ -139,7 +142,9 @@ def run_localization(
     """
     t_start = time.perf_counter()
     support_modality = support_modality or modality
+    # the 170 head-neck CTs have their own leave-patient-out protocol (bench/localization_hn.py)
     pool: list[Case] = [c for c in load_cases(data_dir) if c.labels_path is not None
+                        and not c.case_id.startswith("openkbp_")
                         and c.modality in (modality, support_modality) and (not cases or c.case_id in set(cases))]
     supports = {c.case_id: load_support(SupportSpec(str(c.image_path), str(c.labels_path)), modality=c.modality)
                 for c in pool}
@@ -224,7 +229,7 @@ def _vote_all(
                     t0 = time.perf_counter()
                     box = vote(organ, [p[0] for p in parts], fov, method.split("/")[0], policy)
                     seconds = sum(p[1] for p in parts) + time.perf_counter() - t0
-                    out.append(_record(t, organ, truth_geo.volume_ml, method, k, subset, box, truth_geo.box, seconds))
+                    out.append(box_record(t, organ, truth_geo.volume_ml, method, k, subset, box, truth_geo.box, seconds))
     return out
 
 
@@ -260,7 +265,7 @@ def _medlam_records(
                         t0 = time.perf_counter()
                         parts = [loc.support_organ(supports[s], organ) for s in subset]
                         box = loc.localize_organ(scans[t], organ, parts, centre)
-                        out.append(_record(t, organ, truth_geo.volume_ml, method, k, subset, box, truth_geo.box,
+                        out.append(box_record(t, organ, truth_geo.volume_ml, method, k, subset, box, truth_geo.box,
                                            time.perf_counter() - t0))
             logger.info("%s: %s done (%d organ(s))", method, t, len(organ_map))
     return out

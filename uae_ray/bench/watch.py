@@ -49,8 +49,9 @@ def _cases(data_dir: Path, n_patients: int) -> tuple[list[str], str]:
     return [c for c in cases if c != template][:n_patients], template
 
 
-def make_studies(data_dir: Path, n_series: int, root: Path) -> tuple[list, Path, Path]:
-    """The studies (first, follow-up per patient), the lesions folder and the pipeline file."""
+def make_studies(data_dir: Path, n_series: int, root: Path) -> tuple[list, Path, Path, list[str], str]:
+    """The studies (first, follow-up per patient), the lesions folder, the pipeline file, the
+    cases used and the template case."""
     import SimpleITK as sitk
 
     from uae_ray.bench.dicom_studies import write_study
@@ -87,7 +88,7 @@ steps:
   register:
     kind: rigid
 """)
-    return studies, lesions, pipeline
+    return studies, lesions, pipeline, cases, template
 
 
 def _wait_stable(pacs, since: int, wanted: set[str], timeout_s: float) -> None:
@@ -115,7 +116,7 @@ def run_watch_bench(data_dir: str | Path, out_json: str | Path, env: dict[str, s
     pacs = DicomWebPacs(env["UAE_PACS_URL"], env["UAE_PACS_USER"], env["UAE_PACS_PASSWORD"])
     with tempfile.TemporaryDirectory(prefix="uae-ray-bench-watch-", dir=workdir) as tmp:
         root = Path(tmp)
-        studies, _, pipeline_file = make_studies(data_dir, n_series, root)
+        studies, _, pipeline_file, cases, template = make_studies(data_dir, n_series, root)
         pipeline = load_pipeline(pipeline_file)
         if checkpoint:
             from dataclasses import replace
@@ -154,6 +155,7 @@ def run_watch_bench(data_dir: str | Path, out_json: str | Path, env: dict[str, s
         "benchmark": "watch",
         "series": n_series, "patients": n_series // 2, "pairs": cycle["paired"],
         "pipeline": pipeline.steps, "model": checkpoint or "default", "organs": ORGANS,
+        "cases": cases, "template": template,
         "steps": steps,
         "overhead": {
             "discover_s": s["discover"], "discover_repeat_median_s": statistics.median(reads),

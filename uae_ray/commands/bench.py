@@ -147,6 +147,15 @@ def run(args: argparse.Namespace) -> int:
             logger.error("uae-ray bench registration: %s", exc)
             return 2
         print(registration_table(result))
+    elif args.bench == "localization" and args.protocol == "headneck":
+        from uae_ray.bench.localization_hn import localization_hn_table, run_localization_hn
+
+        embedder = get_embedder(args.triton, checkpoint=args.checkpoint, device=args.device)
+        variant = (args.embedding_modes or ["transfer"])[0]
+        result = run_localization_hn(data, embedder, args.out, split=args.split, n_targets=args.targets,
+                                     ks=tuple(args.k), seed=args.seed, variant=variant,
+                                     trained_on=_trained_on(args.checkpoint))
+        print(localization_hn_table(result))
     elif args.bench == "localization":
         from uae_ray.bench.localization import BENCH_METHODS, EMBEDDING_VARIANTS, localization_table, per_organ_table
         from uae_ray.bench.localization import run_localization

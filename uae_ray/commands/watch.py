@@ -1,4 +1,4 @@
-"""``uae-ray watch``: scheduled, incremental jobs over a DICOMweb PACS (see
+"""``uae-ray watch``: scheduled, incremental jobs over a DICOMweb PACS or an archive (see
 :mod:`uae_ray.watch.cycle`)."""
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ def run(args: argparse.Namespace) -> int:
         every = parse_duration(args.every, "--every") if args.every else pipeline.every_s
         if not args.once and every is None:
             raise PipelineError("give --once, --every DURATION, or schedule.every in the pipeline")
-        if not args.source.startswith("dicomweb+"):
-            raise WatchError(f"{args.source}: only dicomweb+http(s):// sources are watched in this release "
-                             "(S3 archives: run the cohort jobs, which skip what is done)")
         triton, ray_address = service_defaults(args.triton, args.ray_address)
         settings = WatchSettings(args.source, args.out, pipeline, triton, ray_address, args.since)
         if args.once:

@@ -1,14 +1,16 @@
-"""One cycle of ``uae-ray watch`` over a DICOMweb PACS, and the ``--every`` loop.
+"""One cycle of ``uae-ray watch`` over a DICOMweb PACS or an archive, and the ``--every`` loop.
 
 A cycle, under the lease ``<out>/manifests/watch.lease`` (one watcher per output prefix):
 
-1. **discover** the studies that became stable since the cursor (Orthanc's changes feed);
+1. **discover** the studies that became stable since the cursor (Orthanc's changes feed), or
+   the scans of an archive source not yet indexed (:mod:`uae_ray.watch.archive`);
 2. **fetch** each study's primary series into the watcher's archive, de-identified
-   (:mod:`uae_ray.watch.materialize`); a study without a usable series is one error record;
+   (:mod:`uae_ray.watch.materialize`); a study without a usable series is one error record
+   (an archive's scans are not copied: the steps run on the archive);
 3. **run the steps** of the pipeline through the cohort jobs (:mod:`uae_ray.watch.steps`),
    pairing each new study with the patient's prior;
-4. **send back** a DICOM SEG of the pre-labels and a DICOM SR of the found landmarks and tracked
-   lesions with STOW-RS (:mod:`uae_ray.watch.send`);
+4. **send back** (a PACS source) a DICOM SEG of the pre-labels and a DICOM SR of the found
+   landmarks and tracked lesions with STOW-RS (:mod:`uae_ray.watch.send`);
 5. record one manifest record per (study, step) in ``<out>/manifests/watch`` (id
    ``<study_key>.<step>``), write the HTML run report ``<out>/watch/reports/cycle-<n>.html``
    and, last, advance the cursor.
@@ -204,6 +206,47 @@ def _send(pacs: DicomWebPacs, ctx: StepContext, metas: list[dict], pairs: dict[s
     return sent
 
 
+def _index_archive(settings: WatchSettings, manifest: Manifest, log: CycleLog) -> tuple[list[dict], int]:
+    """The new scans of an archive source, indexed (:mod:`uae_ray.watch.archive`); ``(metas,
+    scans listed)``."""
+    from uae_ray.watch.archive import INDEX_STEP, archive_meta, new_scans
+
+    index = read_index(settings.out)
+    scans, listed = new_scans(settings.source, manifest, replay=settings.since == 0)
+    metas = []
+    for scan in scans:
+        try:
+            meta = archive_meta(scan, settings.source)
+        except (OSError, ValueError) as e:  # e.g. a series still being uploaded: tried again next cycle
+            _record(manifest, log, scan.scan_id, INDEX_STEP, scan.uri, "error", one_line(e))
+            continue
+        index[meta["series_key"]] = meta
+        write_index(settings.out, index)
+        _record(manifest, log, scan.scan_id, INDEX_STEP, scan.uri, "ok", output=meta["rel"])
+        log.studies[scan.scan_id]["meta"] = meta
+        metas.append(meta)
+    return metas, listed
+
+
+def _discover(settings: WatchSettings, pacs: DicomWebPacs | None, position: int, staging: Path,
+              manifest: Manifest, log: CycleLog) -> tuple[list[dict], int, int]:
+    """``(metas of the new studies or scans, studies found, new cursor position)``."""
+    if pacs is None:
+        clock = time.perf_counter()
+        metas, listed = _index_archive(settings, manifest, log)
+        log.seconds["discover"] = time.perf_counter() - clock
+        logger.info("watch: %d new scans of %d under %s", len(metas), listed, settings.source)
+        return metas, len(metas), listed
+    clock = time.perf_counter()
+    ids, last = pacs.stable_studies_since(position)
+    log.seconds["discover"] = time.perf_counter() - clock
+    logger.info("watch: %d new stable studies since change %d (feed at %d)", len(ids), position, last)
+    clock = time.perf_counter()
+    metas = _fetch(pacs, ids, settings, staging, manifest, log)
+    log.seconds["fetch"] = time.perf_counter() - clock
+    return metas, len(ids), last
+
+
 def run_cycle(settings: WatchSettings) -> dict[str, Any]:
     """One watch cycle (module docstring); returns its summary.
 
@@ -214,37 +257,36 @@ def run_cycle(settings: WatchSettings) -> dict[str, Any]:
         ServiceUnreachableError / StorageError: a service of the cluster stayed down.
     """
     from uae_ray.serving import get_embedder
+    from uae_ray.watch.archive import CURSOR_KIND as ARCHIVE_KIND
     from uae_ray.watch.cursor import CursorError
+    from uae_ray.watch.materialize import series_root
     from uae_ray.watch.report import write_report
 
     t0 = time.perf_counter()
     out, p = settings.out, settings.pipeline
-    pacs = DicomWebPacs.from_source(settings.source)
+    pacs = DicomWebPacs.from_source(settings.source) if settings.source.startswith("dicomweb+") else None
     with JobLease(out, "watch"):
-        if not pacs.is_orthanc():
+        if pacs is None and not exists(settings.source):
+            raise WatchError(f"{settings.source}: no such archive (an s3:// prefix or a folder of scans)")
+        if pacs is not None and not pacs.is_orthanc():
             raise WatchError(f"{pacs.url}: discovery reads Orthanc's changes feed, which this DICOMweb server "
                              "does not offer (generic QIDO-RS discovery is not built yet)")
+        source_name = pacs.url if pacs is not None else settings.source
         try:
-            cursor = read_cursor(out, pacs.url, CURSOR_KIND)
+            cursor = read_cursor(out, source_name, CURSOR_KIND if pacs is not None else ARCHIVE_KIND)
         except CursorError as e:
             raise WatchError(str(e)) from None
         position = cursor.position if settings.since is None else int(settings.since)
         log = CycleLog()
-        clock = time.perf_counter()
-        ids, last = pacs.stable_studies_since(position)
-        log.seconds["discover"] = time.perf_counter() - clock
-        logger.info("watch: %d new stable studies since change %d (feed at %d)", len(ids), position, last)
-        summary: dict[str, Any] = {"source": pacs.url, "since": position, "feed_last": last, "studies": len(ids),
-                                   "cycle": cursor.cycle + 1}
         manifest = Manifest(join(out, WATCH_MANIFEST))
-        ctx = StepContext(out, p, settings.triton_url, settings.ray_address)
+        archive = series_root(out) if pacs is not None else settings.source
+        ctx = StepContext(out, p, settings.triton_url, settings.ray_address, archive)
         pairs: dict[str, StudyPair] = {}
-        summary["sent"] = 0
+        summary: dict[str, Any] = {"source": source_name, "since": position, "cycle": cursor.cycle + 1, "sent": 0}
         with tempfile.TemporaryDirectory(prefix="uae-ray-watch-") as tmp:
             staging = Path(tmp)
-            clock = time.perf_counter()
-            metas = _fetch(pacs, ids, settings, staging, manifest, log)
-            log.seconds["fetch"] = time.perf_counter() - clock
+            metas, found, last = _discover(settings, pacs, position, staging, manifest, log)
+            summary.update(studies=found, feed_last=last)
             manifest.save()
             if metas:
                 index = read_index(out)
@@ -254,10 +296,11 @@ def run_cycle(settings: WatchSettings) -> dict[str, Any]:
                 summary["steps"] = run_steps(ctx, list(pairs.values()))
                 log.seconds["steps"] = time.perf_counter() - clock
                 _record_steps(ctx, metas, pairs, manifest, log)
-                model_version = get_embedder(settings.triton_url, checkpoint=p.checkpoint).version
-                clock = time.perf_counter()
-                summary["sent"] = _send(pacs, ctx, metas, pairs, staging, manifest, log, model_version)
-                log.seconds["send"] = time.perf_counter() - clock
+                if pacs is not None:
+                    model_version = get_embedder(settings.triton_url, checkpoint=p.checkpoint).version
+                    clock = time.perf_counter()
+                    summary["sent"] = _send(pacs, ctx, metas, pairs, staging, manifest, log, model_version)
+                    log.seconds["send"] = time.perf_counter() - clock
             manifest.save()
         summary.update(processed=len(metas), paired=len(pairs),
                        seconds={k: round(v, 3) for k, v in log.seconds.items()},

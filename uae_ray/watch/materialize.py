@@ -7,7 +7,8 @@ DICOM series is (:func:`~uae_ray.volume.read_dicom_series`: one series, no missi
 sane geometry) and written to ``<out>/watch/series/<series_key>/``:
 
 * ``meta.json`` (written first): ``patient`` (the hashed patient id), ``study_date``,
-  ``study_time``, ``modality``, ``study_uid``, ``series_uid``, ``study_key``, ``series_key``;
+  ``study_time``, ``modality``, ``study_uid``, ``series_uid``, ``study_key``, ``series_key``,
+  ``source`` (``pacs``) and ``rel`` (the image's path below the watcher's archive);
 * ``image.nii.gz`` (written last, atomically): the pixels and geometry only.
 
 De-identification profile (``docs/watch.md``): nothing of the DICOM header reaches the output
@@ -103,6 +104,7 @@ def materialize(pacs: DicomWebPacs, study: StudyInfo, series: SeriesInfo, out: s
         "study_date": study.study_date, "study_time": study.study_time, "modality": series.modality,
         "study_uid": study.study_uid, "series_uid": series.series_uid,
         "study_key": study_key(study.study_uid), "series_key": series_key(series.series_uid),
+        "source": "pacs", "rel": f"{series_key(series.series_uid)}/{IMAGE_NAME}",
     }
     if exists(image_uri) and read_meta(folder) == meta:
         return Materialized(meta["study_key"], meta["series_key"], image_uri, meta)

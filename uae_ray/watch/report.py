@@ -88,8 +88,12 @@ def write_report(out: str, summary: dict[str, Any], log, ctx, pairs: dict) -> st
     for study in log.studies.values():
         names += [n for n in study["steps"] if n not in names]
     seconds = ", ".join(f"{k} {v:.1f} s" for k, v in summary.get("seconds", {}).items())
-    intro = (f"<p>Source {esc(summary['source'])}: {summary['studies']} new stable studies since change "
-             f"{summary['since']} (feed at {summary['feed_last']}); {summary['processed']} processed, "
+    if summary["source"].startswith("http"):
+        found = (f"{summary['studies']} new stable studies since change {summary['since']} "
+                 f"(feed at {summary['feed_last']})")
+    else:
+        found = f"{summary['studies']} new scans ({summary['feed_last']} in the archive)"
+    intro = (f"<p>Source {esc(summary['source'])}: {found}; {summary['processed']} processed, "
              f"{summary['failed']} with errors, {summary.get('paired', 0)} paired with a prior. {esc(seconds)}</p>")
     rows = []
     for key, study in log.studies.items():
@@ -102,8 +106,8 @@ def write_report(out: str, summary: dict[str, Any], log, ctx, pairs: dict) -> st
                 picture += _qc_images(out, ctx.scan_id(meta))
             except Exception as e:  # a report never fails the cycle
                 logger.warning("study %s: no QC image (%s)", key, type(e).__name__)
-        when = esc(meta.get("study_date", "")) if meta else ""
-        modality = esc(meta.get("modality", "")) if meta else ""
+        when = esc(meta.get("study_date") or "") if meta else ""
+        modality = esc(meta.get("modality") or "") if meta else ""
         rows.append(f"<tr><td>{esc(key)}</td><td>{when}</td><td>{modality}</td>{_step_cells(study['steps'], names)}"
                     f"<td><div class='imgs'>{picture}</div></td></tr>")
     head = "".join(f"<th>{esc(n)}</th>" for n in ["study", "date", "modality", *names, "QC"])

@@ -1,16 +1,17 @@
 """The pipeline's steps over the watcher's archive, through the existing cohort jobs.
 
-Every step is the cohort job of the same name over ``<out>/watch/series`` (one scan per
-materialised series), each under its own lease, so their manifests skip what an earlier cycle
-(or a killed one) already did:
+Every step is the cohort job of the same name over the archive (``<out>/watch/series``, one
+scan per fetched series, for a PACS; the watched prefix itself for an S3 / folder source), each
+under its own lease, so their manifests skip what an earlier cycle (or a killed one) already
+did:
 
 * ``embed`` -> ``<out>/embeddings``; ``landmarks:<name>`` -> ``<out>/landmarks-<name>/``;
   ``prelabel`` -> ``<out>/labels``, ``<out>/prelabel``;
 * ``track``: each new study's primary series paired with the patient's most recent prior
-  (:func:`~uae_ray.watch.index.prior_of`); the prior's lesions are its ``lesions.csv`` (the
-  lesions it was tracked to, or the configured ``<lesions>/<StudyInstanceUID>.csv``) ->
-  ``<out>/tracks``; afterwards the new study's found lesions become its ``lesions.csv``, so the
-  next follow-up is tracked from them;
+  (:func:`~uae_ray.watch.index.prior_of`); the prior's lesions are its
+  ``<out>/watch/lesions/<series_key>.csv`` (the lesions it was tracked to, or a copy of its
+  configured file, :func:`configured_lesions`) -> ``<out>/tracks``; afterwards the new study's
+  found lesions become its lesions file, so the next follow-up is tracked from them;
 * ``register``: the new study (moving) to its prior (fixed) -> ``<out>/transforms``.
 
 The templates' and supports' maps are embedded once per model and kept in
@@ -31,35 +32,34 @@ from uae_ray.cohort.lease import JobLease
 from uae_ray.cohort.pairs import pair_key
 from uae_ray.storage import exists, join, read_bytes, read_table, write_bytes_atomic
 from uae_ray.storage.images import scan_id_for
-from uae_ray.watch.materialize import IMAGE_NAME, series_root
 from uae_ray.watch.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
-LESIONS_NAME = "lesions.csv"
-
-
 @dataclass(frozen=True)
 class StepContext:
-    """Where and with what the steps run."""
+    """Where and with what the steps run: ``archive`` is the watcher's own archive of fetched
+    series (a PACS source) or the watched archive itself (an S3 / folder source); every meta's
+    ``rel`` is its scan's path below it."""
 
     out: str
     pipeline: Pipeline
     triton_url: str | None
     ray_address: str | None
-
-    @property
-    def archive(self) -> str:
-        return series_root(self.out)
+    archive: str
 
     def scan_uri(self, meta: dict) -> str:
-        return join(self.archive, meta["series_key"], IMAGE_NAME)
+        return join(self.archive, meta["rel"])
 
     def scan_id(self, meta: dict) -> str:
         return scan_id_for(self.scan_uri(meta), self.archive)
 
     def landmarks_out(self, name: str) -> str:
         return join(self.out, f"landmarks-{name}")
+
+    def lesions_uri(self, meta: dict) -> str:
+        """The scan's ``lesions.csv``: the lesions tracked into it, or its configured ones."""
+        return join(self.out, "watch", "lesions", f"{meta['series_key']}.csv")
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class StudyPair:
         return pair_key(ctx.scan_id(self.prior), ctx.scan_id(self.new))
 
 
-def _rel(ctx: StepContext, meta: dict, name: str = IMAGE_NAME) -> str:
-    return f"{meta['series_key']}/{name}"
+def _rel(meta: dict) -> str:
+    return meta["rel"]
 
 
 def _pairs_csv(ctx: StepContext, name: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -98,15 +98,22 @@ def _pairs_csv(ctx: StepContext, name: str, header: tuple[str, ...], rows: list[
     return uri
 
 
+def configured_lesions(folder: str, meta: dict) -> str:
+    """``<lesions>/<StudyInstanceUID>.csv`` of a PACS study, ``<lesions>/<path below the
+    archive>.csv`` of an archive scan."""
+    name = meta["study_uid"] if meta.get("study_uid") else meta["rel"].rstrip("/")
+    return join(folder, f"{name}.csv")
+
+
 def prior_lesions(ctx: StepContext, prior: dict) -> str | None:
-    """The prior's ``lesions.csv`` URI: its own (from tracking), else a copy of the configured
-    ``<lesions>/<StudyInstanceUID>.csv``; ``None`` when it has none."""
-    own = join(ctx.archive, prior["series_key"], LESIONS_NAME)
+    """The prior's lesions URI: its own (from tracking), else a copy of the configured file
+    (:func:`configured_lesions`); ``None`` when it has none."""
+    own = ctx.lesions_uri(prior)
     if exists(own):
         return own
     folder = ctx.pipeline.track.lesions if ctx.pipeline.track else None
     if folder:
-        configured = join(folder, f"{prior['study_uid']}.csv")
+        configured = configured_lesions(folder, prior)
         if exists(configured):
             write_bytes_atomic(own, read_bytes(configured))
             return own
@@ -127,7 +134,7 @@ def write_tracked_lesions(ctx: StepContext, pair: StudyPair) -> int:
     writer.writerow(("name", "x", "y", "z", "radius_mm"))
     for r in sorted(rows, key=lambda r: r["name"]):
         writer.writerow((r["name"], r["x"], r["y"], r["z"], "" if r["radius_mm"] is None else r["radius_mm"]))
-    write_bytes_atomic(join(ctx.archive, pair.new["series_key"], LESIONS_NAME), text.getvalue().encode("utf-8"))
+    write_bytes_atomic(ctx.lesions_uri(pair.new), text.getvalue().encode("utf-8"))
     return len(rows)
 
 
@@ -176,7 +183,7 @@ def run_steps(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
         from uae_ray.cohort.register import FIXED_COL, MOVING_COL, run_cohort_register
 
         uri = _pairs_csv(ctx, "register", (FIXED_COL, MOVING_COL),
-                         [(_rel(ctx, pr.prior), _rel(ctx, pr.new)) for pr in pairs])
+                         [(_rel(pr.prior), _rel(pr.new)) for pr in pairs])
         with _timed(summaries, "register"), JobLease(out, "register"):
             summaries["register"] = run_cohort_register(uri, out, ctx.triton_url, ctx.archive, out, ctx.ray_address,
                                                          p.checkpoint, kind=p.register.kind)
@@ -197,7 +204,7 @@ def _track(ctx: StepContext, pairs: list[StudyPair]) -> dict[str, Any]:
         if not ready:
             break
         waiting = [pr for pr in waiting if pr not in ready]
-        rows = [(_rel(ctx, pr.prior), _rel(ctx, pr.new), _rel(ctx, pr.prior, LESIONS_NAME)) for pr in ready]
+        rows = [(_rel(pr.prior), _rel(pr.new), ctx.lesions_uri(pr.prior)) for pr in ready]
         uri = _pairs_csv(ctx, "track", (BASELINE_COL, FOLLOWUP_COL, LESIONS_COL), rows)
         with JobLease(ctx.out, "track"):
             job = run_cohort_track(uri, ctx.out, ctx.triton_url, ctx.archive, ctx.out, ctx.ray_address,

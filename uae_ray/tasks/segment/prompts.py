@@ -122,6 +122,25 @@ def prompts_from_parts(target: TargetSlices, organs: Sequence[str], counts: dict
     return out
 
 
+def _localize_with(make_localizer: Callable[[Sequence], object], image: sitk.Image, modality: str | None):
+    """``supports, names -> boxes`` that embeds the target once for every localizer it makes
+    (an embedding localizer, which has ``localize_maps``; others localize from the image)."""
+    target: dict[str, object] = {}
+
+    def localize(supports: Sequence, names: list[str]) -> list:
+        loc = make_localizer(supports)
+        if not (hasattr(loc, "localize_maps") and hasattr(loc, "embedder")):
+            return loc.localize(image, names, modality)
+        if "maps" not in target:
+            from uae_ray.matching import embed_image
+            from uae_ray.tasks.support import image_box
+
+            target["maps"], target["fov"] = embed_image(image, loc.embedder, modality), image_box(image)
+        return loc.localize_maps(target["maps"], target["fov"], names)
+
+    return localize
+
+
 def localize_prompts(
     make_localizer: Callable[[Sequence], object],
     supports: Sequence,
@@ -139,16 +158,18 @@ def localize_prompts(
         supports: the loaded :class:`~uae_ray.tasks.support.Support` scans.
         image / target: the target scan and its :class:`TargetSlices`.
         organs: organ names.
-        mode: ``"wpl"`` (one 3D box per organ) or ``"spl"`` (the organ in parts).
+        mode: ``"wpl"`` (one 3D box per organ) or ``"spl"`` (the organ in parts); SPL's two
+            localizations (organs, then parts) share one embedding of the target.
     """
     if mode not in BOX_MODES:
         raise ValueError(f"unknown box mode {mode!r}; expected one of {BOX_MODES}")
-    whole = make_localizer(supports).localize(image, list(organs), modality)
+    localize = _localize_with(make_localizer, image, modality)
+    whole = localize(supports, list(organs))
     if mode == "wpl":
         return prompts_from_boxes(target, whole)
     derived, counts = spl_supports(supports, organs)
     names = [part_name(o, i, counts[o]) for o in organs for i in range(counts[o])]
-    part_boxes = {b.name: b for b in make_localizer(derived).localize(image, names, modality)}
+    part_boxes = {b.name: b for b in localize(derived, names)}
     return prompts_from_parts(target, organs, counts, part_boxes, whole)
 
 
@@ -167,11 +188,12 @@ def localize_both(
         parts' localization)``; SPL's cost is the sum of both.
     """
     t0 = time.perf_counter()
-    whole = make_localizer(supports).localize(image, list(organs), modality)
+    localize = _localize_with(make_localizer, image, modality)
+    whole = localize(supports, list(organs))
     t1 = time.perf_counter()
     derived, counts = spl_supports(supports, organs)
     names = [part_name(o, i, counts[o]) for o in organs for i in range(counts[o])]
-    part_boxes = {b.name: b for b in make_localizer(derived).localize(image, names, modality)}
+    part_boxes = {b.name: b for b in localize(derived, names)}
     t2 = time.perf_counter()
     return (prompts_from_boxes(target, whole), prompts_from_parts(target, organs, counts, part_boxes, whole),
             t1 - t0, t2 - t1)
