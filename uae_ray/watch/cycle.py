@@ -206,9 +206,9 @@ def _send(pacs: DicomWebPacs, ctx: StepContext, metas: list[dict], pairs: dict[s
     return sent
 
 
-def _index_archive(settings: WatchSettings, manifest: Manifest, log: CycleLog) -> tuple[list[dict], int]:
-    """The new scans of an archive source, indexed (:mod:`uae_ray.watch.archive`); ``(metas,
-    scans listed)``."""
+def _index_archive(settings: WatchSettings, manifest: Manifest, log: CycleLog) -> tuple[list[dict], int, int]:
+    """The new scans of an archive source, indexed (:mod:`uae_ray.watch.archive`); ``(metas of
+    those indexed, new scans, scans listed)``."""
     from uae_ray.watch.archive import INDEX_STEP, archive_meta, new_scans
 
     index = read_index(settings.out)
@@ -225,7 +225,7 @@ def _index_archive(settings: WatchSettings, manifest: Manifest, log: CycleLog) -
         _record(manifest, log, scan.scan_id, INDEX_STEP, scan.uri, "ok", output=meta["rel"])
         log.studies[scan.scan_id]["meta"] = meta
         metas.append(meta)
-    return metas, listed
+    return metas, len(scans), listed
 
 
 def _discover(settings: WatchSettings, pacs: DicomWebPacs | None, position: int, staging: Path,
@@ -233,10 +233,10 @@ def _discover(settings: WatchSettings, pacs: DicomWebPacs | None, position: int,
     """``(metas of the new studies or scans, studies found, new cursor position)``."""
     if pacs is None:
         clock = time.perf_counter()
-        metas, listed = _index_archive(settings, manifest, log)
+        metas, found, listed = _index_archive(settings, manifest, log)
         log.seconds["discover"] = time.perf_counter() - clock
-        logger.info("watch: %d new scans of %d under %s", len(metas), listed, settings.source)
-        return metas, len(metas), listed
+        logger.info("watch: %d new scans of %d under %s", found, listed, settings.source)
+        return metas, found, listed
     clock = time.perf_counter()
     ids, last = pacs.stable_studies_since(position)
     log.seconds["discover"] = time.perf_counter() - clock
