@@ -650,6 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--protocol", choices=["headneck", "curated"], default="headneck", help="which benchmark")
     b.add_argument("--targets", type=int, default=20, help="headneck: test patients measured")
     b.add_argument("--k", type=int, nargs="+", default=[1, 3, 5], metavar="K", help="headneck: support counts")
+    b.add_argument("--window-mm", type=float, metavar="MM", help="headneck: coarse-to-fine matching in windows of "
+                   "this half-size around the global level's best voxel (default: whole-scan searches)")
     _add_split_arg(b)
     b.add_argument("--max-k", type=int, default=5, help="largest number of support scans")
     b.add_argument("--method", action="append", choices=LOCALIZE_METHODS, dest="methods",

@@ -119,6 +119,18 @@ def test_embedding_localizer_finds_boxes_under_a_known_shift(case, shifted, loca
     assert boxes[-1].status == STATUS_NO_SUPPORT and "no label named 'brain'" in boxes[-1].message
 
 
+def test_coarse_to_fine_windows_find_the_same_boxes_under_a_known_shift(case, shifted, localizer):
+    from uae_ray.tasks.localize import EmbeddingLocalizer, EmbeddingLocalizerConfig
+    from uae_ray.tasks.support import image_box
+
+    windowed = EmbeddingLocalizer(localizer.embedder, [case], EmbeddingLocalizerConfig(window_mm=32.0),
+                                  support_maps=[localizer._maps(0)])
+    total, fov = SHIFT + ORIGIN_SHIFT, image_box(shifted)
+    for b in windowed.localize(shifted, ORGANS, "CT"):
+        truth = clip_box(case.organ(b.name).box + np.tile(total, 2), fov)[0]
+        assert b.found and box_iou(b.box, truth) >= 0.85, (b.name, box_iou(b.box, truth))
+
+
 def test_organ_outside_the_field_of_view_is_marked(case, localizer):
     pelvis = case.image[:, :, 0:40]  # the lowest 120 mm: no liver, spleen or kidney left
     boxes = localizer.localize(pelvis, ["liver", "spleen"], "CT")

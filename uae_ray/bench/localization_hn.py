@@ -70,6 +70,7 @@ def run_localization_hn(
     max_subsets: int = 5,
     variant: str = "transfer",
     trained_on: Sequence[str] | None = None,
+    window_mm: float | None = None,
 ) -> dict[str, Any]:
     """Runs the protocol (module docstring), writes JSON to ``out`` and returns it.
 
@@ -92,7 +93,7 @@ def run_localization_hn(
     t0 = time.perf_counter()
     support_maps = {cid: embed_image(s.image, embedder, "CT") for cid, s in supports.items()}
     support_embed_s = (time.perf_counter() - t0) / len(supports)
-    cfg = EmbeddingLocalizerConfig(mode=variant, seed=seed)
+    cfg = EmbeddingLocalizerConfig(mode=variant, seed=seed, window_mm=window_mm)
     records: list[dict[str, Any]] = []
     per_scan_s, target_embed_s = [], []
     for case in target_cases:
@@ -136,6 +137,7 @@ def run_localization_hn(
         "seed": seed,
         "max_subsets": max_subsets,
         "variant": variant,
+        "window_mm": window_mm,
         "timing": {
             "support_embed_s_per_scan": support_embed_s,
             "target_embed_s_median": statistics.median(target_embed_s),

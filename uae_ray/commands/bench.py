@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         variant = (args.embedding_modes or ["transfer"])[0]
         result = run_localization_hn(data, embedder, args.out, split=args.split, n_targets=args.targets,
                                      ks=tuple(args.k), seed=args.seed, variant=variant,
-                                     trained_on=_trained_on(args.checkpoint))
+                                     trained_on=_trained_on(args.checkpoint), window_mm=args.window_mm)
         print(localization_hn_table(result))
     elif args.bench == "localization":
         from uae_ray.bench.localization import BENCH_METHODS, EMBEDDING_VARIANTS, localization_table, per_organ_table

@@ -49,6 +49,9 @@ class EmbeddingLocalizerConfig:
         max_mapped_voxels: ``transfer`` with a rigid/affine fit: organ voxels mapped.
         cut_policy: see :func:`vote`.
         seed: sampling seed (results are deterministic for a given seed).
+        window_mm: ``transfer``: each nearest-neighbour match searched within this half-size
+            (mm) around the global level's best voxel (coarse to fine) instead of over the whole
+            scan; ``None``: whole-scan searches.
     """
 
     mode: str = DEFAULT_EMBEDDING_MODE
@@ -61,6 +64,19 @@ class EmbeddingLocalizerConfig:
     max_mapped_voxels: int = 20000
     cut_policy: str = DEFAULT_CUT_POLICY
     seed: int = 0
+    window_mm: float | None = None
+
+
+def _nn(template: EmbeddingMaps, points: np.ndarray, target: EmbeddingMaps, window_mm: float | None):
+    """Nearest-neighbour matches of template points in the target: over the whole target, or
+    (``window_mm``) in a window around the global level's best voxel."""
+    if not window_mm:
+        return find_points(template, points, target, "nn")
+    from uae_ray.matching.nn import Matcher
+
+    guess = Matcher().set_target(target).predict_global(template, points)
+    window = max(window_mm, 1.5 * max(target.global_grid.spacing))
+    return find_points(template, points, target, "nn", guess=guess, window_mm=window)
 
 
 def _sample_rows(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -103,8 +119,8 @@ def estimate_organs(
         n += len(pts)
         queries.append(pts)
     src_all = np.concatenate(queries)
-    fwd = find_points(support_maps, src_all, target_maps, "nn")
-    back = find_points(target_maps, fwd.points, support_maps, "nn")
+    fwd = _nn(support_maps, src_all, target_maps, config.window_mm)
+    back = _nn(target_maps, fwd.points, support_maps, config.window_mm)
     consistent = np.linalg.norm(back.points - src_all, axis=1) <= config.round_trip_mm
     slab = slab_thickness(support.labels)
     results = []
@@ -126,7 +142,7 @@ def estimate_organs(
     checks = [r[3] for r in results]
     verified = np.zeros(0)
     if sum(len(c) for c in checks):
-        landing = find_points(target_maps, np.concatenate(checks), support_maps, "nn").points
+        landing = _nn(target_maps, np.concatenate(checks), support_maps, config.window_mm).points
         verified = _on_label(support, landing, [r[0].label for r in results for _ in range(len(r[3]))],
                              config.verify_radius_mm)
     start = 0
