@@ -53,11 +53,12 @@ def test_headneck_protocol_draws_supports_from_training_and_targets_from_test_pa
 
     out = tmp_path / "hn.json"
     code = main(["bench", "localization", "--data", str(shared_data), "--out", str(out), "--targets", "1",
-                 "--k", "1"])
+                 "--k", "1", "--window-mm", "32"])  # coarse to fine: 5x faster than whole-scan searches
     assert code == 0
     result = json.loads(out.read_text())
     split, patients = load_split(result["split"]), read_case_patients(shared_data)
     assert result["leave_patient_out"] and len(result["supports"]) == 1 and len(result["targets"]) == 1
+    assert result["window_mm"] == 32.0
     assert not split.is_test(patients[result["supports"][0]]) and split.is_test(patients[result["targets"][0]])
     (row,) = result["summary"]
     assert row["k"] == "1" and row["n_organs"] >= 4  # the structures whole in both scans
