@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from uae_ray.bench.dicom_studies import Study, upload, write_study
+from uae_ray.bench.dicom_studies import Study, upload, wait_stable, write_study
 from uae_ray.stack import pacs as pacs_service
 
 pytestmark = [
@@ -40,18 +40,6 @@ TEMPLATE = "openkbp_pt20"
 LANDMARKS = ("brainstem", "mandible", "parotid_gland_left")
 ORGANS = ["brainstem", "mandible"]
 BUCKET = "watch-test"
-
-
-def _wait_stable(pacs, since: int, studies: list[Study], timeout_s: float = 60.0) -> None:
-    """Waits until the PACS reports each of ``studies`` stable after change ``since``."""
-    wanted = {s.study_uid for s in studies}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stable = {found[0].study_uid for oid in pacs.stable_studies_since(since)[0] if (found := pacs.study(oid))}
-        if wanted <= stable:
-            return
-        time.sleep(0.5)
-    pytest.fail(f"the PACS did not report {len(wanted)} studies stable within {timeout_s:.0f} s")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +90,7 @@ def world(services, shared_data, tmp_path_factory):
     light = root / "pipeline-tables.yaml"  # the steps whose tables the kill test compares
     light.write_text("version: 1\nsteps:" + steps)
     ensure_bucket(f"s3://{BUCKET}")
-    _wait_stable(pacs, start, [studies[name] for name in ("a1", "a2", "b1")])
+    wait_stable(pacs, start, [studies[name] for name in ("a1", "a2", "b1")])
     return {"pacs": pacs, "studies": studies, "pipeline": pipeline, "light_pipeline": light, "start": start, "root": root,
             "source": "dicomweb+" + services["UAE_PACS_URL"], "env": services}
 
@@ -124,7 +112,7 @@ def cycles(world):
     first = run_cycle(_settings(world, out, since=world["start"]))
     second = run_cycle(_settings(world, out))
     upload(world["pacs"], world["studies"]["a3"])
-    _wait_stable(world["pacs"], second["feed_last"], [world["studies"]["a3"]])
+    wait_stable(world["pacs"], second["feed_last"], [world["studies"]["a3"]])
     third = run_cycle(_settings(world, out))
     return {"out": out, "first": first, "second": second, "third": third}
 

@@ -65,3 +65,21 @@ def upload(pacs, study: Study) -> None:
     import pydicom
 
     pacs.store([pydicom.dcmread(f) for f in sorted(study.folder.glob("*.dcm"))])
+
+
+def wait_stable(pacs, since: int, studies: list[Study], timeout_s: float = 60.0) -> None:
+    """Waits until the PACS reports each of ``studies`` stable after change ``since``.
+
+    Raises:
+        TimeoutError: Not all of them within ``timeout_s``.
+    """
+    import time
+
+    wanted = {s.study_uid for s in studies}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stable = {found[0].study_uid for oid in pacs.stable_studies_since(since)[0] if (found := pacs.study(oid))}
+        if wanted <= stable:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the PACS did not report {len(wanted)} studies stable within {timeout_s:.0f} s")

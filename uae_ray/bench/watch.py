@@ -91,16 +91,6 @@ steps:
     return studies, lesions, pipeline, cases, template
 
 
-def _wait_stable(pacs, since: int, wanted: set[str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stable = {found[0].study_uid for oid in pacs.stable_studies_since(since)[0] if (found := pacs.study(oid))}
-        if wanted <= stable:
-            return
-        time.sleep(1.0)
-    raise RuntimeError(f"the PACS did not report {len(wanted)} studies stable within {timeout_s:.0f} s")
-
-
 def run_watch_bench(data_dir: str | Path, out_json: str | Path, env: dict[str, str], n_series: int = 20,
                     checkpoint: str | None = None, repeats: int = 5, bucket: str = "bench-watch",
                     workdir: Path | None = None) -> dict[str, Any]:
@@ -108,7 +98,7 @@ def run_watch_bench(data_dir: str | Path, out_json: str | Path, env: dict[str, s
     environment, already in ``os.environ``) and writes ``out_json``."""
     import tempfile
 
-    from uae_ray.bench.dicom_studies import upload
+    from uae_ray.bench.dicom_studies import upload, wait_stable
     from uae_ray.storage import ensure_bucket
     from uae_ray.watch import DicomWebPacs, WatchSettings, load_pipeline, run_cycle
 
@@ -129,7 +119,7 @@ def run_watch_bench(data_dir: str | Path, out_json: str | Path, env: dict[str, s
         upload_s = time.perf_counter() - clock
         logger.info("bench watch: %d studies stored in the PACS in %.1f s; waiting until they are stable",
                     len(studies), upload_s)
-        _wait_stable(pacs, start, {s.study_uid for s in studies}, timeout_s=120 + 5 * len(studies))
+        wait_stable(pacs, start, studies, timeout_s=120 + 5 * len(studies))
         ensure_bucket(f"s3://{bucket}")
         out = f"s3://{bucket}/{uuid.uuid4().hex[:12]}"
         settings = WatchSettings("dicomweb+" + env["UAE_PACS_URL"], out, pipeline, env.get("UAE_TRITON_URL"),
