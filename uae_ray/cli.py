@@ -651,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--targets", type=int, default=20, help="headneck: test patients measured")
     b.add_argument("--k", type=int, nargs="+", default=[1, 3, 5], metavar="K", help="headneck: support counts")
     b.add_argument("--window-mm", type=float, metavar="MM", help="headneck: coarse-to-fine matching in windows of "
-                   "this half-size around the global level's best voxel (default: whole-scan searches)")
+                   "this half-size around the global level's best voxel (default: the localizer's, 32; 0: whole-scan "
+                   "searches)")
     _add_split_arg(b)
     b.add_argument("--max-k", type=int, default=5, help="largest number of support scans")
     b.add_argument("--method", action="append", choices=LOCALIZE_METHODS, dest="methods",
@@ -665,9 +666,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--medlam-checkpoint", metavar="PATH", help="MedLAM weights (default: the shipped ones)")
     _add_embedder_args(b)
     b = _verb(bsub, "segmentation", "MedLSAM segmentation (WPL, SPL, ground-truth boxes): Dice, HD95, time per organ",
-              "Leave-one-out over the labelled cases of ../shared/data.",
-              ["uae-ray bench segmentation --mode spl --mode gt-wpl --organs liver,spleen"])
+              "--protocol headneck (default): the seven head-neck structures of --targets test patients of the split, "
+              "from the first k supports drawn from its training patients for each k of --k. --protocol curated: "
+              "leave-one-out over the other labelled cases (abdomen, thorax).",
+              ["uae-ray bench segmentation --targets 20 --k 5 --window-mm 32",
+               "uae-ray bench segmentation --protocol curated --mode spl --mode gt-wpl --organs liver,spleen"])
     _add_bench_io(b, "segmentation")
+    b.add_argument("--protocol", choices=["headneck", "curated"], default="headneck", help="which benchmark")
+    b.add_argument("--targets", type=int, default=20, help="headneck: test patients measured")
+    b.add_argument("--k", type=int, nargs="+", default=[5], metavar="K", help="headneck: support counts")
+    b.add_argument("--window-mm", type=float, metavar="MM", help="coarse-to-fine matching of the embedding "
+                   "localizer in windows of this half-size (default: the localizer's, 32; 0: whole-scan searches)")
+    b.add_argument("--status", action="store_true", help="headneck: measure the masks' status instead (test "
+                   "patients whole, cropped and of another body region; graded by --status-calibration)")
+    b.add_argument("--status-calibration", metavar="PATH", help="status calibration JSON (default: the shipped one)")
+    b.add_argument("--calibrate-status", metavar="OUT.json", help="headneck: fit the status calibration on the "
+                   "training patients (whole, cropped, another region) and write it here")
+    b.add_argument("--other", type=int, default=4, help="--status / --calibrate-status: scans of another region")
+    _add_split_arg(b)
     b.add_argument("--mode", action="append", choices=SEGMENT_BENCH_MODES, dest="modes",
                    help="prompt mode to measure (repeatable; default: all)")
     b.add_argument("--min-ml", type=float, default=20.0, help="organs at least this large (ml) make the headline mean")

@@ -77,12 +77,13 @@ def _build_inputs(shared_data: Path, root: Path) -> dict:
 
 
 def test_row_status_maps_every_outcome():
-    assert row_status("ok", 10) == "ok" and row_status("ok", 0) == "empty"
+    assert row_status("ok", 10) == "ok" and row_status("ok", 0) == "not_found"
+    assert row_status("low_confidence", 10) == "low_confidence" and row_status("low_confidence", 0) == "not_found"
     assert row_status("no_support", 0) == "missing_in_supports"
-    assert row_status("not_found", 0) == "not_localized"
-    assert row_status("outside_fov", 0) == row_status("empty", 0) == "outside_fov"
-    assert {row_status(s, n) for s in ("ok", "no_support", "not_found", "outside_fov") for n in (0, 1)} <= set(
-        PRELABEL_STATUSES)
+    assert row_status("not_found", 0) == row_status("empty", 0) == "not_found"
+    assert row_status("outside_fov", 0) == row_status("outside_view", 0) == "outside_view"
+    statuses = ("ok", "low_confidence", "no_support", "not_found", "outside_fov", "outside_view", "empty")
+    assert {row_status(s, n) for s in statuses for n in (0, 1)} <= set(PRELABEL_STATUSES)
 
 
 def test_cli_without_supports_is_a_usage_error(tmp_path, capsys):
@@ -196,7 +197,7 @@ def test_prelabel_writes_label_maps_index_and_manifest(job):
         assert r["voxels"] == 0 and np.isnan(r["xmin"])
     for organ in ("liver", "spleen"):  # a pelvis CT: the organs are not in its field of view
         r = rows[(pt2, organ)]
-        assert r["status"] in ("not_localized", "outside_fov") and r["voxels"] == 0 and r["message"], r
+        assert r["status"] in ("not_found", "outside_view", "low_confidence") and r["message"], r
     for organ in ("liver", "spleen", "brain"):
         r = rows[(bad, organ)]
         assert r["status"] == "error" and r["message"].startswith(f"scan {bad}: ") and r["mask_uri"] is None
@@ -253,7 +254,7 @@ def test_qc_report_has_the_contour_images(job):
     for r in rows:
         png = Path(qc_uri(out, r["scan_id"], r["label"]))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "missing_in_supports" in page and "not_localized" in page and page.count(">error<") == 3
+    assert "missing_in_supports" in page and page.count(">error<") == 3
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "pt1" not in text and "broken.nii.gz" not in text  # hashed scan ids only
 

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import torch
 
 from uae_ray.matching.embed import EmbeddingMaps, embed_image
-from uae_ray.matching.nn import Matcher, match_points, sample_embeddings
+from uae_ray.matching.nn import Matcher, MatcherCache, match_points, sample_embeddings
 from uae_ray.models import build_model, embed_array
 from uae_ray.volume import Grid
 
@@ -116,6 +116,17 @@ class _NetEmbedder:
 
     def embed(self, volume: np.ndarray) -> dict[str, np.ndarray]:
         return embed_array(self.model, volume)
+
+
+def test_matcher_cache_keeps_one_matcher_per_maps() -> None:
+    a, b, c = _maps(seed=0), _maps(seed=1), _maps(seed=2)
+    cache = MatcherCache(size=2)
+    first = cache(a)
+    assert cache(a) is first and first.target is a
+    cache(b), cache(c)  # a is the oldest: dropped
+    assert cache(a) is not first and cache(a).target is a
+    pts = _voxel_points(a, 5)
+    assert np.allclose(cache(b).predict(a, pts)[0], Matcher().set_target(b).predict(a, pts)[0])
 
 
 def _phantom_image(origin=(0.0, 0.0, 0.0)) -> sitk.Image:

@@ -44,13 +44,16 @@ def make_segmenter(triton_url: str | None = None, sam_checkpoint: str | None = N
 
 def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str | None,
                            medlam_checkpoint: str | None, embedding_mode: str | None,
-                           support_maps: dict | None = None, device: str | None = None):
+                           support_maps: dict | None = None, device: str | None = None,
+                           window_mm: float | None = None):
     """``supports -> localizer`` for :func:`~uae_ray.tasks.segment.localize_prompts`.
 
     Args:
         support_maps: ``{support image URI: EmbeddingMaps}`` computed beforehand (embedding
             localizer only; e.g. once on a cohort job's driver); supports not in it are embedded
             on first use.
+        window_mm: embedding localizer: half-size of the coarse-to-fine windows (0: whole-scan
+            searches; None: the default, :class:`~uae_ray.tasks.localize.EmbeddingLocalizerConfig`).
     """
     if method == "medlam":
         from uae_ray.models.medlam import load_medlam
@@ -61,7 +64,8 @@ def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str 
     from uae_ray.tasks.localize import DEFAULT_EMBEDDING_MODE, EmbeddingLocalizer, EmbeddingLocalizerConfig
 
     embedder = get_embedder(triton_url, checkpoint=checkpoint, device=device)
-    config = EmbeddingLocalizerConfig(mode=embedding_mode or DEFAULT_EMBEDDING_MODE)
+    config = EmbeddingLocalizerConfig(mode=embedding_mode or DEFAULT_EMBEDDING_MODE,
+                                      **({} if window_mm is None else {"window_mm": window_mm}))
     cache: dict[tuple[str, ...], list] = {}
     known = dict(support_maps or {})
 

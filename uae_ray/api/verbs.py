@@ -23,6 +23,7 @@ from uae_ray.tasks.localize import OrganBox
 from uae_ray.tasks.points_io import Detection, LesionPoints, NamedPoints, Track
 from uae_ray.tasks.register import Registrar, RegistrationResult
 from uae_ray.tasks.segment import DEFAULT_BOX_MODE, SegmentationResult, TargetSlices, localize_prompts, segment_prompts
+from uae_ray.tasks.segment.status import default_calibration
 from uae_ray.tasks.support import Support
 from uae_ray.tasks.track import LesionTracker
 
@@ -115,7 +116,7 @@ def segment(supports: Sequence[Support | str], target: ImageInput, organs: str |
     prepared = TargetSlices(image, mod, segmenter.config)
     factory = make_localizer_factory(method, None, checkpoint, None, None)
     prompts = localize_prompts(factory, loaded, image, prepared, parse_organs(organs), boxes, mod)
-    return segment_prompts(segmenter, prepared, prompts)
+    return segment_prompts(segmenter, prepared, prompts, calibration=default_calibration())
 
 
 __all__ = ["landmarks", "localize", "register", "segment", "track"]

@@ -31,6 +31,7 @@ from uae_ray.bench.common import format_table, machine_info, write_json
 from uae_ray.bench.localization import box_record, per_organ, summarize
 from uae_ray.data.cases import Case, load_cases
 from uae_ray.matching import Embedder, embed_image
+from uae_ray.matching.nn import MatcherCache
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +94,10 @@ def run_localization_hn(
     t0 = time.perf_counter()
     support_maps = {cid: embed_image(s.image, embedder, "CT") for cid, s in supports.items()}
     support_embed_s = (time.perf_counter() - t0) / len(supports)
-    cfg = EmbeddingLocalizerConfig(mode=variant, seed=seed, window_mm=window_mm)
+    cfg = EmbeddingLocalizerConfig(mode=variant, seed=seed, **({} if window_mm is None else {"window_mm": window_mm}))
     records: list[dict[str, Any]] = []
     per_scan_s, target_embed_s = [], []
+    matchers = MatcherCache(len(supports) + 2)  # as a localizer keeps them
     for case in target_cases:
         target = load(case)
         t0 = time.perf_counter()
@@ -106,7 +108,7 @@ def run_localization_hn(
         for cid, s in supports.items():
             wanted = [o for o in organs if o in whole[cid]]
             t0 = time.perf_counter()
-            got = estimate_organs(s, support_maps[cid], wanted, maps, cfg)
+            got = estimate_organs(s, support_maps[cid], wanted, maps, cfg, matchers)
             dt = time.perf_counter() - t0
             spent += dt
             for organ, e in got.items():
@@ -137,7 +139,7 @@ def run_localization_hn(
         "seed": seed,
         "max_subsets": max_subsets,
         "variant": variant,
-        "window_mm": window_mm,
+        "window_mm": cfg.window_mm,
         "timing": {
             "support_embed_s_per_scan": support_embed_s,
             "target_embed_s_median": statistics.median(target_embed_s),

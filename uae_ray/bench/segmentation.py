@@ -1,4 +1,6 @@
-"""``uae-ray bench segmentation``: MedLSAM organ segmentation, leave-one-out over the curated cases.
+"""``uae-ray bench segmentation --protocol curated``: MedLSAM organ segmentation, leave-one-out
+over the curated cases (the head-neck cohort ``openkbp_*`` has its own protocol,
+:mod:`uae_ray.bench.segmentation_hn`).
 
 Every labelled CT of the data folder is a target in turn. Its organs (anatomical labels of at
 least :data:`MIN_VOXELS` voxels; tumours and planning volumes excluded) that at least one
@@ -131,6 +133,60 @@ def _gt_prompts(target, support, organs: Sequence[str], mode: str) -> list:
 # -- the benchmark --------------------------------------------------------------------------------
 
 
+def segment_target(segmenter, make_localizer, target_id: str, tsup, supports: Sequence, organs: Sequence[str],
+                   modes: Sequence[str], modality: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Segments ``organs`` of one labelled target (``tsup``, a Support) in every prompt mode.
+
+    Returns:
+        ``(records: one per (organ, mode) with Dice, HD95 (mm), volumes (ml), status, seconds;
+        timing: one per mode)``. WPL and SPL share one whole-organ localization when both run.
+    """
+    from uae_ray.tasks.segment import TargetSlices, localize_both, localize_prompts, segment_prompts
+    from uae_ray.tasks.segment.status import default_calibration
+
+    records: list[dict[str, Any]] = []
+    timing: list[dict[str, Any]] = []
+    image = tsup.image
+    truth_arr = sitk.GetArrayViewFromImage(tsup.labels)
+    vox_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    target = TargetSlices(image, modality, segmenter.config)
+    logger.info("%s: %d organ(s), %d support(s)", target_id, len(organs), len(supports))
+    localized: dict[str, tuple[list, float]] = {}
+    if all(m in modes for m in LOCALIZED_MODES):  # one whole-organ localization serves both
+        wpl, spl, t_whole, t_parts = localize_both(make_localizer, supports, image, target, organs, modality)
+        localized = {"wpl": (wpl, t_whole), "spl": (spl, t_whole + t_parts)}
+    for mode in modes:
+        t0 = time.perf_counter()
+        if mode in localized:
+            prompts, t_loc = localized[mode]
+        elif mode in LOCALIZED_MODES:
+            prompts = localize_prompts(make_localizer, supports, image, target, organs, mode, modality)
+            t_loc = time.perf_counter() - t0
+        else:
+            prompts = _gt_prompts(target, tsup, organs, mode)
+            t_loc = time.perf_counter() - t0
+        result = segment_prompts(segmenter, target, prompts, calibration=default_calibration())
+        t_seg = result.seconds
+        pred_arr = sitk.GetArrayViewFromImage(result.labels)
+        timing.append({"target": target_id, "mode": mode, "organs": len(organs), "localize_s": t_loc,
+                       "segment_s": t_seg, "encode_s": result.encode_seconds, "decode_s": result.decode_seconds,
+                       "slices_encoded": result.n_slices_encoded})
+        for seg in result.organs:
+            label = next(k for k, v in tsup.names.items() if v == seg.name)
+            truth = truth_arr == label
+            pred = pred_arr == seg.label
+            records.append({
+                "target": target_id, "organ": seg.name, "mode": mode, "status": seg.status, "quality": seg.quality,
+                "volume_ml": float(truth.sum() * vox_ml), "pred_ml": float(pred.sum() * vox_ml),
+                "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, image.GetSpacing()),
+                "slices": seg.n_slices, "segment_s": t_seg / len(organs), "localize_s": t_loc / len(organs),
+            })
+        rows = [r for r in records if r["mode"] == mode]
+        logger.info("  %-8s mean Dice %.3f over %d organ(s); localize %.1f s, segment %.1f s", mode,
+                    np.mean([r["dice"] for r in rows]), len(rows), t_loc, t_seg)
+    return records, timing
+
+
 def run_segmentation(
     data_dir: str | Path,
     segmenter,
@@ -157,7 +213,6 @@ def run_segmentation(
         modality: of the targets.
         support_modality: of the supports (default: ``modality``).
     """
-    from uae_ray.tasks.segment import TargetSlices, localize_both, localize_prompts, segment_prompts
     from uae_ray.api.inputs import load_support
     from uae_ray.tasks.support import SupportSpec
 
@@ -166,7 +221,7 @@ def run_segmentation(
         raise ValueError(f"unknown mode(s) {unknown}; expected {MODES}")
     support_modality = support_modality or modality
     all_cases = [c for c in load_cases(data_dir) if c.labels_path is not None
-                 and c.modality in (modality, support_modality)]
+                 and c.modality in (modality, support_modality) and not c.case_id.startswith("openkbp_")]
     supports = {c.case_id: load_support(SupportSpec(str(c.image_path), str(c.labels_path)), modality=c.modality)
                 for c in all_cases}
     patient = {c.case_id: c.patient for c in all_cases}
@@ -184,44 +239,9 @@ def run_segmentation(
         if not mine:
             continue
         use = [supports[c] for c in others if any(supports[c].has(o) for o in mine)]
-        image = tsup.image
-        truth_arr = sitk.GetArrayViewFromImage(tsup.labels)
-        vox_ml = float(np.prod(image.GetSpacing())) / 1000.0
-        target = TargetSlices(image, modality, segmenter.config)
-        logger.info("%s: %d organ(s), %d support(s)", case.case_id, len(mine), len(use))
-        localized: dict[str, tuple[list, float]] = {}
-        if all(m in modes for m in LOCALIZED_MODES):  # one whole-organ localization serves both
-            wpl, spl, t_whole, t_parts = localize_both(make_localizer, use, image, target, mine, modality)
-            localized = {"wpl": (wpl, t_whole), "spl": (spl, t_whole + t_parts)}
-        for mode in modes:
-            t0 = time.perf_counter()
-            if mode in localized:
-                prompts, t_loc = localized[mode]
-            elif mode in LOCALIZED_MODES:
-                prompts = localize_prompts(make_localizer, use, image, target, mine, mode, modality)
-                t_loc = time.perf_counter() - t0
-            else:
-                prompts = _gt_prompts(target, tsup, mine, mode)
-                t_loc = time.perf_counter() - t0
-            result = segment_prompts(segmenter, target, prompts)
-            t_seg = result.seconds
-            pred_arr = sitk.GetArrayViewFromImage(result.labels)
-            timing.append({"target": case.case_id, "mode": mode, "organs": len(mine), "localize_s": t_loc,
-                           "segment_s": t_seg, "encode_s": result.encode_seconds, "decode_s": result.decode_seconds,
-                           "slices_encoded": result.n_slices_encoded})
-            for seg in result.organs:
-                label = next(k for k, v in tsup.names.items() if v == seg.name)
-                truth = truth_arr == label
-                pred = pred_arr == seg.label
-                records.append({
-                    "target": case.case_id, "organ": seg.name, "mode": mode, "status": seg.status,
-                    "volume_ml": float(truth.sum() * vox_ml), "pred_ml": float(pred.sum() * vox_ml),
-                    "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, image.GetSpacing()),
-                    "slices": seg.n_slices, "segment_s": t_seg / len(mine), "localize_s": t_loc / len(mine),
-                })
-            rows = [r for r in records if r["target"] == case.case_id and r["mode"] == mode]
-            logger.info("  %-8s mean Dice %.3f over %d organ(s); localize %.1f s, segment %.1f s", mode,
-                        np.mean([r["dice"] for r in rows]), len(rows), t_loc, t_seg)
+        rec, tim = segment_target(segmenter, make_localizer, case.case_id, tsup, use, mine, modes, modality)
+        records += rec
+        timing += tim
     result = {
         "benchmark": "segmentation",
         "data": str(data_dir),
@@ -293,4 +313,5 @@ def per_organ_table(result: dict[str, Any], min_ml: float | None = None) -> str:
     return format_table(list(cells.values()), ["target", "organ", "ml", *modes, *(f"hd95 {m}" for m in modes)])
 
 
-__all__ = ["MODES", "dice", "hd95", "per_organ_table", "run_segmentation", "segmentation_table", "summarize"]
+__all__ = ["MODES", "dice", "hd95", "per_organ_table", "run_segmentation", "segment_target", "segmentation_table",
+           "summarize"]

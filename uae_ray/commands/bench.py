@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -17,6 +18,49 @@ def _data_dir(arg: str | None) -> Path:
     if path is None or not (path / "manifest.csv").is_file():
         raise SystemExit("uae-ray bench: no shared data folder found; pass --data DIR (with manifest.csv)")
     return path
+
+
+def _sam_trained_on(checkpoint: str | None) -> list[str] | None:
+    """Training case ids recorded in a segment-anything checkpoint (None: an official file, whose
+    training data are not ours)."""
+    import torch
+
+    from uae_ray.models.sam2d import resolve_sam_checkpoint
+
+    path = resolve_sam_checkpoint(checkpoint)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an official .pth or a file load_sam2d will reject with its own message
+        return None
+    return data.get("meta", {}).get("trained_on") if isinstance(data, dict) else None
+
+
+def _status_bench(args: argparse.Namespace, data: Path, segmenter, factory) -> int:
+    """``bench segmentation --status`` (test side) or ``--calibrate-status OUT`` (train side)."""
+    from uae_ray.bench.status_hn import run_status_hn, status_table
+    from uae_ray.atomic import write_text_atomic
+    from uae_ray.split import SplitError
+    from uae_ray.tasks.segment.status import StatusCalibration
+
+    k = max(args.k)
+    if args.calibrate_status:
+        fitted_on = {"sam": getattr(segmenter, "version", "?"), "embedding": args.checkpoint or "default",
+                     "window_mm": args.window_mm, "k": k, "command": "uae-ray " + " ".join(sys.argv[1:])}
+        result = run_status_hn(data, segmenter, factory, args.out, "train", split=args.split, n_targets=args.targets,
+                               n_other=args.other, k=k, fitted_on=fitted_on)
+        cal = StatusCalibration(**{**result["calibration"], "features": tuple(result["calibration"]["features"])})
+        write_text_atomic(args.calibrate_status, cal.to_json())
+        print(status_table(result) + f"\n\ncalibration: {args.calibrate_status}")
+        return 0
+    try:
+        cal = StatusCalibration.load(args.status_calibration)
+        result = run_status_hn(data, segmenter, factory, args.out, "test", cal, split=args.split,
+                               n_targets=args.targets, n_other=args.other, k=k)
+    except (SplitError, FileNotFoundError, ValueError) as exc:
+        logger.error("uae-ray bench segmentation --status: %s", exc)
+        return 2
+    print(status_table(result))
+    return 0
 
 
 def _trained_on(checkpoint: str | None) -> list[str]:
@@ -185,8 +229,28 @@ def run(args: argparse.Namespace) -> int:
         split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
         segmenter = make_segmenter(args.triton, args.sam_checkpoint, args.sam_kind)
         factory = make_localizer_factory(args.method, args.triton, args.checkpoint, args.medlam_checkpoint,
-                                         args.embedding_mode)
+                                         args.embedding_mode, window_mm=args.window_mm)
         name = args.method if args.method == "medlam" else f"embedding/{args.embedding_mode or 'default'}"
+        if args.window_mm and args.method != "medlam":
+            name += f"/window-{args.window_mm:g}mm"
+        if args.protocol == "headneck" and (args.status or args.calibrate_status):
+            return _status_bench(args, data, segmenter, factory)
+        if args.protocol == "headneck":
+            from uae_ray.bench.segmentation_hn import run_segmentation_hn, segmentation_hn_table
+            from uae_ray.split import SplitError
+
+            try:
+                trained = {getattr(segmenter, "version", "segment-anything"): _sam_trained_on(args.sam_checkpoint)}
+                if args.method != "medlam":
+                    trained[f"embedding {args.checkpoint or 'default'}"] = _trained_on(args.checkpoint)
+                result = run_segmentation_hn(data, segmenter, factory, args.out, split=args.split,
+                                             n_targets=args.targets, ks=tuple(args.k), modes=tuple(args.modes or MODES),
+                                             localizer_name=name, trained_on=trained)
+            except SplitError as exc:
+                logger.error("uae-ray bench segmentation: %s", exc)
+                return 2
+            print(segmentation_hn_table(result))
+            return 0
         result = run_segmentation(data, segmenter, factory, args.out, modes=tuple(args.modes or MODES),
                                   min_ml=args.min_ml, cases=split(args.cases), organs=split(args.organs),
                                   localizer_name=name, modality=args.modality,

@@ -48,6 +48,7 @@ def run(
     from uae_ray.commands.localize import load_inputs
     from uae_ray.api.outputs import write_output, write_segmentation
     from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts
+    from uae_ray.tasks.segment.status import default_calibration
 
     if dicom_seg and _is_image_file(target):
         logger.error("%s: --dicom-seg needs a DICOM series folder as --target (the SEG references the series' "
@@ -69,13 +70,14 @@ def run(
     prepared = TargetSlices(image, target_modality, config)
     prompts = localize_prompts(factory, loaded, image, prepared, names, boxes, target_modality)
     t1 = time.perf_counter()
-    result = segment_prompts(segmenter, prepared, prompts)
+    result = segment_prompts(segmenter, prepared, prompts, calibration=default_calibration())
     label_path, sidecar = write_segmentation(result, out)
     for o in result.organs:
         if o.status != "ok":
             logger.warning("%s [%s]", o.message or o.name, o.status)
         else:
-            logger.info("label %d %s: %d slices, %.1f ml", o.label, o.name, o.n_slices, o.volume_ml)
+            logger.info("label %d %s: %d slices, %.1f ml, quality %.2f [ok]", o.label, o.name, o.n_slices, o.volume_ml,
+                        o.quality)
     logger.info("wrote %s and %s (%d organ(s), %s boxes, %s localizer, model %s): localization %.1f s, "
                 "segmentation %.1f s (%d slices encoded)", label_path, sidecar, len(names), boxes.upper(), method,
                 result.model_version, t1 - t0, result.seconds, result.n_slices_encoded)

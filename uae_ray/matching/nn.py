@@ -400,6 +400,25 @@ class Matcher:
         return self.predict_features(*self.query_features(template, points_world), centres, radius_mm)
 
 
+class MatcherCache:
+    """Matchers kept per target maps, so a target's tensor copies (and voxel-major maps) are
+    built once for all the queries into it (a localizer's supports, a target matched by many
+    supports). Holds at most ``size`` maps (oldest dropped); keyed by identity.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._items: dict[int, tuple[EmbeddingMaps, Matcher]] = {}
+
+    def __call__(self, maps: EmbeddingMaps) -> Matcher:
+        hit = self._items.pop(id(maps), None)
+        matcher = hit[1] if hit is not None and hit[0] is maps else Matcher().set_target(maps)
+        self._items[id(maps)] = (maps, matcher)  # most recent last
+        while len(self._items) > self.size:
+            self._items.pop(next(iter(self._items)))
+        return matcher
+
+
 def match_points(
     template: EmbeddingMaps, points: np.ndarray, target: EmbeddingMaps, chunk: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -419,4 +438,4 @@ def match_points(
     return Matcher(chunk=chunk).set_target(target).predict(template, points)
 
 
-__all__ = ["Matcher", "match_points", "sample_embeddings"]
+__all__ = ["Matcher", "MatcherCache", "match_points", "sample_embeddings"]

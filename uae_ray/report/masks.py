@@ -100,6 +100,12 @@ def mask_strip_png(images: Sequence[Image.Image]) -> bytes:
     return png_bytes(strip)
 
 
+def _fmt_quality(row: dict) -> str:
+    """`` (quality 0.93)`` where the row has a finite quality, else ""."""
+    q = row.get("quality")
+    return f" (quality {q:.2f})" if q is not None and q == q else ""
+
+
 def _fmt_box(row: Mapping) -> str:
     values = [row.get(k) for k in ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")]
     return ", ".join("nan" if v is None or not np.isfinite(v) else f"{v:.1f}" for v in values)
@@ -132,11 +138,11 @@ def prelabel_report(
         img = f'<img src="{png_bytes_data_uri(png)}" alt="{esc(r["organ"])}">' if png else ""
         ok = r["status"] == "ok"
         cls = "" if ok else " class='low'"
-        volume = f"{r['volume_ml']:.1f} ml, {r['voxels']} voxels" if ok or r["voxels"] else ""
+        volume = f"{r['volume_ml']:.1f} ml, {r['voxels']} voxels" if r["voxels"] else ""
         scan_cell = f"<b>{esc(r['scan_id'])}</b>" if first else ""
         body.append(
             f"<tr><td>{scan_cell}</td><td>{esc(r['label'])}: <b>{esc(r['organ'])}</b><br>{volume}"
-            f"<br>box ({_fmt_box(r)})</td><td{cls}>{esc(r['status'])}<br>{esc(r.get('message') or '')}</td>"
+            f"<br>box ({_fmt_box(r)})</td><td{cls}>{esc(r['status'])}{_fmt_quality(r)}<br>{esc(r.get('message') or '')}</td>"
             f"<td>{img}</td></tr>"
         )
     n_scans = len({r["scan_id"] for r in rows})
@@ -166,7 +172,8 @@ def segmentation_report(path: str | Path, image: sitk.Image, modality: str, resu
     for o, prompt in tqdm(list(zip(result.organs, prompts)), desc="report", unit="organ", disable=None, leave=False):
         box = np.asarray(prompt.box_world, dtype=float)
         rows.append({"scan_id": name, "label": o.label, "organ": o.name, "status": o.status if o.n_voxels or
-                     o.status != "ok" else "empty", "message": o.message, "volume_ml": float(o.volume_ml),
+                     o.status != "ok" else "not_found", "quality": o.quality, "message": o.message,
+                     "volume_ml": float(o.volume_ml),
                      "voxels": int(o.n_voxels), **dict(zip(("xmin", "ymin", "zmin", "xmax", "ymax", "zmax"), box))})
         views = render_mask(image, result.labels, o.label, modality) if o.n_voxels else []
         if views:

@@ -182,18 +182,20 @@ TRANSFORMS = _schema(
     ],
 )
 
-#: Row statuses of PRELABEL: segmented; localized but segment-anything found nothing in the
-#: boxes; not found by the localizer; outside the target's field of view; no support scan has
-#: the organ; the scan failed (every organ of that scan).
-PRELABEL_STATUSES = ("ok", "empty", "not_localized", "outside_fov", "missing_in_supports", "error")
+#: Row statuses of PRELABEL (:mod:`uae_ray.tasks.segment.status`): a mask whose calibrated
+#: quality passed the threshold; a mask below it; no mask (not localized, or segment-anything
+#: found nothing in the boxes); the box lies mostly outside the target's field of view; no support
+#: scan has the organ; the scan failed (every organ of that scan).
+PRELABEL_STATUSES = ("ok", "low_confidence", "not_found", "outside_view", "missing_in_supports", "error")
 
 PRELABEL = _schema(
-    "prelabel/2",
+    "prelabel/3",
     [
         _f("scan_id", pa.string(), "16-hex scan id of the target scan"),
         _f("organ", pa.string(), "organ name (as given to --organs)"),
         _f("label", pa.int32(), "the organ's value in the label map (k = the k-th organ of --organs)"),
-        _f("status", pa.string(), "ok, empty, not_localized, outside_fov, missing_in_supports or error"),
+        _f("status", pa.string(), "ok, low_confidence, not_found, outside_view, missing_in_supports or error"),
+        _f("quality", pa.float64(), "calibrated probability that the mask's Dice is >= 0.5 (NaN without a mask)"),
         _f("message", pa.string(), "one line explaining a status other than ok", nullable=True),
         _f("xmin", pa.float64(), "localized box, world x min (LPS, mm; NaN when none)"),
         _f("ymin", pa.float64(), "localized box, world y min (LPS, mm)"),

@@ -11,10 +11,12 @@ image is encoded once and every prompt is decoded from it (as at inference). The
 slice are its organs, or (probability ``p_pseudo``, and always on a slice without organs) its
 pseudo-objects. A prompt is one of
 
-* a tight slice box jittered per side by -5 % .. +15 % of its size plus 0 .. 2 px (MedSAM
-  perturbs boxes by up to 20 px at 1024);
+* a tight slice box jittered per side by ``box_jitter`` (default -5 % .. +15 %) of its size plus
+  0 .. 2 px (MedSAM perturbs boxes by up to 20 px at 1024); a range reaching inward (e.g.
+  -15 % .. +30 %) mimics the shifted boxes an automatic localizer gives;
 * for organs, with probability ``p_wpl``: the organ's whole 3D box extent (a WPL box, as the
-  localizer gives), jittered +-10 %, so the model learns to take the organ's part in a loose box;
+  localizer gives), jittered +-``wpl_jitter`` (10 %), so the model learns to take the organ's
+  part in a loose box;
 * a negative: a WPL box on a slice 1-3 slices beyond the organ, target empty (localized boxes
   overshoot the organ along z).
 
@@ -71,6 +73,8 @@ class SamTrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     p_wpl: float = 0.3
+    box_jitter: tuple[float, float] = (-0.05, 0.15)
+    wpl_jitter: float = 0.1
     p_negative: float = 0.1
     p_pseudo: float = 0.5
     min_pixels: int = 8
@@ -97,9 +101,24 @@ def seg_loss(logits: torch.Tensor, targets: torch.Tensor, size: int) -> tuple[to
     return loss, {"bce": float(bce.detach()), "dice": float(dice.mean().detach())}
 
 
-def train_sam2d(data: SliceSet, cfg: SamTrainConfig, model: Sam2D | None = None,
-                log_every: int = 50) -> tuple[Sam2D, list[dict[str, float]]]:
-    """The training loop on ``data``'s device (wall-clock budget ``cfg.seconds`` or ``cfg.steps``)."""
+def _save_resume(path: Path, model: Sam2D, opt: torch.optim.Optimizer, step: int, elapsed: float,
+                 rng: np.random.Generator, history: list[dict[str, float]]) -> None:
+    """Writes the loop's whole state (float32 weights, optimizer, step, seconds, RNGs) atomically."""
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_sam2d(data: SliceSet, cfg: SamTrainConfig, model: Sam2D | None = None, log_every: int = 50,
+                resume_path: Path | None = None, save_every_s: float = 300.0) -> tuple[Sam2D, list[dict[str, float]]]:
+    """The training loop on ``data``'s device (wall-clock budget ``cfg.seconds`` or ``cfg.steps``).
+
+    With ``resume_path``, the loop's state is written there every ``save_every_s`` seconds and at
+    the end, and a run finding that file continues from it (the budget counts the seconds
+    already trained; the learning-rate schedule goes on where it stopped).
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = (model if model is not None else Sam2D(SAM_VIT_TINY)).to(data.device)
@@ -107,13 +126,25 @@ def train_sam2d(data: SliceSet, cfg: SamTrainConfig, model: Sam2D | None = None,
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if data.device.type == "cuda" else nullcontext()
     history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    step = 0
+    step, before = 0, 0.0
+    if resume_path is not None and resume_path.is_file():
+        state = torch.load(resume_path, map_location=data.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, before, history = state["step"], state["elapsed"], state["history"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at step %d (%.0f s trained)", resume_path, step, before)
+    t0 = time.perf_counter() - before
+    saved_at = time.perf_counter()
     L = model.config.image_size
     while step < cfg.steps:
         elapsed = time.perf_counter() - t0
         if elapsed >= cfg.seconds:
             break
+        if resume_path is not None and time.perf_counter() - saved_at >= save_every_s:
+            _save_resume(resume_path, model, opt, step, elapsed, rng, history)
+            saved_at = time.perf_counter()
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * elapsed / cfg.seconds))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -136,6 +167,8 @@ def train_sam2d(data: SliceSet, cfg: SamTrainConfig, model: Sam2D | None = None,
             logger.info("step %d  %.0fs  loss %.4f (bce %.4f dice %.4f)  lr %.2e", step, time.perf_counter() - t0,
                         np.mean([h["loss"] for h in recent]), np.mean([h["bce"] for h in recent]),
                         np.mean([h["dice"] for h in recent]), lr)
+    if resume_path is not None:
+        _save_resume(resume_path, model, opt, step, time.perf_counter() - t0, rng, history)
     model.eval()
     return model, history
 
@@ -265,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=SamTrainConfig.noise_std, help="max noise sd (of 255)")
     p.add_argument("--zoom", default=f"{SamTrainConfig.zoom_min},{SamTrainConfig.zoom_max}", help="zoom range a,b")
     p.add_argument("--zoom-prob", type=float, default=SamTrainConfig.zoom_prob)
+    p.add_argument("--box-jitter", default="%g,%g" % SamTrainConfig.box_jitter,
+                   help="per-side move of slice boxes, fractions of the size lo,hi (outward positive)")
+    p.add_argument("--wpl-jitter", type=float, default=SamTrainConfig.wpl_jitter, help="WPL box jitter, +-fraction")
+    p.add_argument("--p-wpl", type=float, default=SamTrainConfig.p_wpl, help="share of organ prompts given the WPL box")
     p.add_argument("--encoder-width", type=int, help="ViT width (default: the tiny model's)")
     p.add_argument("--encoder-depth", type=int, help="ViT depth (global attention in every second block)")
     p.add_argument("--seed", type=int, default=0)
@@ -273,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", help="start from this checkpoint")
     p.add_argument("--release", default="sam-vit-tiny-v1", help="version prefix stored in the checkpoint")
     p.add_argument("--eval-cases", default="", help="extra case ids to evaluate after training (a,b)")
+    p.add_argument("--split", help="leave out every case of this split's test patients (e.g. patients-v1)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>.resume.pt where it exists "
+                   "(written every 5 minutes)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.threads:
@@ -283,8 +323,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SamTrainConfig(seconds=args.seconds, steps=args.steps, lr=args.lr, slices_per_step=args.slices,
                          prompts_per_slice=args.prompts, p_pseudo=args.p_pseudo, rotate_deg=args.rotate,
                          gamma=args.gamma, noise_std=args.noise, zoom_min=zoom_min, zoom_max=zoom_max,
-                         zoom_prob=args.zoom_prob, context_every=args.context_every, seed=args.seed)
+                         zoom_prob=args.zoom_prob, context_every=args.context_every, seed=args.seed,
+                         box_jitter=tuple(float(v) for v in args.box_jitter.split(",")), wpl_jitter=args.wpl_jitter,
+                         p_wpl=args.p_wpl)
     cases = training_cases(args.data, args.modalities.split(",")) if args.data else []
+    if args.split and not args.data:
+        p.error("--split needs --data (the manifest names the patients)")
+    if args.split:
+        from uae_ray.split import load_split
+
+        test = load_split(args.split)
+        n_all = len(cases)
+        cases = [c for c in cases if not test.is_test(c.patient) or c.case_id in eval_ids]
+        holdout += [c.case_id for c in cases if test.is_test(c.patient) and c.case_id not in holdout]
+        logger.info("split %s: %d cases of test patients left out", args.split, n_all - len(cases))
     if args.evaluate:
         if not args.data or not eval_ids:
             p.error("--evaluate needs --data and --holdout or --eval-cases")
@@ -317,11 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--holdout: not among the cases: {sorted(unknown)}")
     train = data.subset(holdout, keep=False).to(args.device)
     t1 = time.perf_counter()
-    model, history = train_sam2d(train, cfg, model)
+    resume_path = Path(args.out).with_suffix(".resume.pt") if args.resume else None
+    model, history = train_sam2d(train, cfg, model, resume_path=resume_path)
     train_s = time.perf_counter() - t1
     command = "python -m uae_ray.train.sam2d " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {"release": args.release, "trained_on": sorted({data.cases[c] for c in train.case}), "holdout": holdout,
-            "init": args.init, "command": command, "steps": len(history), "train_seconds": round(train_s, 1),
+            "split": args.split, "init": args.init, "command": command, "steps": len(history), "train_seconds": round(train_s, 1),
             "prepare_seconds": round(prep_s, 1), "recipe": asdict(cfg), "device": str(train.device),
             "threads": torch.get_num_threads(), "slices": len(train),
             "final_loss": float(np.mean([h["loss"] for h in history[-50:]])) if history else None}

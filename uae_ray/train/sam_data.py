@@ -340,14 +340,14 @@ def sample_batch(data: SliceSet, cfg: Any, model_cfg: Sam2DConfig, rng: np.rando
     wpl_a = np.asarray(wpl, dtype=bool)
     if len(index):
         tight = tight_boxes(targets > 0).cpu().numpy().astype(np.float64)
-        boxes = _jitter(tight, rng, -0.05, 0.15, 2.0)
+        boxes = _jitter(tight, rng, cfg.box_jitter[0], cfg.box_jitter[1], 2.0)
     if wpl_a.any():
         extents = np.stack([data.organ_boxes[(int(data.case[sel[index[i]]]), ids[i])][:4] for i in np.flatnonzero(wpl_a)])
-        boxes[wpl_a] = _jitter(_map_boxes(extents, m[np.asarray(index)[wpl_a]]), rng, -0.1, 0.1, 1.0)
+        boxes[wpl_a] = _jitter(_map_boxes(extents, m[np.asarray(index)[wpl_a]]), rng, -cfg.wpl_jitter, cfg.wpl_jitter, 1.0)
     if negatives:
         nb = np.array([b for b, _ in negatives])
         ext = np.stack([data.organ_boxes[(int(data.case[sel[b]]), o)][:4] for b, o in negatives])
-        boxes = np.concatenate([boxes, _jitter(_map_boxes(ext, m[nb]), rng, -0.1, 0.1, 1.0)])
+        boxes = np.concatenate([boxes, _jitter(_map_boxes(ext, m[nb]), rng, -cfg.wpl_jitter, cfg.wpl_jitter, 1.0)])
         ti = torch.cat([ti, torch.as_tensor(nb, device=dev)])
         targets = torch.cat([targets, torch.zeros((len(nb), L, L), device=dev)])
     bx = torch.as_tensor(np.clip(boxes, 0, L - 1), dtype=torch.float32, device=dev)

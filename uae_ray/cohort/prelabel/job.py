@@ -225,7 +225,7 @@ def write_report(report: str, table: pa.Table, out: str) -> str:
     rows = [r for r in rows if r["scan_id"] in shown]
     images = {}
     for r in rows:
-        if r["status"] == "ok":
+        if r["status"] in ("ok", "low_confidence"):  # the masks: the low-confidence ones are the ones to look at
             uri = qc_uri(out, r["scan_id"], int(r["label"]))
             if exists(uri):
                 images[(r["scan_id"], int(r["label"]))] = read_bytes(uri)

@@ -106,6 +106,7 @@ def _prelabel(scan: ScanRef, source: str, settings: PrelabelSettings, models: tu
     from uae_ray.storage.images import read_image_uri
     from uae_ray.api.outputs import write_segmentation
     from uae_ray.tasks.segment import TargetSlices, localize_prompts, segment_prompts
+    from uae_ray.tasks.segment.status import default_calibration
     from uae_ray.volume import detect_modality
 
     segmenter, factory = models
@@ -114,7 +115,7 @@ def _prelabel(scan: ScanRef, source: str, settings: PrelabelSettings, models: tu
     prepared = TargetSlices(image, modality, segmenter.config)
     prompts = localize_prompts(factory, settings.supports, image, prepared, settings.organs, settings.boxes,
                                modality)
-    result = segment_prompts(segmenter, prepared, prompts)
+    result = segment_prompts(segmenter, prepared, prompts, calibration=default_calibration())
     mask_uri = labels_uri(settings.out, scan.scan_id)
     write_segmentation(result, mask_uri)
     seg_uri = _write_dicom_seg(scan, source, image, result, settings)
@@ -129,7 +130,7 @@ def _write_dicom_seg(scan: ScanRef, source: str, image, result, settings: Prelab
     """The scan's DICOM SEG URI when ``settings.dicom_seg`` asks for one and it could be written
     (a DICOM series scan with at least one segmented organ); else None, with a warning.
     ``source``: the series folder (the scan's URI or a local copy)."""
-    if not settings.dicom_seg or not any(o.status == "ok" and o.n_voxels > 0 for o in result.organs):
+    if not settings.dicom_seg or not any(o.status in ("ok", "low_confidence") and o.n_voxels > 0 for o in result.organs):
         return None
     if scan.kind != "dicom":
         logger.warning("scan %s: not a DICOM series, no DICOM SEG", scan.scan_id)

@@ -6,7 +6,8 @@ Two localizers, one output (:class:`OrganBox`):
   :mod:`uae_ray.matching`. Per support, the organ is carried into the target
   (:func:`estimate_organs`, two modes: ``"extremes"`` matches the organ's six extreme points by
   fixed-point matching; ``"transfer"`` matches points spread over the organ and carries the
-  support's organ over by their median displacement, or a robust rigid / affine fit). The per-support
+  support's organ over by their median displacement, or a robust rigid / affine fit; each match
+  searched coarse to fine, in a window around the global level's best voxel). The per-support
   estimates of the six extreme points are then voted over the k supports (:func:`vote`).
 * ``medlam`` (:class:`MedLAMLocalizer`): the MedLAM network (:mod:`uae_ray.models.medlam`):
   relative-position regression (one jump from the scan centre towards each extreme point of the
@@ -24,6 +25,7 @@ from uae_ray.tasks.localize.boxes import (
     DEFAULT_CUT_POLICY,
     DEFAULT_EMBEDDING_MODE,
     DEFAULT_LOCALIZE_METHOD,
+    DEFAULT_WINDOW_MM,
     EMBEDDING_MODES,
     LOCALIZE_METHODS,
     OrganBox,
@@ -44,6 +46,7 @@ __all__ = [
     "CUT_POLICIES",
     "DEFAULT_CUT_POLICY",
     "DEFAULT_EMBEDDING_MODE",
+    "DEFAULT_WINDOW_MM",
     "DEFAULT_LOCALIZE_METHOD",
     "EMBEDDING_MODES",
     "EmbeddingLocalizer",

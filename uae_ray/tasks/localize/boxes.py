@@ -18,6 +18,10 @@ DEFAULT_EMBEDDING_MODE = "transfer"
 #: segmentation benchmark's SPL Dice 0.34 vs 0.31 with ``extend`` (README).
 CUT_POLICIES = ("keep", "extend")
 DEFAULT_CUT_POLICY = "keep"
+#: Coarse-to-fine search windows of the embedding localizer (half-size, mm; 0: whole-scan
+#: searches). Head-neck, 20 test patients, 5 supports: box IoU 0.50 vs 0.51, 15 s vs 80 s per
+#: scan (``uae-ray bench localization``, docs/benchmarks.md).
+DEFAULT_WINDOW_MM = 32.0
 
 #: Row statuses of the boxes CSV (``status`` column).
 STATUS_OK = "ok"  # box inside the target's field of view
@@ -71,6 +75,10 @@ class OrganBox:
         method: the localizer (``embedding``, ``medlam``).
         n_supports: supports that had the organ.
         seconds: wall time spent on this organ (matching and voting; embedding excluded).
+        verified: mean over the supports of the share of checked points that matched back onto
+            the organ (``transfer`` mode; NaN otherwise).
+        agreement: mean pairwise box IoU of the supports' own estimates (NaN with one support).
+        fov_fraction: share of the voted (unclipped) box's volume inside the target's view.
     """
 
     name: str
@@ -84,6 +92,9 @@ class OrganBox:
     method: str = "embedding"
     n_supports: int = 0
     seconds: float = 0.0
+    verified: float = float("nan")
+    agreement: float = float("nan")
+    fov_fraction: float = float("nan")
 
     @classmethod
     def empty(cls, name: str, status: str, message: str, method: str) -> "OrganBox":

@@ -11,9 +11,12 @@ import SimpleITK as sitk
 import numpy as np
 
 from uae_ray.matching import embed_image, Embedder, EmbeddingMaps, find_points, fit_points
+from uae_ray.matching.nn import MatcherCache
+from uae_ray.matching.result import MatchResult
 from uae_ray.tasks.localize.boxes import (
     DEFAULT_CUT_POLICY,
     DEFAULT_EMBEDDING_MODE,
+    DEFAULT_WINDOW_MM,
     EMBEDDING_MODES,
     OrganBox,
     STATUS_NO_SUPPORT,
@@ -51,7 +54,7 @@ class EmbeddingLocalizerConfig:
         seed: sampling seed (results are deterministic for a given seed).
         window_mm: ``transfer``: each nearest-neighbour match searched within this half-size
             (mm) around the global level's best voxel (coarse to fine) instead of over the whole
-            scan; ``None``: whole-scan searches.
+            scan; 0 or ``None``: whole-scan searches.
     """
 
     mode: str = DEFAULT_EMBEDDING_MODE
@@ -64,19 +67,20 @@ class EmbeddingLocalizerConfig:
     max_mapped_voxels: int = 20000
     cut_policy: str = DEFAULT_CUT_POLICY
     seed: int = 0
-    window_mm: float | None = None
+    window_mm: float | None = DEFAULT_WINDOW_MM
 
 
-def _nn(template: EmbeddingMaps, points: np.ndarray, target: EmbeddingMaps, window_mm: float | None):
+def _nn(template: EmbeddingMaps, points: np.ndarray, target: EmbeddingMaps, window_mm: float | None,
+        matchers: MatcherCache) -> MatchResult:
     """Nearest-neighbour matches of template points in the target: over the whole target, or
     (``window_mm``) in a window around the global level's best voxel."""
     if not window_mm:
         return find_points(template, points, target, "nn")
-    from uae_ray.matching.nn import Matcher
-
-    guess = Matcher().set_target(target).predict_global(template, points)
+    matcher = matchers(target)
+    guess = matcher.predict_global(template, points)
     window = max(window_mm, 1.5 * max(target.global_grid.spacing))
-    return find_points(template, points, target, "nn", guess=guess, window_mm=window)
+    xyz, scores = matcher.predict(template, points, guess, window)
+    return MatchResult(xyz, scores, np.ones(len(xyz), dtype=bool), np.full(len(xyz), np.nan))
 
 
 def _sample_rows(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -89,12 +93,15 @@ def estimate_organs(
     organs: Sequence[str],
     target_maps: EmbeddingMaps,
     config: EmbeddingLocalizerConfig = EmbeddingLocalizerConfig(),
+    matchers: MatcherCache | None = None,
 ) -> dict[str, SupportEstimate]:
     """One support's estimates of several organs' extreme points in the target.
 
     All the organs' query points go through the matcher in one batch (its set-up is shared).
-    Organs the support does not have are left out of the result.
+    Organs the support does not have are left out of the result. ``matchers`` keeps the
+    windowed searches' matchers across calls (a new cache per call without it).
     """
+    matchers = matchers if matchers is not None else MatcherCache()
     if config.mode not in EMBEDDING_MODES:
         raise ValueError(f"unknown embedding mode {config.mode!r}; expected one of {', '.join(EMBEDDING_MODES)}")
     geos = [g for g in (support.organ(o) for o in organs) if g is not None]
@@ -119,8 +126,8 @@ def estimate_organs(
         n += len(pts)
         queries.append(pts)
     src_all = np.concatenate(queries)
-    fwd = _nn(support_maps, src_all, target_maps, config.window_mm)
-    back = _nn(target_maps, fwd.points, support_maps, config.window_mm)
+    fwd = _nn(support_maps, src_all, target_maps, config.window_mm, matchers)
+    back = _nn(target_maps, fwd.points, support_maps, config.window_mm, matchers)
     consistent = np.linalg.norm(back.points - src_all, axis=1) <= config.round_trip_mm
     slab = slab_thickness(support.labels)
     results = []
@@ -142,7 +149,7 @@ def estimate_organs(
     checks = [r[3] for r in results]
     verified = np.zeros(0)
     if sum(len(c) for c in checks):
-        landing = _nn(target_maps, np.concatenate(checks), support_maps, config.window_mm).points
+        landing = _nn(target_maps, np.concatenate(checks), support_maps, config.window_mm, matchers).points
         verified = _on_label(support, landing, [r[0].label for r in results for _ in range(len(r[3]))],
                              config.verify_radius_mm)
     start = 0
@@ -200,6 +207,7 @@ class EmbeddingLocalizer:
         self.support_maps: list[EmbeddingMaps | None] = (
             list(support_maps) if support_maps is not None else [None] * len(self.supports)
         )
+        self._matchers = MatcherCache(len(self.supports) + 2)  # every support and the last targets
 
     def _maps(self, i: int) -> EmbeddingMaps:
         if self.support_maps[i] is None:
@@ -225,7 +233,7 @@ class EmbeddingLocalizer:
             if not any(support.has(o) for o in organs):
                 continue
             t0 = time.perf_counter()
-            est = estimate_organs(support, self._maps(i), organs, target_maps, self.config)
+            est = estimate_organs(support, self._maps(i), organs, target_maps, self.config, self._matchers)
             per_support.append((est, (time.perf_counter() - t0) / max(len(est), 1)))
             logger.info("support %d/%d (%s): %d structures carried in %.1f s", i + 1, len(self.supports),
                         support.spec.image, len(est), time.perf_counter() - t0)

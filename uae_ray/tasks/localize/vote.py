@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from uae_ray.tasks.localize.boxes import (
+    box_iou,
     CUT_POLICIES,
     DEFAULT_CUT_POLICY,
     OrganBox,
@@ -43,6 +44,24 @@ def clip_box(box: np.ndarray, fov: np.ndarray) -> tuple[np.ndarray, bool, bool]:
     tol = 1e-6
     was = bool(np.any(box[:3] < fov[:3] - tol) or np.any(box[3:] > fov[3:] + tol))
     return clipped, was, empty
+
+
+def agreement(estimates: Sequence[SupportEstimate]) -> float:
+    """Mean pairwise IoU of the supports' own boxes of an organ (NaN with fewer than two)."""
+    boxes = [box_of_points(e.points) for e in estimates]
+    ious = [box_iou(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]]
+    return float(np.mean(ious)) if ious else float("nan")
+
+
+def fov_fraction(box: np.ndarray, fov: np.ndarray) -> float:
+    """Share of a box's volume inside the field-of-view box (an axis of zero extent counts 1 or 0:
+    whether it lies inside)."""
+    size = box[3:] - box[:3]
+    inside = np.clip(np.minimum(box[3:], fov[3:]) - np.maximum(box[:3], fov[:3]), 0.0, None)
+    flat = size <= 1e-3
+    within = (box[:3] >= fov[:3] - 1e-6) & (box[3:] <= fov[3:] + 1e-6)
+    share = np.where(flat, within.astype(np.float64), inside / np.where(flat, 1.0, size))
+    return float(np.prod(np.clip(share, 0.0, 1.0)))
 
 
 def vote(
@@ -94,6 +113,7 @@ def vote(
             col = axis + 3 * high
             raw[col] = fov[col]
     box, clipped, empty = clip_box(raw, fov)
+    verified = np.array([e.verified for e in estimates], dtype=np.float64)
     n_found = int(found.any(axis=0).sum())
     score = float(np.mean(used_scores))
     if empty:
@@ -113,6 +133,9 @@ def vote(
                    else "the box keeps the supports' extent there; the organ may go on"))
         message = f"{message}; {note}" if message else f"{name}: {note}"
     return OrganBox(
+        verified=float(np.nanmean(verified)) if np.isfinite(verified).any() else float("nan"),
+        agreement=agreement(estimates),
+        fov_fraction=fov_fraction(raw, fov),
         name=name,
         box=box if not empty else raw,
         raw_box=raw,

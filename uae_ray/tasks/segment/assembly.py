@@ -26,6 +26,9 @@ class OrganPrompt:
         message: one line for a status other than ok.
         box_world: the 3D world box the prompts came from (NaN when none).
         localize_seconds: time spent localizing this organ.
+        evidence: the whole-organ localization's quality figures (``verified``, ``agreement``,
+            ``fov_fraction``, ``score``; see :class:`~uae_ray.tasks.localize.OrganBox`).
+        expected_ml: the median volume of the organ in the supports (NaN when unknown).
     """
 
     name: str
@@ -34,11 +37,18 @@ class OrganPrompt:
     message: str = ""
     box_world: np.ndarray = field(default_factory=lambda: np.full(6, np.nan))
     localize_seconds: float = 0.0
+    evidence: dict[str, float] = field(default_factory=dict)
+    expected_ml: float = float("nan")
 
 
 @dataclass
 class OrganSegmentation:
-    """What happened to one organ (``label`` = its 1-based position in ``--organs``)."""
+    """What happened to one organ (``label`` = its 1-based position in ``--organs``).
+
+    ``status`` is the localizer's or the segmentation's until :meth:`~uae_ray.tasks.segment.status.StatusCalibration.grade`
+    grades the mask (``ok | low_confidence | not_found | outside_view``); ``quality`` is then the
+    calibrated probability that the mask's Dice is at least 0.5, and ``evidence`` the figures it
+    was computed from."""
 
     name: str
     label: int
@@ -49,6 +59,8 @@ class OrganSegmentation:
     volume_ml: float
     seconds: float
     localize_seconds: float = 0.0
+    quality: float = float("nan")
+    evidence: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,11 +131,14 @@ def segment_prompts(
     target: TargetSlices,
     prompts: Sequence[OrganPrompt],
     slice_batch: int = 16,
+    calibration=None,
 ) -> SegmentationResult:
     """Segments every organ's slice boxes and assembles the 3D label map.
 
     Slices are processed in batches of ``slice_batch``: each slice's embedding is computed once
-    and every box on it is decoded from it. Label k = ``prompts[k - 1]``.
+    and every box on it is decoded from it. Label k = ``prompts[k - 1]``. With a
+    :class:`~uae_ray.tasks.segment.status.StatusCalibration`, every mask is graded
+    (``ok | low_confidence | not_found | outside_view``, with its quality figure).
     """
     t0 = time.perf_counter()
     config = segmenter.config
@@ -182,8 +197,9 @@ def segment_prompts(
         if status == "ok" and n_slices == 0:
             status, message = "empty", f"{p.name}: no slice box inside the target"
         organs.append(OrganSegmentation(p.name, k, status, message, n_slices, int(counts[k]), counts[k] * vox_ml,
-                                        float(organ_time[k]), p.localize_seconds))
-    return SegmentationResult(
+                                        float(organ_time[k]), p.localize_seconds,
+                                        evidence={**p.evidence, "expected_ml": p.expected_ml}))
+    result = SegmentationResult(
         labels=image,
         names={k: p.name for k, p in enumerate(prompts, start=1)},
         organs=organs,
@@ -193,3 +209,6 @@ def segment_prompts(
         decode_seconds=dec_s,
         n_slices_encoded=len(zs_all),
     )
+    if calibration is not None:
+        calibration.grade(result)
+    return result

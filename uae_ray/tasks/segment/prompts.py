@@ -80,8 +80,30 @@ def prompts_from_boxes(target: TargetSlices, boxes: Sequence) -> list[OrganPromp
         else:
             status, message = "ok", ""
         out.append(OrganPrompt(b.name, wpl_slice_boxes(index_box), status, message,
-                               np.asarray(b.box, dtype=np.float64), float(getattr(b, "seconds", 0.0))))
+                               np.asarray(b.box, dtype=np.float64), float(getattr(b, "seconds", 0.0)),
+                               evidence(b)))
     return out
+
+
+def evidence(box) -> dict[str, float]:
+    """The quality figures of a localized box (:class:`~uae_ray.tasks.localize.OrganBox`)."""
+    return {k: float(getattr(box, k, float("nan"))) for k in ("verified", "agreement", "fov_fraction", "score")}
+
+
+def expected_volumes(supports: Sequence, organs: Sequence[str]) -> dict[str, float]:
+    """``{organ: median volume (ml) over the supports that have it}`` (NaN when none has it)."""
+    out = {}
+    for organ in organs:
+        vols = [g.volume_ml for s in supports if (g := s.organ(organ)) is not None]
+        out[organ] = float(np.median(vols)) if vols else float("nan")
+    return out
+
+
+def _with_volumes(prompts: list[OrganPrompt], supports: Sequence) -> list[OrganPrompt]:
+    vols = expected_volumes(supports, [p.name for p in prompts])
+    for p in prompts:
+        p.expected_ml = vols[p.name]
+    return prompts
 
 
 def prompts_from_parts(target: TargetSlices, organs: Sequence[str], counts: dict[str, int],
@@ -110,7 +132,8 @@ def prompts_from_parts(target: TargetSlices, organs: Sequence[str], counts: dict
         if slice_boxes:
             w = np.stack(world)
             box_world = np.concatenate([w[:, :3].min(axis=0), w[:, 3:].max(axis=0)])
-            out.append(OrganPrompt(organ, slice_boxes, "ok", "", box_world, seconds))
+            ev = evidence(whole_by_name[organ]) if organ in whole_by_name else {}
+            out.append(OrganPrompt(organ, slice_boxes, "ok", "", box_world, seconds, ev))
         elif organ in whole_by_name:
             p = prompts_from_boxes(target, [whole_by_name[organ]])[0]
             p.localize_seconds += seconds
@@ -166,11 +189,11 @@ def localize_prompts(
     localize = _localize_with(make_localizer, image, modality)
     whole = localize(supports, list(organs))
     if mode == "wpl":
-        return prompts_from_boxes(target, whole)
+        return _with_volumes(prompts_from_boxes(target, whole), supports)
     derived, counts = spl_supports(supports, organs)
     names = [part_name(o, i, counts[o]) for o in organs for i in range(counts[o])]
     part_boxes = {b.name: b for b in localize(derived, names)}
-    return prompts_from_parts(target, organs, counts, part_boxes, whole)
+    return _with_volumes(prompts_from_parts(target, organs, counts, part_boxes, whole), supports)
 
 
 def localize_both(
@@ -195,5 +218,5 @@ def localize_both(
     names = [part_name(o, i, counts[o]) for o in organs for i in range(counts[o])]
     part_boxes = {b.name: b for b in localize(derived, names)}
     t2 = time.perf_counter()
-    return (prompts_from_boxes(target, whole), prompts_from_parts(target, organs, counts, part_boxes, whole),
-            t1 - t0, t2 - t1)
+    return (_with_volumes(prompts_from_boxes(target, whole), supports),
+            _with_volumes(prompts_from_parts(target, organs, counts, part_boxes, whole), supports), t1 - t0, t2 - t1)
