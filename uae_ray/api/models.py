@@ -61,6 +61,7 @@ def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str 
 
         model = load_medlam(medlam_checkpoint)
         return lambda supports: MedLAMLocalizer(model, supports)
+    from uae_ray.matching.nn import MatcherCache
     from uae_ray.tasks.localize import DEFAULT_EMBEDDING_MODE, EmbeddingLocalizer, EmbeddingLocalizerConfig
 
     embedder = get_embedder(triton_url, checkpoint=checkpoint, device=device)
@@ -68,6 +69,7 @@ def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str 
                                       **({} if window_mm is None else {"window_mm": window_mm}))
     cache: dict[tuple[str, ...], list] = {}
     known = dict(support_maps or {})
+    matchers = MatcherCache()  # across the localizers it makes (SPL: organs, then parts)
 
     def factory(supports):
         # SPL's derived supports share the images of the originals: reuse their embeddings
@@ -75,7 +77,7 @@ def make_localizer_factory(method: str, triton_url: str | None, checkpoint: str 
         maps = cache.get(key)
         if maps is None and key and all(k in known for k in key):
             maps = [known[k] for k in key]
-        loc = EmbeddingLocalizer(embedder, supports, config, support_maps=maps)
+        loc = EmbeddingLocalizer(embedder, supports, config, support_maps=maps, matchers=matchers)
         cache.setdefault(key, loc.support_maps)
         return loc
 

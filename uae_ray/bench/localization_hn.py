@@ -97,7 +97,7 @@ def run_localization_hn(
     cfg = EmbeddingLocalizerConfig(mode=variant, seed=seed, **({} if window_mm is None else {"window_mm": window_mm}))
     records: list[dict[str, Any]] = []
     per_scan_s, target_embed_s = [], []
-    matchers = MatcherCache(len(supports) + 2)  # as a localizer keeps them
+    matchers = MatcherCache()  # as a localizer keeps them
     for case in target_cases:
         target = load(case)
         t0 = time.perf_counter()

@@ -402,11 +402,12 @@ class Matcher:
 
 class MatcherCache:
     """Matchers kept per target maps, so a target's tensor copies (and voxel-major maps) are
-    built once for all the queries into it (a localizer's supports, a target matched by many
-    supports). Holds at most ``size`` maps (oldest dropped); keyed by identity.
+    built once for all the queries into it (a target matched from many supports, a support
+    matched back into). Holds the ``size`` most recently used (each holds about twice its maps
+    in float32: ~0.6 GB for a head-neck CT); keyed by identity.
     """
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 3) -> None:
         self.size = size
         self._items: dict[int, tuple[EmbeddingMaps, Matcher]] = {}
 

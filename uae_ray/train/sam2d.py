@@ -373,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     model, history = train_sam2d(train, cfg, model, resume_path=resume_path)
     train_s = time.perf_counter() - t1
     command = "python -m uae_ray.train.sam2d " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {"release": args.release, "trained_on": sorted({data.cases[c] for c in train.case}), "holdout": holdout,
+    # the lineage counts: a model started from another has seen that one's cases too
+    seen_before = (torch.load(args.init, map_location="cpu", weights_only=True).get("meta", {}).get("trained_on") or []
+                   if args.init else [])
+    meta = {"release": args.release, "trained_on": sorted(set(seen_before) | {data.cases[c] for c in train.case}),
+            "holdout": holdout,
             "split": args.split, "init": args.init, "command": command, "steps": len(history), "train_seconds": round(train_s, 1),
             "prepare_seconds": round(prep_s, 1), "recipe": asdict(cfg), "device": str(train.device),
             "threads": torch.get_num_threads(), "slices": len(train),

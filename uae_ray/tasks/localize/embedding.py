@@ -189,6 +189,8 @@ class EmbeddingLocalizer:
         supports: the loaded support scans.
         config: :class:`EmbeddingLocalizerConfig`.
         support_maps: optional precomputed maps, one per support (same order).
+        matchers: optional :class:`~uae_ray.matching.nn.MatcherCache` shared with other
+            localizers of the same supports (SPL's organ and part localizations).
     """
 
     method = "embedding"
@@ -199,6 +201,7 @@ class EmbeddingLocalizer:
         supports: Sequence[Support],
         config: EmbeddingLocalizerConfig = EmbeddingLocalizerConfig(),
         support_maps: Sequence[EmbeddingMaps] | None = None,
+        matchers: MatcherCache | None = None,
     ) -> None:
         self.embedder = embedder
         self.supports = list(supports)
@@ -207,7 +210,7 @@ class EmbeddingLocalizer:
         self.support_maps: list[EmbeddingMaps | None] = (
             list(support_maps) if support_maps is not None else [None] * len(self.supports)
         )
-        self._matchers = MatcherCache(len(self.supports) + 2)  # every support and the last targets
+        self._matchers = matchers if matchers is not None else MatcherCache()  # the target and the last support
 
     def _maps(self, i: int) -> EmbeddingMaps:
         if self.support_maps[i] is None:
