@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Shipped 2D segment-anything weights by name (``--sam-checkpoint NAME``); see MODEL_CARD.md.
-SHIPPED_SAM_WEIGHTS = {"sam-vit-tiny-v1": "sam_vit_tiny_v1.pt"}
+SHIPPED_SAM_WEIGHTS = {"sam-vit-tiny-v1": "sam_vit_tiny_v1.pt", "sam-vit-tiny-v2": "sam_vit_tiny_v2.pt"}
 DEFAULT_SAM_WEIGHTS = "sam-vit-tiny-v1"
 #: Official kinds that load by path.
 OFFICIAL_KINDS = ("vit_b", "vit_l", "vit_h", "medsam")
