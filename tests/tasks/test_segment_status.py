@@ -59,7 +59,7 @@ def test_grading_rule():
     good = {"verified": 0.9, "agreement": 0.5, "fov_fraction": 1.0, "score": 0.7, "expected_ml": 10.0}
     assert cal.status("ok", good, 50, 10.0)[0] == "ok"
     assert cal.status("ok", {**good, "verified": 0.1}, 50, 10.0)[0] == "low_confidence"
-    assert cal.status("ok", {**good, "fov_fraction": 0.3}, 50, 10.0) [0] == "outside_view"
+    assert cal.status("ok", {**good, "fov_fraction": 0.1}, 50, 10.0)[0] == "outside_view"
     assert cal.status("outside_fov", good, 0, 0.0)[0] == "outside_view"
     assert cal.status("ok", good, 0, 0.0)[0] == "not_found"
     assert cal.status("no_support", {}, 0, 0.0)[0] == "no_support"

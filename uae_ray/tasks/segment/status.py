@@ -17,7 +17,7 @@ the lowest one at which at least ``precision`` of the ``ok`` masks had Dice >= 0
 ``max_absent_ok`` of the organs absent from view were ``ok``.
 
 Rule (:meth:`StatusCalibration.grade`): a mask whose box lies mostly outside the view
-(``fov_fraction < min_fov_fraction``, or the localizer's ``outside_fov``) is ``outside_view``; no
+(``fov_fraction < min_fov_fraction``, 0.2: an organ bigger than a thin slab is still graded, or the localizer's ``outside_fov``) is ``outside_view``; no
 box or no voxel is ``not_found``; otherwise ``ok`` at quality >= the threshold, else
 ``low_confidence``. A structure no support has keeps ``no_support``.
 """
@@ -69,7 +69,7 @@ class StatusCalibration:
     weights: tuple[float, ...]
     bias: float
     ok_threshold: float
-    min_fov_fraction: float = 0.5
+    min_fov_fraction: float = 0.2
     features: tuple[str, ...] = FEATURES
     fitted_on: dict[str, Any] = field(default_factory=dict)
 
@@ -201,7 +201,7 @@ def status_figures(status: Sequence[str], dice: np.ndarray, absent: np.ndarray) 
 
 def fit_calibration(x: np.ndarray, dice: np.ndarray, absent: np.ndarray, localizer_status: Sequence[str],
                     n_voxels: np.ndarray, fitted_on: dict[str, Any], precision: float = 0.95, max_absent_ok: float = 0.05,
-                    min_fov_fraction: float = 0.5) -> StatusCalibration:
+                    min_fov_fraction: float = 0.2) -> StatusCalibration:
     """Fits the quality model on the masks that reach it and picks the ``ok`` threshold.
 
     Args:
