@@ -14,18 +14,18 @@ def test_headneck_segmentation_from_a_training_patients_support(shared_data, tmp
 
     out = tmp_path / "seg.json"
     code = main(["bench", "segmentation", "--data", str(shared_data), "--out", str(out), "--targets", "1",
-                 "--k", "1", "--mode", "spl", "--mode", "gt-slice", "--window-mm", "32", "--threads", "1"])
+                 "--k", "1", "--mode", "wpl", "--mode", "gt-slice", "--window-mm", "32", "--threads", "1"])
     assert code == 0
     result = json.loads(out.read_text())
     split, patients = load_split(result["split"]), read_case_patients(shared_data)
     assert result["leave_patient_out"] and len(result["supports"]) == 1 and len(result["targets"]) == 1
     assert not split.is_test(patients[result["supports"][0]]) and split.is_test(patients[result["targets"][0]])
     rows = {r["mode"]: r for r in result["summary"]["1"]}
-    assert set(rows) == {"spl", "gt-slice"} and rows["spl"]["n_all"] >= 4  # structures whole in both scans
-    # real, loose bounds: the true slice boxes segment well, one support of another patient places SPL boxes
+    assert set(rows) == {"wpl", "gt-slice"} and rows["wpl"]["n_all"] >= 4  # structures whole in both scans
+    # real, loose bounds: the true slice boxes segment well, one support of another patient places WPL boxes
     assert rows["gt-slice"]["dice_all"] > 0.5, rows
-    assert rows["spl"]["dice_all"] > 0.2, rows
-    assert result["seconds_per_scan"]["1"]["spl"]["localize_s"] > 0
+    assert rows["wpl"]["dice_all"] > 0.2, rows
+    assert result["seconds_per_scan"]["1"]["wpl"]["localize_s"] > 0
     assert "Dice per structure" in capsys.readouterr().out
 
 
