@@ -60,6 +60,13 @@ def draw_cases(data_dir: str | Path, split: str, n_supports: int, n_targets: int
     return supports[:n_supports], test[:n_targets]
 
 
+def protocol_fields(split: str, support_cases: Sequence[Case], target_cases: Sequence[Case], ks: Sequence[int],
+                    seed: int) -> dict[str, Any]:
+    """The draw a head-neck benchmark JSON records (split, supports, targets, ks, seed)."""
+    return {"split": split, "leave_patient_out": True, "supports": [c.case_id for c in support_cases],
+            "targets": [c.case_id for c in target_cases], "ks": list(ks), "seed": seed}
+
+
 def run_localization_hn(
     data_dir: str | Path,
     embedder: Embedder,
@@ -131,12 +138,7 @@ def run_localization_hn(
     result = {
         "benchmark": "localization-headneck",
         "model_version": embedder.version,
-        "split": split,
-        "leave_patient_out": True,
-        "supports": [c.case_id for c in support_cases],
-        "targets": [c.case_id for c in target_cases],
-        "ks": list(ks),
-        "seed": seed,
+        **protocol_fields(split, support_cases, target_cases, ks, seed),
         "max_subsets": max_subsets,
         "variant": variant,
         "window_mm": cfg.window_mm,

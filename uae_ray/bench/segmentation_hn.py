@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from uae_ray.bench.common import format_table, machine_info, write_json
-from uae_ray.bench.localization_hn import HEAD_NECK, draw_cases
+from uae_ray.bench.localization_hn import HEAD_NECK, draw_cases, protocol_fields
 from uae_ray.bench.segmentation import MODES, segment_target, summarize
 
 logger = logging.getLogger(__name__)
@@ -87,12 +87,7 @@ def run_segmentation_hn(
         "benchmark": "segmentation-headneck",
         "model": getattr(segmenter, "version", "?"),
         "localizer": localizer_name,
-        "split": split,
-        "leave_patient_out": True,
-        "supports": [c.case_id for c in support_cases],
-        "targets": [c.case_id for c in target_cases],
-        "ks": list(ks),
-        "seed": seed,
+        **protocol_fields(split, support_cases, target_cases, ks, seed),
         "modes": list(modes),
         "summary": {str(k): summarize([r for r in records if r["k"] == k], min_ml=0.0) for k in ks},
         "per_structure": {str(k): per_structure([r for r in records if r["k"] == k]) for k in ks},
